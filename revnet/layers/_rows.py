@@ -1,0 +1,35 @@
+"""Helpers for the row convention shared by every reverse.
+
+A layer's ``reverse`` receives ``v`` of shape ``(M, *out)`` where ``M = N·K``: the ``N`` samples the
+tape was recorded on, each repeated for ``K`` cotangents (DeepFool's class axis folded into the batch,
+sample-major, so row ``n·K + k`` belongs to sample ``n``). Per-sample tape entries (masks, indices)
+have ``N`` rows and are broadcast over ``K`` without copying.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ..errors import ReverseShapeError
+
+
+def per_sample(v: Tensor, n: int) -> Tensor:
+    """View ``v`` of shape ``(N·K, *s)`` as ``(N, K, *s)``."""
+    if n == 0 or v.shape[0] % n:
+        raise ReverseShapeError(
+            f"v has {v.shape[0]} rows, which is not a multiple of the {n} samples the tape was "
+            "recorded on; pass v of shape (N, *out) or (N, K, *out)."
+        )
+    return v.reshape(n, v.shape[0] // n, *v.shape[1:])
+
+
+def times_per_sample(v: Tensor, factor: Tensor) -> Tensor:
+    """``v * factor`` where ``v`` is ``(N·K, *s)`` and ``factor`` is ``(N, *s)`` (or broadcastable)."""
+    n = factor.shape[0]
+    return (per_sample(v, n) * factor.unsqueeze(1)).reshape(v.shape)
+
+
+def fold_shape(rows: int, shape: torch.Size) -> tuple[int, ...]:
+    """``(rows, *shape[1:])``: the per-sample shape with ``rows`` rows."""
+    return (rows, *shape[1:])

@@ -1,0 +1,71 @@
+"""Conv2d ↔ transposed convolution with the same weight.
+
+The forward may drop the last rows/columns of the padded input when ``(H_in + 2p − d(k−1) − 1)`` is not a
+multiple of the stride; the reverse restores the input size exactly with
+``output_padding = (H_in + 2p − d(k−1) − 1) mod s`` in each spatial dimension. ``padding="same"`` with an
+even receptive field pads asymmetrically: then the reverse transposes without padding and crops.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..errors import UnsupportedLayerError
+
+
+class Conv2dTape(NamedTuple):
+    in_size: tuple[int, int]  # (H_in, W_in)
+
+
+class Conv2d(nn.Conv2d):
+    """Any stride, padding (ints, ``"valid"``, ``"same"``), dilation and groups; bias or not.
+
+    Shapes: x ``(N, C_in, H_in, W_in)``, y ``(N, C_out, H_out, W_out)``; v ``(M, C_out, H_out, W_out)``,
+    g ``(M, C_in, H_in, W_in)``.
+    """
+
+    reverse_label = "ConvTranspose2d"
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._check_supported()
+
+    def _check_supported(self) -> None:
+        if self.padding_mode != "zeros":
+            raise UnsupportedLayerError(
+                f"revnet.Conv2d supports padding_mode='zeros' only, got {self.padding_mode!r}; "
+                "pad explicitly before the convolution or register a layer of your own."
+            )
+
+    def _pads(self, in_size: tuple[int, int]) -> list[tuple[int, int]]:
+        """(before, after) zero padding per spatial dimension, as the forward applied it."""
+        if self.padding == "valid":
+            return [(0, 0), (0, 0)]
+        if self.padding == "same":
+            total = [d * (k - 1) for d, k in zip(self.dilation, self.kernel_size)]
+            return [(t // 2, t - t // 2) for t in total]
+        return [(p, p) for p in self.padding]
+
+    def trace(self, x: Tensor) -> tuple[Tensor, Conv2dTape]:
+        if x.dim() != 4:
+            raise ValueError(f"revnet.Conv2d expects input of shape (N, C, H, W), got {tuple(x.shape)}.")
+        return super().forward(x), Conv2dTape((x.shape[-2], x.shape[-1]))
+
+    def reverse(self, v: Tensor, tape: Conv2dTape) -> Tensor:
+        pads = self._pads(tape.in_size)
+        if all(before == after for before, after in pads):
+            output_padding = [
+                (size + 2 * p - d * (k - 1) - 1) % s
+                for size, (p, _), d, k, s in zip(tape.in_size, pads, self.dilation, self.kernel_size, self.stride)
+            ]
+            return F.conv_transpose2d(
+                v, self.weight, None, self.stride, [p for p, _ in pads], output_padding, self.groups, self.dilation
+            )
+        # Asymmetric ("same" with an even receptive field; torch allows it only with stride 1): transpose
+        # onto the whole padded grid (H_in + total padding), then crop the padding away.
+        g = F.conv_transpose2d(v, self.weight, None, self.stride, 0, 0, self.groups, self.dilation)
+        (top, _), (left, _) = pads
+        return g[..., top : top + tape.in_size[0], left : left + tape.in_size[1]]

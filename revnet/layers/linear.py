@@ -1,0 +1,28 @@
+"""Linear ↔ transposed linear (the same weight, no bias)."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+
+class LinearTape(NamedTuple):
+    """A linear map needs nothing from the forward pass."""
+
+
+class Linear(nn.Linear):
+    """``y = x Wᵀ + b``; reverse ``g = v W``.
+
+    Shapes: x ``(N, *, D_in)``, y ``(N, *, D_out)``; v ``(M, *, D_out)``, g ``(M, *, D_in)``.
+    """
+
+    reverse_label = "TransposedLinear"
+
+    def trace(self, x: Tensor) -> tuple[Tensor, LinearTape]:
+        return super().forward(x), LinearTape()
+
+    def reverse(self, v: Tensor, tape: LinearTape) -> Tensor:
+        # g[..., i] = Σ_o v[..., o] · W[o, i]
+        return torch.matmul(v, self.weight)

@@ -1,0 +1,150 @@
+"""``revnet.Sequential``: a ``torch.nn.Sequential`` that generates its own reverse network.
+
+``trace`` runs the layers in order and collects their tapes into one :class:`SequentialTape`; ``reverse``
+runs the layers' reverses in the opposite order. A ``Sequential`` is itself reversible, so it nests inside
+another one (and so will residual blocks, whose reverse sums the reverses of their branches).
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple, Optional
+
+import torch
+from torch import Tensor, nn
+
+from .errors import ReverseShapeError, TapeMismatchError, UnsupportedLayerError
+from .layers import is_reversible
+from .registry import convert, supported
+
+
+class SequentialTape(NamedTuple):
+    network: int  # id() of the Sequential that recorded it
+    layers: tuple[int, ...]  # id() of each layer at trace time, in order
+    entries: tuple[Any, ...]  # one tape per layer, in forward order
+    in_shape: torch.Size  # x.shape: (N, *in)
+    out_shape: torch.Size  # y.shape: (N, *out)
+    dtype: torch.dtype  # y.dtype
+    device: torch.device  # y.device
+
+
+class Sequential(nn.Sequential):
+    """Like ``torch.nn.Sequential``; plain ``torch.nn`` layers are converted on the way in (sharing their
+    parameters), so a plain ``nn.Sequential``'s ``state_dict`` loads into the matching ``revnet.Sequential``.
+
+    * ``y, tape = net.trace(x)``: forward pass, ``x (N, *in) -> y (N, *out)``, plus the tape.
+    * ``g = net.reverse(v, tape)``: ``v (N, *out) -> g (N, *in)``, or with a class axis
+      ``v (N, K, *out) -> g (N, K, *in)`` in one batched pass (``K`` folded into the batch, no loop over K).
+      ``g[n, k] = v[n, k]ᵀ · ∂y[n]/∂x[n]``.
+    * ``net.reversed()``: the reverse network as a printable module sharing the forward parameters.
+    """
+
+    reverse_label = "Reversed"
+
+    def add_module(self, name: str, module: Optional[nn.Module]) -> None:  # used by __init__ and append
+        super().add_module(name, None if module is None else convert(module))
+
+    def insert(self, index: int, module: nn.Module) -> "Sequential":
+        return super().insert(index, convert(module))
+
+    def __setitem__(self, idx: int, module: nn.Module) -> None:
+        super().__setitem__(idx, convert(module))
+
+    @classmethod
+    def from_torch(cls, module: nn.Sequential) -> "Sequential":
+        """Convert a plain ``nn.Sequential`` (recursively), sharing its parameters."""
+        converted = convert(module)
+        if not isinstance(converted, cls):
+            raise TypeError(f"Sequential.from_torch expects an nn.Sequential, got {type(module).__name__}.")
+        return converted
+
+    def trace(self, x: Tensor) -> tuple[Tensor, SequentialTape]:
+        """Forward pass recording a tape. ``x (N, *in) -> y (N, *out)``."""
+        if x.dim() == 0:
+            raise ValueError("Sequential.trace expects a batch x of shape (N, *in), got a 0-dim tensor.")
+        in_shape, layers, entries = x.shape, [], []
+        for name, layer in self.named_children():
+            if not is_reversible(layer):  # e.g. put in place by insert(), which bypasses conversion
+                raise UnsupportedLayerError(
+                    f"layer {name} ({type(layer).__name__}) has no reverse. Supported torch.nn modules: "
+                    f"{', '.join(supported())}; add your own with revnet.register()."
+                )
+            x, entry = layer.trace(x)
+            layers.append(id(layer))
+            entries.append(entry)
+        return x, SequentialTape(id(self), tuple(layers), tuple(entries), in_shape, x.shape, x.dtype, x.device)
+
+    def _check_tape(self, tape: Any) -> None:
+        if not isinstance(tape, SequentialTape):
+            raise TapeMismatchError(
+                f"Sequential.reverse expects the tape returned by this network's trace(), got {type(tape).__name__}."
+            )
+        if tape.network != id(self):
+            raise TapeMismatchError(
+                "this tape was recorded by another network; call trace(x) on the network you reverse "
+                "(tapes do not carry over between networks, copies included)."
+            )
+        if tape.layers != tuple(id(layer) for layer in self.children()):
+            raise TapeMismatchError(
+                "the network's layers changed since this tape was recorded; trace(x) again before reverse."
+            )
+
+    def _rows(self, v: Tensor, tape: SequentialTape) -> tuple[Tensor, Optional[int]]:
+        """Fold ``v`` into rows ``(N·K, *out)``; also return ``K`` if ``v`` came with a class axis."""
+        if v.dtype != tape.dtype or v.device != tape.device:
+            raise ReverseShapeError(
+                f"v has dtype {v.dtype} on {v.device}, but the traced output has dtype {tape.dtype} on "
+                f"{tape.device}; create v with y.new_zeros(...)/torch.zeros_like(y) or cast it."
+            )
+        n, out = tape.out_shape[0], tuple(tape.out_shape[1:])
+        if v.dim() == len(tape.out_shape) + 1 and v.shape[0] == n and tuple(v.shape[2:]) == out:
+            return v.reshape(n * v.shape[1], *out), v.shape[1]
+        if v.dim() == len(tape.out_shape) and tuple(v.shape[1:]) == out and n and v.shape[0] % n == 0:
+            return v, None
+        raise ReverseShapeError(
+            f"v has shape {tuple(v.shape)}, but the tape recorded an output of shape {tuple(tape.out_shape)}; "
+            f"pass v of shape (N, *out) = {tuple(tape.out_shape)} or, for K vectors per sample, "
+            f"(N, K, *out) = ({n}, K, {', '.join(map(str, out))})."
+        )
+
+    def reverse(self, v: Tensor, tape: SequentialTape) -> Tensor:
+        """Input gradients ``vᵀ·∂y/∂x``: ``(N, *out) -> (N, *in)`` or ``(N, K, *out) -> (N, K, *in)``."""
+        self._check_tape(tape)
+        g, k = self._rows(v, tape)
+        for layer, entry in zip(reversed(list(self.children())), reversed(tape.entries)):
+            g = layer.reverse(g, entry)
+        in_rest = tuple(tape.in_shape[1:])
+        return g.reshape(tape.in_shape[0], k, *in_rest) if k is not None else g
+
+    def reversed(self) -> "Reversed":
+        """The reverse network, a printable module that shares this network's parameters."""
+        return Reversed(self)
+
+
+class ReverseLayer(nn.Module):
+    """One layer's reverse as a module (for printing and composing); shares the layer's parameters."""
+
+    def __init__(self, layer: nn.Module) -> None:
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, v: Tensor, tape: Any) -> Tensor:
+        return self.layer.reverse(v, tape)
+
+    def __repr__(self) -> str:
+        label = getattr(self.layer, "reverse_label", f"Reverse{type(self.layer).__name__}")
+        return f"{label}({self.layer.extra_repr()})"
+
+
+class Reversed(nn.Module):
+    """The reverse of a ``revnet.Sequential``: its layers' reverses in the opposite order, each listed under
+    the index of the forward layer it transposes. ``reversed_net(v, tape)`` equals ``net.reverse(v, tape)``."""
+
+    def __init__(self, net: Sequential) -> None:
+        super().__init__()
+        self.__dict__["_net"] = net  # not a child: the parameters are registered through the reverse layers
+        for name, layer in reversed(list(net.named_children())):
+            view = layer.reversed() if callable(getattr(layer, "reversed", None)) else ReverseLayer(layer)
+            self.add_module(name, view)
+
+    def forward(self, v: Tensor, tape: SequentialTape) -> Tensor:
+        return self._net.reverse(v, tape)

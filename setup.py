@@ -1,0 +1,13 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="revnet",
+    version="0.1.0",
+    description="Explicit reverse networks for PyTorch and Deep Defense (Yan, Guo & Zhang, NeurIPS 2018).",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.9",
+    packages=find_packages(include=["revnet", "revnet.*", "models", "models.*"]),
+    install_requires=["torch>=2.1", "torchvision>=0.16", "tqdm>=4.60"],
+    extras_require={"test": ["pytest>=7", "hypothesis>=6.80"]},
+)
