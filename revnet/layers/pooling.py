@@ -78,8 +78,17 @@ def _transposed_average(v: Tensor, a_h: Tensor, a_w: Tensor) -> Tensor:
 
 
 class AvgPool2dTape(NamedTuple):
+    """Shared by AvgPool2d and AdaptiveAvgPool2d: the averaging matrices depend on the sizes alone."""
+
     in_size: tuple[int, int]  # (H_in, W_in)
     out_size: tuple[int, int]  # (H_out, W_out)
+
+
+def _trace_average(layer: nn.Module, x: Tensor) -> tuple[Tensor, AvgPool2dTape]:
+    if x.dim() != 4:
+        raise ValueError(f"revnet.{type(layer).__name__} expects input of shape (N, C, H, W), got {tuple(x.shape)}.")
+    y = layer.forward(x)  # the torch.nn forward (revnet does not override it)
+    return y, AvgPool2dTape((x.shape[-2], x.shape[-1]), (y.shape[-2], y.shape[-1]))
 
 
 class AvgPool2d(nn.AvgPool2d):
@@ -91,10 +100,7 @@ class AvgPool2d(nn.AvgPool2d):
     reverse_label = "TransposedAvgPool2d"
 
     def trace(self, x: Tensor) -> tuple[Tensor, AvgPool2dTape]:
-        if x.dim() != 4:
-            raise ValueError(f"revnet.AvgPool2d expects input of shape (N, C, H, W), got {tuple(x.shape)}.")
-        y = super().forward(x)
-        return y, AvgPool2dTape((x.shape[-2], x.shape[-1]), (y.shape[-2], y.shape[-1]))
+        return _trace_average(self, x)
 
     def _matrix(self, dim: int, tape: AvgPool2dTape, like: Tensor) -> Tensor:
         k = _pair(self.kernel_size)[dim]
@@ -118,9 +124,7 @@ class AvgPool2d(nn.AvgPool2d):
         return _transposed_average(v, self._matrix(0, tape, v), self._matrix(1, tape, v))
 
 
-class AdaptiveAvgPool2dTape(NamedTuple):
-    in_size: tuple[int, int]  # (H_in, W_in)
-    out_size: tuple[int, int]  # (H_out, W_out)
+AdaptiveAvgPool2dTape = AvgPool2dTape
 
 
 class AdaptiveAvgPool2d(nn.AdaptiveAvgPool2d):
@@ -131,15 +135,10 @@ class AdaptiveAvgPool2d(nn.AdaptiveAvgPool2d):
 
     reverse_label = "TransposedAdaptiveAvgPool2d"
 
-    def trace(self, x: Tensor) -> tuple[Tensor, AdaptiveAvgPool2dTape]:
-        if x.dim() != 4:
-            raise ValueError(
-                f"revnet.AdaptiveAvgPool2d expects input of shape (N, C, H, W), got {tuple(x.shape)}."
-            )
-        y = super().forward(x)
-        return y, AdaptiveAvgPool2dTape((x.shape[-2], x.shape[-1]), (y.shape[-2], y.shape[-1]))
+    def trace(self, x: Tensor) -> tuple[Tensor, AvgPool2dTape]:
+        return _trace_average(self, x)
 
-    def reverse(self, v: Tensor, tape: AdaptiveAvgPool2dTape) -> Tensor:
+    def reverse(self, v: Tensor, tape: AvgPool2dTape) -> Tensor:
         mats = []
         for size, out in zip(tape.in_size, tape.out_size):
             starts = [(o * size) // out for o in range(out)]
