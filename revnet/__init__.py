@@ -9,7 +9,8 @@ Every supported layer has a hand-written reverse that shares its weights, so a n
     grads = net.reverse(eye, tape)                          # (N, 10, 784): ∂y_k/∂x for every class k
 """
 
-from . import errors, layers
+from . import attacks, errors, layers, losses, metrics
+from .attacks import DeepFoolInfo, deepfool, fgs_perturb
 from .errors import (
     BatchNormTrainingError,
     ReverseShapeError,
@@ -36,12 +37,21 @@ from .layers import (
     Unflatten,
     is_reversible,
 )
+from .losses import DeepDefenseInfo, deep_defense_loss
 from .registry import convert, register, supported
 from .sequential import Reversed, ReverseLayer, Sequential, SequentialTape
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "DeepDefenseInfo",
+    "DeepFoolInfo",
+    "attacks",
+    "deep_defense_loss",
+    "deepfool",
+    "fgs_perturb",
+    "losses",
+    "metrics",
     "AdaptiveAvgPool2d",
     "AvgPool2d",
     "BatchNorm1d",

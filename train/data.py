@@ -66,12 +66,16 @@ def _from_torchvision(dataset: str, root: Path, download: bool) -> Splits:
 
 
 def embedded_mnist() -> Splits:
-    """The embedded 5,000-image MNIST subset, split 4,000 train / 1,000 test (last 100 per class)."""
+    """The embedded 5,000-image MNIST subset, split 4,000 train / 1,000 test (last 100 per class), in a fixed
+    shuffled order."""
     with np.load(EMBEDDED) as f:
         images, labels = torch.from_numpy(f["images"]), torch.from_numpy(f["labels"]).long()
     test = torch.zeros(len(labels), dtype=torch.bool)
     for c in range(10):
         test[torch.nonzero(labels == c).flatten()[-100:]] = True
+    # the file is sorted by class: a fixed shuffle makes "the first N test images" a mix of all classes
+    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(0))
+    images, labels, test = images[order], labels[order], test[order]
     return Splits(
         images[~test].unsqueeze(1), labels[~test], images[test].unsqueeze(1), labels[test],
         f"EMBEDDED MNIST subset ({int((~test).sum())} training / {int(test.sum())} test images from {EMBEDDED.name})",

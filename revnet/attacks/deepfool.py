@@ -1,0 +1,260 @@
+"""DeepFool (Moosavi-Dezfooli, Fawzi & Frossard, CVPR 2016), L2, multi-class, on any revnet network.
+
+Every iteration linearises the network at the current point ``x + (1 + overshoot)·Σr`` with the explicit
+reverse pass and steps to the nearest linearised boundary::
+
+    r = |f_k − f_l| / ‖w_k − w_l‖² · (w_k − w_l)
+
+``f`` are the logits and ``w`` their input gradients at the current point; ``l`` is the label being moved
+away from and ``k`` the class moved towards:
+
+* untargeted (``target = −1``): ``l`` is the prediction at the clean input, ``k`` the candidate class
+  minimising ``|f_k − f_l| / ‖w_k − w_l‖``; the attack succeeds when the prediction differs from ``l``;
+* targeted (``target = t ≥ 0``): ``k = t`` and ``l`` is the current prediction; it succeeds when the
+  prediction is ``t`` (a sample already predicted as ``t`` succeeds after 0 iterations with ``Δx = 0``).
+
+As in the reference code, the returned perturbation is ``(1 + overshoot)·Σr`` and success is tested at that
+point after every step. A sample stops as soon as it succeeds and is never perturbed further.
+
+Cost per iteration, for the ``A`` samples still running (the others leave the batch):
+
+* one ``trace`` of the ``A`` current points (with a graph if ``differentiable``);
+* untargeted samples: one batched reverse of ``A × (Q − 1)`` rows ``e_c − e_l`` (``Q`` = number of
+  candidate classes) to choose ``k``; it runs without a graph, since ``k`` is piecewise constant and no
+  gradient flows through the choice;
+* one reverse of ``A`` rows ``e_k − e_l`` (with a graph if ``differentiable``, so a loss on the perturbation
+  back-propagates through the whole recursion to the weights). Skipped without a graph when every running
+  sample is untargeted: the chosen row of the batched reverse is reused.
+
+A sample whose step flips its label leaves the batch; when that happens the survivors are traced again
+(one extra forward of the survivors, cheaper than reversing the finished samples' rows).
+
+The network runs in whatever mode it is in (call ``net.eval()`` first: BatchNorm reverses only with frozen
+statistics, and Dropout would draw a new mask at each iteration). Norms are guarded against division by
+zero by clamping them at ``finfo(dtype).eps²`` (1.4e-14 in float32, 4.9e-32 in float64): a zero gradient
+difference gives a zero step, and the step's derivative ``|f_k − f_l| / ‖w‖²`` stays finite.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import NamedTuple, Optional
+
+import torch
+from torch import Tensor, nn
+
+from ..layers import is_reversible
+
+
+class DeepFoolInfo(NamedTuple):
+    success: Tensor  # (N,) bool: the attack reached its goal (label flipped / target reached)
+    iterations: Tensor  # (N,) int64: steps taken (0 only for a targeted sample already at its target)
+    label: Tensor  # (N,) int64: prediction at the returned point x + Δx
+    original_label: Tensor  # (N,) int64: prediction at the clean input
+
+
+def norm_floor(dtype: torch.dtype) -> float:
+    """The smallest norm a division uses: ``finfo(dtype).eps²``, far below any meaningful gradient norm and
+    large enough that ``1 / floor²`` (the scale of the step's derivative at a zero gradient) is finite."""
+    return torch.finfo(dtype).eps ** 2
+
+
+def check_batch(x: Tensor, name: str = "x") -> None:
+    """Raise ``ValueError`` unless ``x`` is a non-empty floating batch ``(N, *in)`` of finite values."""
+    if not isinstance(x, Tensor):
+        raise ValueError(f"{name} must be a tensor of shape (N, *in), got {type(x).__name__}.")
+    if x.dim() < 2 or x.shape[0] == 0:
+        raise ValueError(f"{name} must be a non-empty batch of shape (N, *in), got shape {tuple(x.shape)}.")
+    if not x.is_floating_point():
+        raise ValueError(f"{name} must be a floating-point tensor (float32 or float64), got {x.dtype}.")
+    if not torch.isfinite(x).all():
+        raise ValueError(f"{name} contains NaN or infinite values; clean the input before attacking it.")
+
+
+def check_labels(y: Tensor, x: Tensor, name: str = "y") -> None:
+    """Raise ``ValueError`` unless ``y`` is an integer vector with one entry per sample of ``x``."""
+    if not isinstance(y, Tensor) or y.dim() != 1 or y.shape[0] != x.shape[0]:
+        shape = tuple(y.shape) if isinstance(y, Tensor) else type(y).__name__
+        raise ValueError(f"{name} must have shape (N,) = ({x.shape[0]},), one label per sample of x; got {shape}.")
+    if y.dtype.is_floating_point or y.dtype == torch.bool or y.is_complex():
+        raise ValueError(f"{name} must hold integer class indices (torch.long), got {y.dtype}.")
+
+
+def check_network(net: nn.Module) -> None:
+    if not is_reversible(net):
+        raise TypeError(
+            f"expected a revnet network with trace() and reverse(), got {type(net).__name__}; "
+            "convert a torch.nn.Sequential with revnet.Sequential.from_torch(module)."
+        )
+
+
+def _check_max_iter(max_iter: int) -> None:
+    if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
+        raise ValueError(f"max_iter must be an integer >= 1, got {max_iter!r}.")
+
+
+def _check_overshoot(overshoot: float) -> None:
+    if not (overshoot >= 0 and overshoot < float("inf")):
+        raise ValueError(f"overshoot must be a finite number >= 0, got {overshoot!r}.")
+
+
+def deepfool(
+    net: nn.Module,
+    x: Tensor,
+    *,
+    target: Optional[Tensor] = None,
+    max_iter: int = 50,
+    overshoot: float = 0.02,
+    candidates: Optional[int] = None,
+    differentiable: bool = False,
+) -> tuple[Tensor, DeepFoolInfo]:
+    """DeepFool perturbations ``Δx`` (same shape as ``x``) and a :class:`DeepFoolInfo`.
+
+    Args:
+        net: a revnet network (``trace``/``reverse``) mapping ``x (N, *in)`` to logits ``(N, C)``.
+        x: the clean inputs ``(N, *in)``, float32 or float64, on the network's device.
+        target: ``(N,)`` integer classes to move each sample to; ``−1`` for an untargeted attack
+            (the default for every sample).
+        max_iter: the most steps per sample (>= 1).
+        overshoot: the accumulated steps are scaled by ``1 + overshoot``.
+        candidates: untargeted only: consider only the top-``candidates`` classes of the clean logits
+            (fixed for the whole attack; the clean prediction is one of them), e.g. 10 on ImageNet.
+        differentiable: keep the whole recursion in the autograd graph so a loss on ``Δx`` trains the
+            weights (Deep Defense). The default builds no graph (it runs under ``torch.no_grad()``).
+    """
+    check_network(net)
+    check_batch(x)
+    _check_max_iter(max_iter)
+    _check_overshoot(overshoot)
+    with contextlib.nullcontext() if differentiable else torch.no_grad():
+        logits, tape = net.trace(x)
+        return deepfool_from_trace(
+            net, x, logits, tape, target=target, max_iter=max_iter, overshoot=overshoot,
+            candidates=candidates, differentiable=differentiable,
+        )
+
+
+def _check_target(target: Optional[Tensor], logits: Tensor, x: Tensor) -> Tensor:
+    n, num_classes = logits.shape
+    if target is None:
+        return torch.full((n,), -1, dtype=torch.long, device=x.device)
+    check_labels(target, x, "target")
+    target = target.to(device=x.device, dtype=torch.long)
+    if ((target < -1) | (target >= num_classes)).any():
+        raise ValueError(
+            f"target entries must be class indices in [0, {num_classes}) or -1 (untargeted); "
+            f"got values in [{int(target.min())}, {int(target.max())}]."
+        )
+    return target
+
+
+def _check_candidates(candidates: Optional[int], num_classes: int) -> int:
+    if candidates is None:
+        return num_classes
+    if isinstance(candidates, bool) or not isinstance(candidates, int) or not 2 <= candidates <= num_classes:
+        raise ValueError(
+            f"candidates must be an integer in [2, {num_classes}] (the network has {num_classes} classes), "
+            f"got {candidates!r}."
+        )
+    return candidates
+
+
+def deepfool_from_trace(
+    net: nn.Module,
+    x: Tensor,
+    logits: Tensor,
+    tape: object,
+    *,
+    target: Optional[Tensor] = None,
+    max_iter: int = 50,
+    overshoot: float = 0.02,
+    candidates: Optional[int] = None,
+    differentiable: bool = False,
+) -> tuple[Tensor, DeepFoolInfo]:
+    """:func:`deepfool` continuing from a trace of the clean input that the caller already has
+    (``logits, tape = net.trace(x)``), e.g. the one whose logits feed a cross-entropy. Runs in the caller's
+    grad mode: wrap it in ``torch.no_grad()`` unless ``differentiable``."""
+    check_batch(x)
+    _check_max_iter(max_iter)
+    _check_overshoot(overshoot)
+    if logits.dim() != 2 or logits.shape[0] != x.shape[0]:
+        raise ValueError(f"DeepFool needs logits of shape (N, C) = ({x.shape[0]}, C), got {tuple(logits.shape)}.")
+    n, num_classes = logits.shape
+    target = _check_target(target, logits, x)
+    q = _check_candidates(candidates, num_classes)
+
+    targeted = target >= 0
+    original = logits.detach().argmax(1)
+    # Candidate classes other than the clean prediction, by decreasing clean logit (the stable sort puts the
+    # argmax first, even on ties): fixed for the whole attack.
+    others = torch.sort(logits.detach(), dim=1, descending=True, stable=True).indices[:, 1:q]
+    label = original.clone()
+    success = targeted & (original == target)
+    iterations = torch.zeros(n, dtype=torch.long, device=x.device)
+    total = torch.zeros_like(x)  # Σr, one row per sample
+    scale = 1.0 + overshoot
+
+    active = (~success).nonzero().squeeze(1)
+    if 0 < len(active) < n:  # targeted samples already at their target never enter the batch
+        logits, tape = net.trace(x[active])
+    for it in range(1, max_iter + 1):
+        if len(active) == 0:
+            break
+        away = torch.where(targeted[active], label[active], original[active])  # l
+        r = _step(net, logits, tape, away, target[active], others[active], differentiable)
+        r = r.reshape(-1, *x.shape[1:])
+        total = total.index_put((active,), total[active] + r)
+        iterations[active] = it
+        point = x[active] + scale * total[active]
+        if it == max_iter:
+            with torch.no_grad():
+                now = net(point).argmax(1)
+        else:
+            logits, tape = net.trace(point)
+            now = logits.detach().argmax(1)
+        done = torch.where(targeted[active], now == target[active], now != original[active])
+        label[active] = now
+        success[active] = done
+        if done.any():
+            active = active[~done]
+            if 0 < len(active) and it < max_iter:
+                logits, tape = net.trace(point[~done])
+    return scale * total, DeepFoolInfo(success, iterations, label, original)
+
+
+def _step(
+    net: nn.Module, logits: Tensor, tape: object, away: Tensor, target: Tensor, others: Tensor, differentiable: bool
+) -> Tensor:
+    """One DeepFool step for the ``A`` traced samples, flattened: ``r (A, D)``.
+
+    ``away`` (A,): the label l moved away from; ``target`` (A,): the class for targeted rows, −1 otherwise;
+    ``others`` (A, Q−1): the candidate classes of untargeted rows."""
+    a, num_classes = logits.shape
+    rows = torch.arange(a, device=logits.device)
+    untargeted = target < 0
+    floor = norm_floor(logits.dtype)
+    toward, w = target, None
+    if untargeted.any():
+        with torch.no_grad():  # choosing k: piecewise constant, no gradient flows through the choice
+            f = logits.detach()
+            # v[a, j] = e_{others[a, j]} − e_{away[a]}: one reverse gives every w_c − w_l
+            v = _one_hot(others, num_classes, f.dtype) - _one_hot(away, num_classes, f.dtype).unsqueeze(1)
+            w_all = net.reverse(v, tape).flatten(2)  # (A, Q−1, D)
+            gap = (f.gather(1, others) - f.gather(1, away[:, None])).abs()  # (A, Q−1)
+            dist = gap / torch.linalg.vector_norm(w_all, dim=2).clamp_min(floor)
+            best = dist.argmin(1)  # first minimum: the candidate with the higher clean logit on ties
+            toward = torch.where(untargeted, others[rows, best], target)
+            if not differentiable and bool(untargeted.all()):
+                w = w_all[rows, best]
+    if w is None:
+        # one row per sample, e_k − e_l, with a graph when differentiable
+        v = _one_hot(toward, num_classes, logits.dtype) - _one_hot(away, num_classes, logits.dtype)
+        w = net.reverse(v, tape).flatten(1)
+    gap = (logits.gather(1, toward[:, None]) - logits.gather(1, away[:, None])).abs().squeeze(1)  # |f_k − f_l|
+    norm = torch.linalg.vector_norm(w, dim=1).clamp_min(floor)  # ‖w_k − w_l‖
+    r = (gap / norm).unsqueeze(1) * (w / norm.unsqueeze(1))  # |f_k − f_l| / ‖w‖² · w, without squaring ‖w‖
+    return r  # (A, D)
+
+
+def _one_hot(index: Tensor, num_classes: int, dtype: torch.dtype) -> Tensor:
+    return torch.nn.functional.one_hot(index, num_classes).to(dtype)

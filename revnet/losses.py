@@ -1,0 +1,122 @@
+"""The Deep Defense loss (Yan, Guo & Zhang, NeurIPS 2018, eq. 6) on any revnet network.
+
+::
+
+    L = CE(f(x), y) + λ/N · [ Σ_{correct} exp(−c·‖Δx‖₂/‖x‖₂) + Σ_{wrong} exp(d·‖Δx‖₂/‖x‖₂) ]
+
+* ``CE`` is the cross-entropy averaged over the batch of ``N`` samples.
+* "correct": the prediction at the clean ``x`` equals ``y``; ``Δx`` is the untargeted DeepFool perturbation.
+  "wrong": ``Δx`` is the targeted DeepFool perturbation that moves ``x`` to its ground-truth class ``y``.
+  Both run with ``differentiable=True``, so the gradient reaches the weights through the whole recursion.
+* ``‖·‖₂`` are per-sample L2 norms over all non-batch dimensions; ``‖x‖₂`` is the norm of the network input
+  (after whatever preprocessing the caller applied).
+
+``reg_layers`` restricts the regularizer's gradient to some layers (the paper's Figure 4): the regularizer is
+computed with every other parameter detached, through :func:`torch.func.functional_call`, which swaps the
+parameters only for the duration of the call; the cross-entropy's gradient reaches every layer.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .attacks.deepfool import check_batch, check_labels, check_network, deepfool, deepfool_from_trace, norm_floor
+
+
+class DeepDefenseInfo(NamedTuple):
+    ce: Tensor  # () the batch-mean cross-entropy, detached
+    reg: Tensor  # () the regularizer before λ (summed terms / N), detached
+    ratio: Tensor  # (N,) ‖Δx‖₂ / ‖x‖₂, detached
+    correct: Tensor  # (N,) bool: clean prediction == y
+    success: Tensor  # (N,) bool: DeepFool reached its goal within max_iter
+    iterations: Tensor  # (N,) int64: DeepFool steps
+
+
+class _DeepFoolCall(nn.Module):
+    """A temporary wrapper so ``functional_call`` can run DeepFool on ``net`` with swapped parameters."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: Tensor, target: Tensor, max_iter: int, overshoot: float):
+        return deepfool(self.net, x, target=target, max_iter=max_iter, overshoot=overshoot, differentiable=True)
+
+
+def _check_reg_layers(net: nn.Module, reg_layers: Sequence[str]) -> set[str]:
+    if isinstance(reg_layers, str):
+        raise ValueError(f"reg_layers must be a list of child names such as ['0', '3'], got the string {reg_layers!r}.")
+    names = [name for name, _ in net.named_children()]
+    chosen = {str(name) for name in reg_layers}
+    unknown = sorted(chosen - set(names))
+    if unknown:
+        raise ValueError(f"reg_layers {unknown} are not children of the network; its children are {names}.")
+    return chosen
+
+
+def deep_defense_loss(
+    net: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    *,
+    lmbd: float = 15.0,
+    c: float = 25.0,
+    d: float = 5.0,
+    max_iter: int = 5,
+    overshoot: float = 0.02,
+    reg_layers: Optional[Sequence[str]] = None,
+) -> tuple[Tensor, DeepDefenseInfo]:
+    """The Deep Defense loss (a scalar with a graph) and a :class:`DeepDefenseInfo`.
+
+    Args:
+        net: a revnet network mapping ``x (N, *in)`` to logits ``(N, C)``.
+        x, y: inputs ``(N, *in)`` (float32/float64) and integer labels ``(N,)``.
+        lmbd, c, d: λ, c and d of eq. 6 (the paper's MNIST values by default).
+        max_iter, overshoot: DeepFool's settings during training.
+        reg_layers: names of the children of ``net`` (e.g. ``["0", "3"]``) whose parameters receive the
+            regularizer's gradient; ``None``: all of them.
+    """
+    check_network(net)
+    check_batch(x)
+    check_labels(y, x)
+    if max_iter is None or isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
+        raise ValueError(f"max_iter must be an integer >= 1, got {max_iter!r}.")
+    y = y.to(device=x.device, dtype=torch.long)
+    chosen = None if reg_layers is None else _check_reg_layers(net, reg_layers)
+
+    if chosen is None:  # one clean trace feeds both the cross-entropy and DeepFool
+        logits, tape = net.trace(x)
+        correct, target = _check_classes(logits, y)
+        delta, info = deepfool_from_trace(
+            net, x, logits, tape, target=target, max_iter=max_iter, overshoot=overshoot, differentiable=True
+        )
+    else:
+        logits = net(x)
+        correct, target = _check_classes(logits, y)
+        params = {
+            "net." + name: p if name.split(".")[0] in chosen else p.detach() for name, p in net.named_parameters()
+        }
+        delta, info = torch.func.functional_call(_DeepFoolCall(net), params, (x, target, max_iter, overshoot))
+    ce = F.cross_entropy(logits, y)
+    ratio = torch.linalg.vector_norm(delta.flatten(1), dim=1) / torch.linalg.vector_norm(
+        x.flatten(1), dim=1
+    ).clamp_min(norm_floor(x.dtype))
+    # one exp of a signed exponent (torch.where over two exps would give NaN gradients where one overflows)
+    sign = torch.where(correct, torch.full_like(ratio, -c), torch.full_like(ratio, d))
+    reg = torch.exp(sign * ratio).sum() / len(x)
+    loss = ce + lmbd * reg
+    return loss, DeepDefenseInfo(ce.detach(), reg.detach(), ratio.detach(), correct, info.success, info.iterations)
+
+
+def _check_classes(logits: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+    """The correct mask and DeepFool's targets (−1: untargeted; y for misclassified samples)."""
+    if logits.dim() != 2:
+        raise ValueError(f"the network must output logits of shape (N, C), got {tuple(logits.shape)}.")
+    if ((y < 0) | (y >= logits.shape[1])).any():
+        raise ValueError(f"y must hold class indices in [0, {logits.shape[1]}).")
+    correct = logits.detach().argmax(1) == y
+    return correct, torch.where(correct, torch.full_like(y, -1), y)

@@ -1,0 +1,177 @@
+"""Evaluation metrics of the Deep Defense paper: accuracy, DeepFool robustness ρ₂, FGS accuracy and ε_ref.
+
+Pure functions of tensors and networks; they never change the network's mode (call ``net.eval()`` first)
+and build no graph. Large sets are processed in chunks of ``batch_size`` samples on the device the tensors
+live on, so e.g. 10,000 test images fit in memory.
+
+Conventions:
+
+* ``‖x‖`` is the L2 norm of the *network input*, i.e. after whatever preprocessing the caller applied
+  (the ratio ``‖Δx‖₂/‖x‖₂`` depends on it: ``x/255`` and mean-subtracted inputs give different ρ₂).
+* ρ₂ is the mean of ``‖Δx‖₂/‖x‖₂`` over *all* given images under untargeted DeepFool: misclassified images
+  are attacked away from their (wrong) predicted label, and images never fooled within ``max_iter`` count
+  with their final ``Δx``.
+* FGS examples ``x + ε·sign(∇ₓ CE)`` are not clipped to a valid input range unless ``clip=(lo, hi)`` is
+  given (the paper does not clip).
+* ``ε_ref`` is the smallest ε at which FGS accuracy drops to 50% or below, found by bisection to a relative
+  tolerance; accuracies are fractions in [0, 1].
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Iterator, Optional, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from .attacks.deepfool import check_batch, check_labels, check_network, deepfool, norm_floor
+from .attacks.fgs import fgs_perturb
+
+fgs = fgs_perturb  # x + eps·sign(∇ₓ CE) with the explicit reverse; see revnet.attacks.fgs
+
+
+def _chunks(n: int, batch_size: int) -> Iterator[slice]:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}.")
+    for start in range(0, n, batch_size):
+        yield slice(start, min(start + batch_size, n))
+
+
+def accuracy(logits: Tensor, y: Tensor) -> float:
+    """The fraction of rows of ``logits (N, C)`` whose argmax equals ``y (N,)``."""
+    if logits.dim() != 2 or logits.shape[0] == 0:
+        raise ValueError(f"logits must have shape (N, C) with N >= 1, got {tuple(logits.shape)}.")
+    check_labels(y, logits)
+    return (logits.argmax(1) == y.to(logits.device)).double().mean().item()
+
+
+def _checked(net: nn.Module, x: Tensor, y: Optional[Tensor] = None) -> None:
+    check_network(net)
+    check_batch(x)
+    if y is not None:
+        check_labels(y, x)
+
+
+def network_accuracy(net: nn.Module, x: Tensor, y: Tensor, *, batch_size: int = 500) -> float:
+    """Clean accuracy of ``net`` on ``(x, y)``."""
+    _checked(net, x, y)
+    correct = 0
+    with torch.no_grad():
+        for s in _chunks(len(x), batch_size):
+            correct += int((net(x[s]).argmax(1) == y[s].to(x.device)).sum())
+    return correct / len(x)
+
+
+def deepfool_robustness(
+    net: nn.Module,
+    x: Tensor,
+    *,
+    max_iter: int = 50,
+    overshoot: float = 0.02,
+    candidates: Optional[int] = None,
+    batch_size: int = 500,
+) -> dict[str, float]:
+    """Untargeted DeepFool over all of ``x``: ``{"rho2", "fooling_rate", "mean_iterations", "n"}``.
+
+    ``rho2 = mean_i ‖Δx_i‖₂ / ‖x_i‖₂`` over every image (see the module docstring); ``fooling_rate`` is the
+    fraction of images whose label DeepFool flipped within ``max_iter``.
+    """
+    _checked(net, x)
+    ratio_sum, fooled, steps = 0.0, 0, 0
+    for s in _chunks(len(x), batch_size):
+        delta, info = deepfool(net, x[s], max_iter=max_iter, overshoot=overshoot, candidates=candidates)
+        norm_x = torch.linalg.vector_norm(x[s].flatten(1), dim=1).clamp_min(norm_floor(x.dtype))
+        ratio_sum += (torch.linalg.vector_norm(delta.flatten(1), dim=1) / norm_x).double().sum().item()
+        fooled += int(info.success.sum())
+        steps += int(info.iterations.sum())
+    n = len(x)
+    return {"rho2": ratio_sum / n, "fooling_rate": fooled / n, "mean_iterations": steps / n, "n": n}
+
+
+def fgs_accuracy(
+    net: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    eps: float,
+    *,
+    clip: Optional[tuple[float, float]] = None,
+    batch_size: int = 500,
+) -> float:
+    """Accuracy of ``net`` on the FGS examples of ``(x, y)`` at ``eps``."""
+    _checked(net, x, y)
+    correct = 0
+    with torch.no_grad():
+        for s in _chunks(len(x), batch_size):
+            ys = y[s].to(x.device)
+            correct += int((net(fgs_perturb(net, x[s], ys, eps, clip=clip)).argmax(1) == ys).sum())
+    return correct / len(x)
+
+
+def eps_ref(
+    net: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    *,
+    tol: float = 1e-3,
+    eps_start: Optional[float] = None,
+    max_doublings: int = 40,
+    clip: Optional[tuple[float, float]] = None,
+    batch_size: int = 500,
+) -> float:
+    """The smallest ε at which FGS accuracy on ``(x, y)`` is <= 50%, to relative tolerance ``tol``.
+
+    Bisection on ``[lo, hi]`` with ``accuracy(lo) > 0.5 >= accuracy(hi)``: ``hi`` starts at ``eps_start``
+    (default ``1e-3 · max|x|``) and doubles until the accuracy is <= 50% (``ValueError`` after
+    ``max_doublings`` doublings), then the interval is halved until ``hi − lo <= tol · hi``. Returns ``hi``
+    (0.0 if the clean accuracy is already <= 50%). FGS accuracy need not be monotone in ε; the bisection
+    returns a crossing point.
+    """
+    _checked(net, x, y)
+    if not (0 < tol < 1):
+        raise ValueError(f"tol must be a relative tolerance in (0, 1), got {tol!r}.")
+
+    def acc(eps: float) -> float:
+        return fgs_accuracy(net, x, y, eps, clip=clip, batch_size=batch_size)
+
+    if network_accuracy(net, x, y, batch_size=batch_size) <= 0.5:
+        return 0.0
+    hi = float(eps_start) if eps_start is not None else 1e-3 * max(x.abs().max().item(), norm_floor(x.dtype))
+    if not (0 < hi < math.inf):
+        raise ValueError(f"eps_start must be a finite number > 0, got {eps_start!r}.")
+    lo = 0.0
+    for _ in range(max_doublings + 1):
+        if acc(hi) <= 0.5:
+            break
+        lo, hi = hi, 2 * hi
+    else:
+        raise ValueError(
+            f"FGS accuracy stays above 50% up to eps = {lo:.6g} ({max_doublings} doublings of eps_start); "
+            "the network's cross-entropy gradient may vanish (sign 0) or saturate. Raise max_doublings or "
+            "check the network and labels."
+        )
+    while hi - lo > tol * hi:
+        mid = 0.5 * (lo + hi)
+        if acc(mid) <= 0.5:
+            hi = mid
+        else:
+            lo = mid
+    return hi
+
+
+def accuracy_at_eps_fractions(
+    net: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    eps_ref: float,
+    fractions: Sequence[float] = (0.2, 0.5, 1.0),
+    *,
+    clip: Optional[tuple[float, float]] = None,
+    batch_size: int = 500,
+) -> dict[float, float]:
+    """FGS accuracy at ``fraction · eps_ref`` for each fraction: ``{fraction: accuracy}`` (the paper's
+    Table 1 uses a reference model's ε_ref for every model)."""
+    return {
+        float(f): fgs_accuracy(net, x, y, float(f) * float(eps_ref), clip=clip, batch_size=batch_size)
+        for f in fractions
+    }

@@ -1,0 +1,152 @@
+"""Training and evaluation loops shared by the scripts in train/ (plain functions, no framework)."""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from tqdm import tqdm
+
+import revnet
+from revnet import metrics
+from revnet.losses import deep_defense_loss
+
+FRACTIONS = (0.2, 0.5, 1.0)
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+
+def batches(n: int, batch_size: int, generator: Optional[torch.Generator]) -> list[Tensor]:
+    """Index batches over ``n`` items; shuffled when a generator is given."""
+    order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
+    return list(order.split(batch_size))
+
+
+def train_one_epoch(
+    net: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    x: Tensor,
+    y: Tensor,
+    *,
+    method: str,
+    batch_size: int,
+    generator: torch.Generator,
+    lmbd: float = 15.0,
+    c: float = 25.0,
+    d: float = 5.0,
+    max_iter: int = 5,
+    overshoot: float = 0.02,
+    reg_layers: Optional[list[str]] = None,
+    desc: str = "train",
+    progress: bool = True,
+) -> dict[str, float]:
+    """One epoch over ``(x, y)`` (preprocessed, on the training device). ``method``: ``deepdefense`` or ``clean``.
+
+    Returns the epoch's mean loss, training accuracy and, for Deep Defense, mean ‖Δx‖/‖x‖ of the batches.
+    Raises :class:`NonFiniteLossError` at the first NaN/inf loss (before the optimizer step).
+    """
+    net.train()
+    totals = {"loss": 0.0, "correct": 0.0, "ratio": 0.0, "seen": 0}
+    bar = tqdm(batches(len(y), batch_size, generator), desc=desc, leave=False, disable=not progress)
+    for idx in bar:
+        xb, yb = x[idx], y[idx]
+        if method == "deepdefense":
+            loss, info = deep_defense_loss(
+                net, xb, yb, lmbd=lmbd, c=c, d=d, max_iter=max_iter, overshoot=overshoot, reg_layers=reg_layers
+            )
+            logits_correct = info.correct.float().sum().item()
+            ratio = info.ratio.sum().item()
+        elif method == "clean":
+            logits = net(xb)
+            loss = F.cross_entropy(logits, yb)
+            logits_correct = (logits.argmax(1) == yb).float().sum().item()
+            ratio = math.nan
+        else:
+            raise ValueError(f"unknown method {method!r}")
+        if not torch.isfinite(loss):
+            raise NonFiniteLossError(f"the training loss is {loss.item()} at a batch of {desc}")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        n = len(yb)
+        totals["loss"] += loss.item() * n
+        totals["correct"] += logits_correct
+        totals["ratio"] += ratio
+        totals["seen"] += n
+        seen = totals["seen"]
+        bar.set_postfix(
+            loss=f"{totals['loss'] / seen:.4f}", acc=f"{totals['correct'] / seen:.4f}",
+            **({"dx/x": f"{totals['ratio'] / seen:.4f}"} if method == "deepdefense" else {}),
+        )
+    seen = max(totals["seen"], 1)
+    return {
+        "train_loss": totals["loss"] / seen,
+        "train_acc": totals["correct"] / seen,
+        **({"train_ratio": totals["ratio"] / seen} if method == "deepdefense" else {}),
+    }
+
+
+def evaluate(
+    net: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    *,
+    eps_ref: Optional[float] = None,
+    find_eps_ref: bool = False,
+    max_iter: int = 50,
+    overshoot: float = 0.02,
+    clip: Optional[tuple[float, float]] = None,
+    batch_size: int = 500,
+) -> dict[str, Any]:
+    """Accuracy, DeepFool ρ₂ (with fooling rate and mean iterations), optionally the model's own ε_ref, and FGS
+    accuracy at 0.2/0.5/1.0·``eps_ref`` (the given one, else the model's own when ``find_eps_ref``)."""
+    net.eval()
+    start = time.perf_counter()
+    out: dict[str, Any] = {"n": len(y), "acc": metrics.network_accuracy(net, x, y, batch_size=batch_size)}
+    rob = metrics.deepfool_robustness(net, x, max_iter=max_iter, overshoot=overshoot, batch_size=batch_size)
+    out.update({"rho2": rob["rho2"], "fooling_rate": rob["fooling_rate"], "mean_iterations": rob["mean_iterations"]})
+    if find_eps_ref:
+        out["own_eps_ref"] = metrics.eps_ref(net, x, y, batch_size=batch_size, clip=clip)
+    eps = eps_ref if eps_ref is not None else out.get("own_eps_ref")
+    if eps is not None:
+        out["eps_ref_used"] = eps
+        for frac in FRACTIONS:
+            out[f"fgs_acc@{frac}"] = metrics.fgs_accuracy(net, x, y, frac * eps, batch_size=batch_size, clip=clip)
+    out["eval_seconds"] = time.perf_counter() - start
+    return out
+
+
+def train_reference(
+    net: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    *,
+    epochs: int,
+    lr: float,
+    batch_size: int,
+    seed: int,
+    momentum: float = 0.9,
+    weight_decay: float = 5e-4,
+    progress: bool = True,
+) -> list[dict[str, float]]:
+    """Plain cross-entropy training: SGD with momentum, lr halved for the last 20% of the epochs."""
+    optimizer = torch.optim.SGD(net.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+    drop = max(1, int(round(0.8 * epochs)))
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=[drop], gamma=0.5)
+    log = []
+    for epoch in range(epochs):
+        gen = torch.Generator().manual_seed(seed * 1000 + epoch)
+        stats = train_one_epoch(
+            net, optimizer, x, y, method="clean", batch_size=batch_size, generator=gen,
+            desc=f"reference {epoch + 1}/{epochs}", progress=progress,
+        )
+        scheduler.step()
+        log.append({"epoch": epoch + 1, **stats})
+    net.eval()
+    return log

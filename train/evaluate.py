@@ -1,0 +1,84 @@
+"""Evaluate any checkpoint: accuracy, DeepFool ρ₂, ε_ref and FGS accuracy at 0.2/0.5/1.0·ε_ref.
+
+Example::
+
+    python train/evaluate.py runs/lenet-deepdefense-s0/final.pt --data-dir ../shared/data --eps-ref 0.12
+
+Without ``--eps-ref`` the model's own ε_ref is found by bisection. Metrics are printed and written as JSON
+(``--output``, default next to the checkpoint: ``<checkpoint>.eval.json``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import data as data_lib  # noqa: E402
+import engine  # noqa: E402
+import utils  # noqa: E402
+
+import models  # noqa: E402
+
+
+def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description="Evaluate a revnet checkpoint's accuracy and robustness.", add_help=add_help,
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("checkpoint", help="a .pt file written by train/finetune.py (final.pt or a cached reference)")
+    p.add_argument("--eps-ref", type=float, default=None,
+                   help="ε_ref for the FGS accuracies (e.g. another model's); default: this model's own")
+    p.add_argument("--dataset", default="mnist", choices=data_lib.DATASETS, help="dataset")
+    p.add_argument("--data-dir", default=None, help="folder in torchvision layout (default ./data or the embedded subset)")
+    p.add_argument("--eval-samples", type=int, default=0, help="evaluate on the first N test images (0: all)")
+    p.add_argument("--eval-max-iter", type=int, default=50, help="DeepFool iterations for ρ₂")
+    p.add_argument("--overshoot", type=float, default=0.02, help="DeepFool overshoot")
+    p.add_argument("--eval-batch-size", type=int, default=500, help="batch size of the attacks")
+    p.add_argument("--clip", action="store_true", help="clip FGS images to the valid pixel range (default: not clipped)")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    p.add_argument("--output", default=None, help="JSON file for the metrics (default <checkpoint>.eval.json)")
+    return p
+
+
+def main(args: argparse.Namespace) -> dict[str, Any]:
+    parser = get_args_parser()
+    for name in ["eval_samples"]:
+        if getattr(args, name) < 0:
+            parser.error(f"--{name.replace('_', '-')} must not be negative")
+    if args.eval_max_iter < 1 or args.eval_batch_size < 1:
+        parser.error("--eval-max-iter and --eval-batch-size must be at least 1")
+    if args.eps_ref is not None and not args.eps_ref > 0:
+        parser.error("--eps-ref must be positive")
+    print("configuration:\n" + "\n".join(f"  {k}: {v}" for k, v in sorted(vars(args).items())), flush=True)
+    device = utils.resolve_device(args.device)
+    try:
+        net, ckpt = models.load(args.checkpoint, map_location=device)
+        splits = data_lib.load(args.dataset, args.data_dir)
+    except (models.CheckpointError, data_lib.DataError) as exc:
+        raise SystemExit(f"error: {exc}") from None
+    n = args.eval_samples or len(splits.test_y)
+    x = data_lib.preprocess(splits.test_x[:n], ckpt["preprocess"]).to(device)
+    y = splits.test_y[:n].to(device)
+    clip = None
+    if args.clip:
+        lo = data_lib.preprocess(torch.zeros(1, 1, 28, 28, dtype=torch.uint8), ckpt["preprocess"]).min().item()
+        hi = data_lib.preprocess(torch.full((1, 1, 28, 28), 255, dtype=torch.uint8), ckpt["preprocess"]).max().item()
+        clip = (lo, hi)
+    result = engine.evaluate(
+        net, x, y, eps_ref=args.eps_ref, find_eps_ref=args.eps_ref is None, max_iter=args.eval_max_iter,
+        overshoot=args.overshoot, clip=clip, batch_size=args.eval_batch_size,
+    )
+    result.update({"checkpoint": str(args.checkpoint), "arch": ckpt["arch"], "data": splits.source})
+    output = Path(args.output or f"{args.checkpoint}.eval.json")
+    utils.write_json(output, result)
+    print("\n".join(f"{k}: {v}" for k, v in result.items()))
+    print(f"written: {output}")
+    return result
+
+
+if __name__ == "__main__":
+    main(get_args_parser().parse_args())

@@ -1,0 +1,296 @@
+"""Fine-tune an MNIST classifier with Deep Defense (or plain cross-entropy) and evaluate its robustness.
+
+Example::
+
+    python train/finetune.py lenet --data-dir ../shared/data --out runs/lenet-dd
+
+Without ``--reference`` a reference model is trained first with plain cross-entropy (cached under
+``--cache-dir``, keyed by architecture, data, recipe and seed, and reused). The reference and every epoch of the
+fine-tuned model are evaluated (accuracy, DeepFool ρ₂, FGS accuracy at fractions of the reference's ε_ref), and
+the run ends with a before/after table at the fine-tuned model's ε_ref, as in the paper's Table 1.
+
+The run directory ``--out`` holds ``config.json`` (flags, git commit, package versions, data source),
+``log.jsonl`` (one line per epoch), ``metrics.json`` and ``summary.md`` (the final table), ``final.pt`` (the
+fine-tuned model, readable with ``torch.load(weights_only=True)`` / ``models.load``) and ``resume/checkpoint.pt``
+(written atomically after every epoch; ``--resume`` continues from it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import data as data_lib  # noqa: E402
+import engine  # noqa: E402
+import utils  # noqa: E402
+
+import models  # noqa: E402
+
+METHODS = ("deepdefense", "clean")
+
+
+def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        description="Deep Defense fine-tuning on MNIST (reference training, fine-tuning, evaluation).",
+        add_help=add_help,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("model", help=f"architecture: {', '.join(models.ARCHITECTURES)}")
+    p.add_argument("--method", default="deepdefense", choices=METHODS,
+                   help="deepdefense: CE + the DeepFool-based regularizer; clean: CE only, same recipe")
+    p.add_argument("--dataset", default="mnist", choices=data_lib.DATASETS, help="dataset (torchvision)")
+    p.add_argument("--data-dir", default=None,
+                   help="folder in torchvision layout (DIR/MNIST/raw/); default ./data, downloading if possible, "
+                        "else the embedded 5,000-image MNIST subset")
+    p.add_argument("--out", default=None, help="run directory (default runs/<model>-<method>-s<seed>)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its last completed epoch (starts fresh if there is none)")
+    p.add_argument("--reference", default=None,
+                   help="checkpoint of the reference model to fine-tune (default: train one, cached in --cache-dir)")
+    p.add_argument("--cache-dir", default="runs/references", help="where trained reference models are cached")
+    p.add_argument("--epochs", type=int, default=None,
+                   help="fine-tuning epochs (default: lenet 6, mlp 20, chosen on a validation split; see README)")
+    p.add_argument("--lr", type=float, default=None,
+                   help="fine-tuning learning rate (default: lenet 2e-3, mlp 1e-2)")
+    p.add_argument("--lr-drop-epochs", type=int, default=1, help="halve the learning rate for the last N epochs")
+    p.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
+    p.add_argument("--weight-decay", type=float, default=5e-4, help="SGD weight decay")
+    p.add_argument("--batch-size", type=int, default=100, help="training batch size")
+    p.add_argument("--lmbda", type=float, default=15.0, help="λ, weight of the Deep Defense regularizer")
+    p.add_argument("--c", type=float, default=25.0, help="c: exp(-c·‖Δx‖/‖x‖) for correctly classified samples")
+    p.add_argument("--d", type=float, default=5.0, help="d: exp(d·‖Δx‖/‖x‖) for misclassified samples")
+    p.add_argument("--max-iter", type=int, default=5, help="DeepFool iterations inside the training loss")
+    p.add_argument("--overshoot", type=float, default=0.02, help="DeepFool overshoot (training and evaluation)")
+    p.add_argument("--ref-epochs", type=int, default=20, help="epochs of the reference (plain CE) training")
+    p.add_argument("--ref-lr", type=float, default=0.01, help="learning rate of the reference training")
+    p.add_argument("--eval-samples", type=int, default=0, help="evaluate on the first N test images (0: all)")
+    p.add_argument("--epoch-eval-samples", type=int, default=1000,
+                   help="per-epoch evaluation on the first N test images (0: same as --eval-samples)")
+    p.add_argument("--eval-max-iter", type=int, default=50, help="DeepFool iterations for ρ₂")
+    p.add_argument("--eval-batch-size", type=int, default=500, help="batch size of the evaluation attacks")
+    p.add_argument("--clip", action="store_true",
+                   help="clip FGS images to the valid pixel range (default: not clipped, as the paper)")
+    p.add_argument("--val-size", type=int, default=0,
+                   help="hold N training images out as a validation set, evaluated every epoch (for sweeps)")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    p.add_argument("--seed", type=int, default=0, help="seed of initialisation, shuffling and the hold-out split")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return p
+
+
+DEFAULTS = {"lenet": {"epochs": 6, "lr": 2e-3}, "mlp": {"epochs": 20, "lr": 1e-2}}
+
+
+def check_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    if args.model not in models.ARCHITECTURES:
+        parser.error(f"unknown model {args.model!r}; choose one of: {', '.join(models.ARCHITECTURES)}")
+    for key, value in DEFAULTS[args.model].items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    positive = ["epochs", "batch_size", "max_iter", "eval_max_iter", "eval_batch_size", "ref_epochs"]
+    for name in positive:
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    for name in ["lr", "ref_lr"]:
+        if not getattr(args, name) > 0:
+            parser.error(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    for name in ["lmbda", "c", "d", "overshoot", "weight_decay", "momentum", "eval_samples", "epoch_eval_samples",
+                 "val_size", "lr_drop_epochs"]:
+        if getattr(args, name) < 0:
+            parser.error(f"--{name.replace('_', '-')} must not be negative, got {getattr(args, name)}")
+    if args.lr_drop_epochs >= args.epochs and args.epochs > 1:
+        parser.error("--lr-drop-epochs must be smaller than --epochs")
+    if args.out is None:
+        args.out = f"runs/{args.model}-{args.method}-s{args.seed}"
+
+
+def fingerprint(*tensors: torch.Tensor) -> str:
+    h = hashlib.sha1()
+    for t in tensors:
+        h.update(t.contiguous().numpy().tobytes())
+    return h.hexdigest()[:12]
+
+
+def get_reference(args, splits, preprocess, device) -> tuple[torch.nn.Module, dict, str]:
+    """The reference model: ``--reference``, a cached one, or a freshly trained (and then cached) one."""
+    if args.reference:
+        try:
+            net, ckpt = models.load(args.reference, arch=args.model, map_location=device)
+        except models.CheckpointError as exc:
+            raise SystemExit(f"error: {exc}") from None
+        return net, ckpt["preprocess"], f"given: {args.reference}"
+    key = (
+        f"{args.model}-{args.dataset}-{fingerprint(splits.train_x, splits.train_y)}"
+        f"-e{args.ref_epochs}-lr{args.ref_lr:g}-b{args.batch_size}-s{args.seed}"
+    )
+    path = Path(args.cache_dir) / f"{key}.pt"
+    if path.is_file():
+        net, ckpt = models.load(path, arch=args.model, map_location=device)
+        return net, ckpt["preprocess"], f"cached: {path}"
+    print(f"training the reference model ({args.ref_epochs} epochs, lr {args.ref_lr}) -> {path}", flush=True)
+    utils.seed_everything(args.seed)
+    net = models.build(args.model).to(device)
+    x = data_lib.preprocess(splits.train_x, preprocess).to(device)
+    start = time.perf_counter()
+    log = engine.train_reference(
+        net, x, splits.train_y.to(device), epochs=args.ref_epochs, lr=args.ref_lr, batch_size=args.batch_size,
+        seed=args.seed, progress=not args.no_progress,
+    )
+    seconds = time.perf_counter() - start
+    models.save(path, args.model, net, preprocess, metrics={"train_log": log, "train_seconds": seconds},
+                config={"recipe": "SGD momentum 0.9, weight decay 5e-4, lr halved for the last 20% of epochs",
+                        "epochs": args.ref_epochs, "lr": args.ref_lr, "batch_size": args.batch_size,
+                        "seed": args.seed, "data": splits.source})
+    return net, preprocess, f"trained ({seconds:.0f} s), cached: {path}"
+
+
+def summary_markdown(args, ref_final: dict, ft_final: dict, eps: float, wall: float, source: str) -> str:
+    rows = []
+    for name, m in [("Reference", ref_final), (f"Fine-tuned ({args.method})", ft_final)]:
+        rows.append({"model": name, "acc": f"{100 * m['acc']:.2f}%", "rho2": f"{m['rho2']:.4f}",
+                     **{f"f{f}": f"{100 * m[f'fgs_acc@{f}']:.2f}%" for f in engine.FRACTIONS}})
+    cols = [("model", "model"), ("acc", "test acc."), ("rho2", "ρ₂")] + [
+        (f"f{f}", f"acc. @{f} ε_ref") for f in engine.FRACTIONS]
+    ratio = ft_final["rho2"] / ref_final["rho2"] if ref_final["rho2"] else float("nan")
+    return (
+        f"# {args.model}: {args.method} fine-tuning\n\n"
+        f"- data: {source}; evaluated on {ft_final['n']} test images\n"
+        f"- ε_ref = {eps:.5g} (the fine-tuned model's; FGS images clipped to the pixel range: {'yes' if args.clip else 'no'})\n"
+        f"- ρ₂ ratio: ×{ratio:.3f}; wall time {wall:.0f} s\n\n"
+        + utils.format_table(rows, cols) + "\n"
+    )
+
+
+def main(args: argparse.Namespace) -> dict[str, Any]:
+    parser = get_args_parser()
+    check_args(args, parser)
+    device = utils.resolve_device(args.device)
+    out = Path(args.out)
+    resume_path = out / "resume" / "checkpoint.pt"
+    if resume_path.exists() and not args.resume:
+        raise SystemExit(f"error: {out} already holds a run; pass --resume to continue it or choose another --out.")
+    config = {"args": vars(args), "device": str(device), **utils.environment()}
+    print("configuration:\n" + "\n".join(f"  {k}: {v}" for k, v in sorted(vars(args).items())), flush=True)
+    wall_start = time.perf_counter()
+
+    try:
+        splits = data_lib.load(args.dataset, args.data_dir)
+    except data_lib.DataError as exc:
+        raise SystemExit(f"error: {exc}") from None
+    splits, (val_x_raw, val_y) = splits.hold_out(args.val_size, args.seed)
+    config["data"] = splits.source
+    print(f"data: {splits.source}; training on {len(splits.train_y)} images, {len(val_y)} held out", flush=True)
+
+    preprocess = data_lib.preprocess_params(splits.train_x)
+    utils.seed_everything(args.seed)
+    ref_net, preprocess, ref_origin = get_reference(args, splits, preprocess, device)
+    config["reference"] = ref_origin
+    print(f"reference: {ref_origin}", flush=True)
+    out.mkdir(parents=True, exist_ok=True)
+    utils.write_json(out / "config.json", config)
+
+    prep = lambda t: data_lib.preprocess(t, preprocess).to(device)  # noqa: E731
+    train_x, train_y = prep(splits.train_x), splits.train_y.to(device)
+    n_eval = args.eval_samples or len(splits.test_y)
+    test_x, test_y = prep(splits.test_x[:n_eval]), splits.test_y[:n_eval].to(device)
+    n_epoch_eval = min(args.epoch_eval_samples or n_eval, n_eval)
+    val_x, val_y = prep(val_x_raw), val_y.to(device)
+    eval_kw = dict(max_iter=args.eval_max_iter, overshoot=args.overshoot, batch_size=args.eval_batch_size,
+                   clip=(float(prep(torch.zeros(1, 1, 28, 28, dtype=torch.uint8)).min()),
+                         float(prep(torch.full((1, 1, 28, 28), 255, dtype=torch.uint8)).max())) if args.clip else None)
+
+    net = models.build(args.model).to(device)
+    optimizer = torch.optim.SGD(net.parameters(), lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
+    milestones = [args.epochs - args.lr_drop_epochs] if args.lr_drop_epochs else []
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=0.5)
+
+    if args.resume and resume_path.exists():
+        state = torch.load(resume_path, map_location=device, weights_only=True)
+        net.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["lr_scheduler"])
+        torch.set_rng_state(state["rng"]["torch"])
+        start_epoch, history, ref_metrics = state["epoch"] + 1, list(state["history"]), state["reference_metrics"]
+        print(f"resuming {out} after epoch {state['epoch']}", flush=True)
+    else:
+        net.load_state_dict(ref_net.state_dict())
+        print(f"evaluating the reference on {n_epoch_eval} test images ...", flush=True)
+        ref_metrics = engine.evaluate(net, test_x[:n_epoch_eval], test_y[:n_epoch_eval], find_eps_ref=True, **eval_kw)
+        if len(val_y):
+            ref_metrics["val"] = engine.evaluate(net, val_x, val_y, **eval_kw)
+        print(f"reference: acc {ref_metrics['acc']:.4f}, rho2 {ref_metrics['rho2']:.4f}, "
+              f"eps_ref {ref_metrics['own_eps_ref']:.4g}", flush=True)
+        start_epoch, history = 1, []
+    epoch_eps = ref_metrics["own_eps_ref"]  # fixed for the whole run so the curves are comparable
+
+    for epoch in range(start_epoch, args.epochs + 1):
+        gen = torch.Generator().manual_seed(args.seed * 1000 + epoch)
+        t0 = time.perf_counter()
+        try:
+            stats = engine.train_one_epoch(
+                net, optimizer, train_x, train_y, method=args.method, batch_size=args.batch_size, generator=gen,
+                lmbd=args.lmbda, c=args.c, d=args.d, max_iter=args.max_iter, overshoot=args.overshoot,
+                desc=f"epoch {epoch}/{args.epochs}", progress=not args.no_progress,
+            )
+        except engine.NonFiniteLossError as exc:
+            raise SystemExit(
+                f"error: {exc} (epoch {epoch}). The last good state is {resume_path if history else 'the reference'}; "
+                "lower --lr or --lmbda and start again."
+            ) from None
+        scheduler.step()
+        train_seconds = time.perf_counter() - t0
+        row = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"], "train_seconds": train_seconds, **stats}
+        row["test"] = engine.evaluate(net, test_x[:n_epoch_eval], test_y[:n_epoch_eval], eps_ref=epoch_eps, **eval_kw)
+        if len(val_y):
+            row["val"] = engine.evaluate(net, val_x, val_y, **eval_kw)
+        history.append(row)
+        models.save_atomic(
+            {"model": net.state_dict(), "optimizer": optimizer.state_dict(), "lr_scheduler": scheduler.state_dict(),
+             "epoch": epoch, "rng": {"torch": torch.get_rng_state()}, "args": _plain(vars(args)),
+             "history": history, "reference_metrics": ref_metrics},
+            resume_path,
+        )
+        utils.write_text_atomic(out / "log.jsonl", "".join(utils.json.dumps(r, sort_keys=True) + "\n" for r in history))
+        t = row["test"]
+        print(f"epoch {epoch}/{args.epochs}: loss {stats['train_loss']:.4f}, test acc {t['acc']:.4f}, "
+              f"rho2 {t['rho2']:.4f}, fgs@1.0 {t['fgs_acc@1.0']:.4f} ({train_seconds:.0f} s train)", flush=True)
+
+    print(f"final evaluation on {n_eval} test images ...", flush=True)
+    ft_final = engine.evaluate(net, test_x, test_y, find_eps_ref=True, **eval_kw)
+    eps = ft_final["own_eps_ref"]
+    ref_final = engine.evaluate(ref_net, test_x, test_y, eps_ref=eps, **eval_kw)
+    ref_final["own_eps_ref"] = ref_metrics["own_eps_ref"] if n_epoch_eval == n_eval else None
+    wall = time.perf_counter() - wall_start
+    result = {"model": args.model, "method": args.method, "reference": ref_final, "finetuned": ft_final,
+              "eps_ref": eps, "rho2_ratio": ft_final["rho2"] / ref_final["rho2"], "wall_seconds": wall,
+              "history": history, "data": splits.source}
+    models.save(out / "final.pt", args.model, net, preprocess, metrics=_plain(
+        {k: v for k, v in result.items() if k != "history"}), config=_plain(vars(args)))
+    utils.write_json(out / "metrics.json", result)
+    summary = summary_markdown(args, ref_final, ft_final, eps, wall, splits.source)
+    utils.write_text_atomic(out / "summary.md", summary)
+    print("\n" + summary, flush=True)
+    return result
+
+
+def _plain(obj: Any) -> Any:
+    """Only str/int/float/bool/None (and lists/dicts of them), as ``weights_only`` loading wants."""
+    if isinstance(obj, dict):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, (str, int, float, bool)) or obj is None:
+        return obj
+    return str(obj)
+
+
+if __name__ == "__main__":
+    main(get_args_parser().parse_args())
