@@ -103,7 +103,9 @@ def load(dataset: str = "mnist", data_dir: Optional[str] = None, *, download: bo
     except RuntimeError:
         pass  # not on disk
     try:
-        return _from_torchvision(dataset, root, download=download)
+        if not download:
+            raise DataError("downloads are switched off (--no-download)")
+        return _from_torchvision(dataset, root, download=True)
     except Exception as exc:  # noqa: BLE001 - offline: any network error
         if explicit or dataset != "mnist":
             hint = (
@@ -115,7 +117,7 @@ def load(dataset: str = "mnist", data_dir: Optional[str] = None, *, download: bo
             raise DataError(f"{dataset} is not in {root} and could not be downloaded ({exc.__class__.__name__}); {hint}.")
     splits = embedded_mnist()
     print(
-        "\n" + "!" * 78 + f"\n!! MNIST is not in ./data and could not be downloaded: using the {splits.source}.\n"
+        "\n" + "!" * 78 + f"\n!! MNIST is not in ./data and was not downloaded: using the {splits.source}.\n"
         "!! Pass --data-dir DIR (torchvision layout DIR/MNIST/raw/) for the real data.\n" + "!" * 78 + "\n",
         file=sys.stderr,
     )

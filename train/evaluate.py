@@ -34,6 +34,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                    help="ε_ref for the FGS accuracies (e.g. another model's); default: this model's own")
     p.add_argument("--dataset", default="mnist", choices=data_lib.DATASETS, help="dataset")
     p.add_argument("--data-dir", default=None, help="folder in torchvision layout (default ./data or the embedded subset)")
+    p.add_argument("--no-download", action="store_true", help="never download (offline): fall back to the embedded subset")
     p.add_argument("--eval-samples", type=int, default=0, help="evaluate on the first N test images (0: all)")
     p.add_argument("--eval-max-iter", type=int, default=50, help="DeepFool iterations for ρ₂")
     p.add_argument("--overshoot", type=float, default=0.02, help="DeepFool overshoot")
@@ -57,7 +58,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     device = utils.resolve_device(args.device)
     try:
         net, ckpt = models.load(args.checkpoint, map_location=device)
-        splits = data_lib.load(args.dataset, args.data_dir)
+        splits = data_lib.load(args.dataset, args.data_dir, download=not args.no_download)
     except (models.CheckpointError, data_lib.DataError) as exc:
         raise SystemExit(f"error: {exc}") from None
     n = args.eval_samples or len(splits.test_y)

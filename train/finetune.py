@@ -50,6 +50,10 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--data-dir", default=None,
                    help="folder in torchvision layout (DIR/MNIST/raw/); default ./data, downloading if possible, "
                         "else the embedded 5,000-image MNIST subset")
+    p.add_argument("--no-download", action="store_true",
+                   help="never download: without MNIST on disk, use the embedded subset (offline tests)")
+    p.add_argument("--train-samples", type=int, default=0,
+                   help="fine-tune (and train the reference) on a seeded random N of the training images (0: all)")
     p.add_argument("--out", default=None, help="run directory (default runs/<model>-<method>-s<seed>)")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its last completed epoch (starts fresh if there is none)")
@@ -103,7 +107,7 @@ def check_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Non
         if not getattr(args, name) > 0:
             parser.error(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
     for name in ["lmbda", "c", "d", "overshoot", "weight_decay", "momentum", "eval_samples", "epoch_eval_samples",
-                 "val_size", "lr_drop_epochs"]:
+                 "val_size", "lr_drop_epochs", "train_samples"]:
         if getattr(args, name) < 0:
             parser.error(f"--{name.replace('_', '-')} must not be negative, got {getattr(args, name)}")
     if args.lr_drop_epochs >= args.epochs and args.epochs > 1:
@@ -182,10 +186,14 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     wall_start = time.perf_counter()
 
     try:
-        splits = data_lib.load(args.dataset, args.data_dir)
+        splits = data_lib.load(args.dataset, args.data_dir, download=not args.no_download)
+        splits, (val_x_raw, val_y) = splits.hold_out(args.val_size, args.seed)
     except data_lib.DataError as exc:
         raise SystemExit(f"error: {exc}") from None
-    splits, (val_x_raw, val_y) = splits.hold_out(args.val_size, args.seed)
+    if args.train_samples:
+        keep = torch.randperm(len(splits.train_y), generator=torch.Generator().manual_seed(args.seed))
+        keep = keep[: args.train_samples].sort().values  # a seeded random subset (the files are sorted by class)
+        splits.train_x, splits.train_y = splits.train_x[keep], splits.train_y[keep]
     config["data"] = splits.source
     print(f"data: {splits.source}; training on {len(splits.train_y)} images, {len(val_y)} held out", flush=True)
 
@@ -270,6 +278,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     ref_final["own_eps_ref"] = ref_metrics["own_eps_ref"] if n_epoch_eval == n_eval else None
     wall = time.perf_counter() - wall_start
     result = {"model": args.model, "method": args.method, "reference": ref_final, "finetuned": ft_final,
+              "reference_val": ref_metrics.get("val"),
               "eps_ref": eps, "rho2_ratio": ft_final["rho2"] / ref_final["rho2"], "wall_seconds": wall,
               "history": history, "data": splits.source}
     models.save(out / "final.pt", args.model, net, preprocess, metrics=_plain(

@@ -1,0 +1,143 @@
+"""End-to-end smoke tests of the scripts in train/ on the embedded MNIST subset (offline, seconds each)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "train"))
+
+import evaluate  # noqa: E402
+import finetune  # noqa: E402
+import sweep  # noqa: E402
+
+import models  # noqa: E402
+
+TINY = ["--no-download", "--train-samples", "300", "--ref-epochs", "10", "--lr", "0.002", "--eval-samples", "100",
+        "--epoch-eval-samples", "50", "--eval-max-iter", "10", "--no-progress", "--batch-size", "50"]
+
+
+def run_main(argv: list[str]) -> dict:
+    return finetune.main(finetune.get_args_parser().parse_args(argv))
+
+
+def test_finetune_runs_end_to_end_and_writes_its_run_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = run_main(["mlp", "--epochs", "2", "--out", "run", "--cache-dir", "cache", *TINY])
+    run = tmp_path / "run"
+    for name in ["config.json", "log.jsonl", "metrics.json", "summary.md", "final.pt", "resume/checkpoint.pt"]:
+        assert (run / name).is_file(), name
+    config = json.loads((run / "config.json").read_text())
+    assert config["args"]["lmbda"] == 15.0 and "git_commit" in config and "torch" in config
+    assert "EMBEDDED" in config["data"]
+    assert len((run / "log.jsonl").read_text().splitlines()) == 2
+    summary = (run / "summary.md").read_text()
+    assert "| Reference |" in summary and "| Fine-tuned (deepdefense) |" in summary
+    net, ckpt = models.load(run / "final.pt", arch="mlp")
+    assert ckpt["metrics"]["finetuned"]["n"] == 100 and 0 <= result["finetuned"]["acc"] <= 1
+    assert result["rho2_ratio"] > 0 and len(list((tmp_path / "cache").glob("*.pt"))) == 1
+
+    out = evaluate.main(evaluate.get_args_parser().parse_args(
+        [str(run / "final.pt"), "--no-download", "--eval-samples", "100", "--eval-max-iter", "10",
+         "--eps-ref", str(result["eps_ref"])]))
+    assert out["acc"] == pytest.approx(result["finetuned"]["acc"])
+    assert out["rho2"] == pytest.approx(result["finetuned"]["rho2"])
+    assert (run / "final.pt.eval.json").is_file()
+
+    # a second run reuses the cached reference and refuses to overwrite the first without --resume
+    with pytest.raises(SystemExit, match="--resume"):
+        run_main(["mlp", "--epochs", "2", "--out", "run", "--cache-dir", "cache", *TINY])
+
+
+def _script(args: list[str], cwd: Path) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, str(ROOT / "train" / "finetune.py"), *args], cwd=cwd, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def test_resume_after_sigkill_ends_with_the_same_metrics(tmp_path):
+    common = ["lenet", "--epochs", "4", "--cache-dir", "cache", *TINY]
+    straight = _script([*common, "--out", "straight"], tmp_path)
+    assert straight.wait(timeout=600) == 0, straight.stdout.read()
+
+    killed = _script([*common, "--out", "killed"], tmp_path)
+    checkpoint = tmp_path / "killed" / "resume" / "checkpoint.pt"
+    deadline = time.time() + 600
+    while not checkpoint.exists() and killed.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    killed.send_signal(signal.SIGKILL)
+    assert killed.wait(timeout=60) == -signal.SIGKILL, "the run ended before it could be killed"
+    assert not (tmp_path / "killed" / "final.pt").exists()
+    done = torch.load(checkpoint, weights_only=True)["epoch"]
+    assert 1 <= done < 4
+
+    resumed = _script([*common, "--out", "killed", "--resume"], tmp_path)
+    output = resumed.communicate(timeout=600)[0]
+    assert resumed.returncode == 0, output
+    assert f"resuming killed after epoch {done}" in output
+    a = json.loads((tmp_path / "straight" / "metrics.json").read_text())
+    b = json.loads((tmp_path / "killed" / "metrics.json").read_text())
+    for key in ["acc", "rho2", "own_eps_ref", "fgs_acc@0.5"]:
+        assert a["finetuned"][key] == b["finetuned"][key], key
+    assert [r["train_loss"] for r in a["history"]] == [r["train_loss"] for r in b["history"]]
+
+
+def test_resume_on_an_empty_directory_starts_fresh(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = run_main(["mlp", "--method", "clean", "--epochs", "1", "--out", "fresh", "--resume", "--cache-dir", "c", *TINY])
+    assert len(result["history"]) == 1
+
+
+def test_a_diverging_run_stops_with_a_clear_message_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as info:
+        run_main(["mlp", "--epochs", "3", "--out", "nan", "--cache-dir", "c", *TINY, "--lr", "1e6"])
+    message = str(info.value)
+    assert "nan" in message.lower() or "inf" in message.lower()
+    assert "--lr" in message
+
+
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        (["resnet"], "unknown model"),
+        (["mlp", "--lmbda", "-1"], "--lmbda must not be negative"),
+        (["mlp", "--batch-size", "0"], "--batch-size must be at least 1"),
+        (["mlp", "--lr", "0"], "--lr must be positive"),
+    ],
+)
+def test_nonsense_flags_give_a_one_line_error(argv, expected, capsys):
+    with pytest.raises(SystemExit) as info:
+        run_main(argv)
+    assert info.value.code == 2
+    assert expected in capsys.readouterr().err
+
+
+def test_missing_data_dir_and_wrong_reference_are_clear_errors(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit, match="does not exist"):
+        run_main(["mlp", "--data-dir", "nowhere", "--out", "x", *TINY])
+    models.save(tmp_path / "mlp.pt", "mlp", models.mlp(), {"scale": 1 / 255, "mean": torch.zeros(1, 28, 28)})
+    with pytest.raises(SystemExit, match="'mlp' model, not 'lenet'"):
+        run_main(["lenet", "--reference", "mlp.pt", "--out", "y", *TINY])
+
+
+def test_sweep_chooses_on_validation_and_reuses_finished_runs(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    argv = ["mlp", "--lrs", "0.01", "--epochs", "2", "--val-size", "100", "--out", "sw", "--cache-dir", "c",
+            "--extra", *TINY]
+    result = sweep.main(sweep.get_args_parser().parse_args(argv))
+    assert len(result["candidates"]) == 2 and result["best"]["lr"] == 0.01
+    assert (tmp_path / "sw" / "sweep.md").is_file()
+    mtime = (tmp_path / "sw" / "lr0.01" / "final.pt").stat().st_mtime
+    sweep.main(sweep.get_args_parser().parse_args(argv))
+    assert (tmp_path / "sw" / "lr0.01" / "final.pt").stat().st_mtime == mtime
