@@ -61,9 +61,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                    help="checkpoint of the reference model to fine-tune (default: train one, cached in --cache-dir)")
     p.add_argument("--cache-dir", default="runs/references", help="where trained reference models are cached")
     p.add_argument("--epochs", type=int, default=None,
-                   help="fine-tuning epochs (default: lenet 10, mlp 20, chosen on a validation split; see README)")
+                   help="fine-tuning epochs (default: lenet 10, mlp 60, chosen on a validation split; see README)")
     p.add_argument("--lr", type=float, default=None,
-                   help="fine-tuning learning rate (default: lenet 5e-3, mlp 1e-2)")
+                   help="fine-tuning learning rate (default: lenet 5e-3, mlp 4e-2)")
     p.add_argument("--lr-drop-epochs", type=int, default=1, help="halve the learning rate for the last N epochs")
     p.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
     p.add_argument("--weight-decay", type=float, default=5e-4, help="SGD weight decay")
@@ -90,7 +90,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     return p
 
 
-DEFAULTS = {"lenet": {"epochs": 10, "lr": 5e-3}, "mlp": {"epochs": 20, "lr": 1e-2}}  # from train/sweep.py, see README
+DEFAULTS = {"lenet": {"epochs": 10, "lr": 5e-3}, "mlp": {"epochs": 60, "lr": 4e-2}}  # from train/sweep.py, see README
 
 
 def check_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:

@@ -6,8 +6,10 @@ Example::
 
 Each learning rate is one ``finetune.py`` run with ``--val-size`` images held out of the training set and
 evaluated (accuracy, DeepFool ρ₂) after every epoch; the test set is not used for the choice. The chosen
-setting is the (lr, epoch) with the highest validation ρ₂ whose validation accuracy is not below the
-reference's. Finished runs are reused. Writes ``sweep.json`` and ``sweep.md`` to ``--out``.
+setting is the learning rate with the highest validation ρ₂ whose validation accuracy is not below the
+reference's, among each run's *last* epoch: only the last epoch follows exactly the recipe that a run of that
+many epochs uses (the learning rate is halved in the last epoch); the other epochs are listed for information.
+Finished runs are reused. Writes ``sweep.json`` and ``sweep.md`` to ``--out``.
 """
 
 from __future__ import annotations
@@ -61,8 +63,9 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             candidates.append({"lr": lr, "epoch": row["epoch"], "val_acc": row["val"]["acc"],
                                "val_rho2": row["val"]["rho2"], "ref_val_acc": ref_val["acc"],
                                "ref_val_rho2": ref_val["rho2"]})
-    eligible = [c for c in candidates if c["val_acc"] >= c["ref_val_acc"]]
-    best = max(eligible or candidates, key=lambda c: c["val_rho2"])
+    finals = [c for c in candidates if c["epoch"] == args.epochs]
+    eligible = [c for c in finals if c["val_acc"] >= c["ref_val_acc"]]
+    best = max(eligible or finals, key=lambda c: c["val_rho2"])
     table = utils.format_table(
         [{**c, "ratio": c["val_rho2"] / c["ref_val_rho2"], "chosen": "◀" if c is best else ""} for c in candidates],
         [("lr", "lr"), ("epoch", "epoch"), ("val_acc", "val acc."), ("val_rho2", "val ρ₂"), ("ratio", "ρ₂ ×"),
@@ -71,7 +74,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     ref = runs[0]["reference_val"]
     text = (f"# Validation sweep: {args.model}, {args.method}\n\n{args.val_size} validation images held out of the "
             f"training set (seed {args.seed}); reference: val acc. {ref['acc']:.4f}, val ρ₂ {ref['rho2']:.4f}.\n"
-            f"Chosen: lr {best['lr']:g}, {best['epoch']} epochs (highest val ρ₂ with val acc. ≥ the reference's"
+            f"Chosen: lr {best['lr']:g}, {best['epoch']} epochs (highest val ρ₂ at the last epoch with val acc. ≥ the "
+            f"reference's"
             f"{'' if eligible else '; none qualified, so highest val ρ₂ overall'}).\n\n{table}\n")
     utils.write_text_atomic(out / "sweep.md", text)
     utils.write_json(out / "sweep.json", {"candidates": candidates, "best": best, "config": vars(args)})
