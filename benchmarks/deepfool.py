@@ -1,0 +1,355 @@
+"""Evaluation-mode DeepFool throughput: revnet's explicit reverse against autograd, and the scaling with the
+number of classes.
+
+Example::
+
+    python benchmarks/deepfool.py                       # MNIST MLP/LeNet at reference weights + class scaling
+    python benchmarks/deepfool.py --device cuda --amp    # GPU, mixed precision (untested here: no GPU was lent)
+
+Two parts (``--parts``):
+
+* ``mnist``: untargeted DeepFool (``--max-iter 50``, overshoot 0.02) on the first ``--num-images`` embedded
+  MNIST test images, in batches of ``--batch-size``, for the reference MLP and LeNet (``--reference`` or a
+  cached/trained one, as in ``benchmarks/step.py``).
+* ``scaling``: a random MLP 784-500-150-C (C = ``--classes``: 10, 100, 1000) on one batch of
+  ``--scaling-batch`` synthetic N(0, 1) inputs of shape (1, 28, 28), with all classes as candidates and with
+  ``--candidates`` (10: only the top-10 clean classes, as on ImageNet).
+
+Engines (``--engines``): ``revnet`` is the library's ``revnet.attacks.deepfool`` on the ``revnet.Sequential``;
+``loop`` (one ``torch.autograd.grad`` per candidate row), ``batched`` (one ``is_grads_batched`` backward)
+and ``func`` (``torch.func.vjp`` + ``vmap``) run the *same algorithm* on a plain ``torch.nn`` copy with frozen
+weights (``benchmarks/variants.py: shortcut_deepfool``: only the Q−1 candidate rows ``e_c − e_l`` per
+iteration, the chosen row reused, finished samples leave the batch), so the comparison isolates the
+explicit reverse from autograd. Before timing, every engine's perturbations, iterations and labels are
+checked against revnet's in float64 (``--check-batch`` images). Timing: an explicit loop, ``--warmup``
+untimed runs over all images, then ``--repeats`` timed runs (synchronised on CUDA); images/s is the number
+of images over the median time. Peak memory is recorded on CUDA only (``max_memory_allocated`` above the
+allocation before the run). Results: ``--output``/``deepfool[-cuda][-amp].{json,md}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+from benchmarks.step import (  # noqa: E402  (also puts train/ on sys.path)
+    MiB, PeakMemory, amp_context, fmt, load_batch, machine_info, reference_checkpoints, resolve_device,
+    summarize, synchronize, write_text,
+)
+from benchmarks.variants import ATOL, RTOL, EquivalenceError, eval_deepfool, to_torch  # noqa: E402
+
+import models  # noqa: E402
+import revnet  # noqa: E402
+
+ENGINES = ("revnet", "loop", "batched", "func")
+AMP_TOLERANCE = 1e-2  # relative change of the mean ‖Δx‖/‖x‖ above which mixed precision "changes the result"
+
+
+def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        description="Evaluation-mode DeepFool throughput (images/s): revnet's explicit reverse vs autograd, and "
+                    "the scaling with the number of classes.",
+        add_help=add_help, formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--parts", nargs="+", default=["mnist", "scaling"], choices=["mnist", "scaling"],
+                   help="mnist: reference MLP/LeNet on MNIST test images; scaling: random MLP with C classes")
+    p.add_argument("--engines", nargs="+", default=list(ENGINES), choices=list(ENGINES),
+                   help="revnet: revnet.attacks.deepfool; loop / batched / func: the same algorithm with "
+                        "torch.autograd.grad per row / is_grads_batched / torch.func vmap(vjp)")
+    p.add_argument("--models", nargs="+", default=["mlp", "lenet"], choices=sorted(models.ARCHITECTURES),
+                   help="architectures of the mnist part")
+    p.add_argument("--num-images", type=int, default=500, help="mnist part: first N embedded MNIST test images")
+    p.add_argument("--batch-size", type=int, default=100, help="mnist part: images per attack batch")
+    p.add_argument("--classes", nargs="+", type=int, default=[10, 100, 1000],
+                   help="scaling part: numbers of logits C")
+    p.add_argument("--candidates", type=int, default=10,
+                   help="scaling part: also run with only the top-N clean classes as candidates (0: never)")
+    p.add_argument("--scaling-batch", type=int, default=100, help="scaling part: synthetic images (one batch)")
+    p.add_argument("--max-iter", type=int, default=50, help="DeepFool iterations")
+    p.add_argument("--overshoot", type=float, default=0.02, help="DeepFool overshoot")
+    p.add_argument("--warmup", type=int, default=1, help="untimed runs before timing")
+    p.add_argument("--repeats", type=int, default=5, help="timed runs per configuration")
+    p.add_argument("--time-budget", type=float, default=60.0,
+                   help="seconds of timed runs per configuration; stops early (>= 2 repeats)")
+    p.add_argument("--reference", action="append", default=[], metavar="PATH",
+                   help="reference checkpoint (models.load format), repeat for several models; default: train one "
+                        "on the embedded MNIST subset, cached")
+    p.add_argument("--cache-dir", default="runs/references", help="where trained reference models are cached")
+    p.add_argument("--ref-epochs", type=int, default=10, help="epochs of a reference trained here")
+    p.add_argument("--ref-lr", type=float, default=0.01, help="learning rate of a reference trained here")
+    p.add_argument("--check-batch", type=int, default=8, help="images in the float64 equivalence check")
+    p.add_argument("--device", default=None, help="cpu or cuda; unset: cuda if available")
+    p.add_argument("--dtype", default="float32", choices=["float32", "float64"], help="dtype of the timed attacks")
+    p.add_argument("--amp", action="store_true",
+                   help="run the timed attacks under torch.autocast (float16 on CUDA, bfloat16 on the CPU) and "
+                        "report how it changes DeepFool's results against --dtype")
+    p.add_argument("--amp-dtype", default=None, choices=["float16", "bfloat16"], help="autocast dtype")
+    p.add_argument("--threads", type=int, default=None, help="torch threads; unset: torch's default")
+    p.add_argument("--seed", type=int, default=0, help="seed of the synthetic network/inputs and the references")
+    p.add_argument("--output", default="benchmarks/results", help="folder for the JSON and Markdown results")
+    return p
+
+
+def scaling_net(num_classes: int, seed: int) -> revnet.Sequential:
+    """A random MLP 784-500-150-C (``models.mlp`` with C outputs), eval mode."""
+    torch.manual_seed(seed)
+    return revnet.Sequential(
+        revnet.Flatten(), revnet.Linear(784, 500), revnet.ReLU(), revnet.Linear(500, 150), revnet.ReLU(),
+        revnet.Linear(150, num_classes),
+    ).eval()
+
+
+def engine_net(engine: str, net: revnet.Sequential) -> torch.nn.Module:
+    """revnet: the network itself; autograd engines: a plain torch.nn copy whose weights do not require grad."""
+    if engine == "revnet":
+        return net
+    plain = to_torch(net).eval()
+    plain.requires_grad_(False)
+    return plain
+
+
+def attack_all(engine: str, net, x: torch.Tensor, batch_size: int, max_iter: int, overshoot: float,
+               candidates: Optional[int]):
+    """DeepFool on every image of ``x`` in batches; returns ``(delta, iterations, success, label)``."""
+    parts = [eval_deepfool(engine, net, x[i:i + batch_size], max_iter=max_iter, overshoot=overshoot,
+                           candidates=candidates) for i in range(0, len(x), batch_size)]
+    return tuple(torch.cat([getattr(p, f) for p in parts]) for f in ("delta", "iterations", "success", "label"))
+
+
+def check_engines(net: revnet.Sequential, x: torch.Tensor, engines: list[str], max_iter: int, overshoot: float,
+                  candidates: Optional[int]) -> dict[str, float]:
+    """Each engine's float64 perturbations, iterations, success and labels against revnet's; returns the worst
+    scaled error of Δx per engine (<= 1 passes) or raises :class:`EquivalenceError`."""
+    net64 = copy.deepcopy(net).to(torch.float64)
+    x64 = x.detach().to(torch.float64)
+    ref = attack_all("revnet", net64, x64, len(x64), max_iter, overshoot, candidates)
+    report = {}
+    for engine in engines:
+        if engine == "revnet":
+            continue
+        out = attack_all(engine, engine_net(engine, net64), x64, len(x64), max_iter, overshoot, candidates)
+        scale = max(1.0, ref[0].abs().max().item())
+        err = ((out[0] - ref[0]).abs() / scale / (ATOL + RTOL * (ref[0].abs() / scale))).max().item()
+        same = all(torch.equal(a, b) for a, b in zip(out[1:], ref[1:]))
+        if not err <= 1 or not same:
+            raise EquivalenceError(
+                f"DeepFool with engine {engine} differs from revnet's (float64, candidates {candidates}): scaled "
+                f"Δx error {err:.3g}; iterations {out[1].tolist()} vs {ref[1].tolist()}; labels "
+                f"{out[3].tolist()} vs {ref[3].tolist()}"
+            )
+        report[engine] = err
+    return report
+
+
+def time_attack(fn, device: torch.device, warmup: int, repeats: int, budget: float) -> dict[str, Any]:
+    for _ in range(warmup):
+        fn()
+    memory = PeakMemory(device)
+    if device.type == "cuda":
+        memory.start()
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < repeats:
+        synchronize(device)
+        t0 = time.perf_counter()
+        fn()
+        synchronize(device)
+        times.append(time.perf_counter() - t0)
+        if len(times) >= 2 and time.perf_counter() - start > budget:
+            break
+    out = summarize(times)
+    out["peak_mib"] = memory.peak_bytes() / MiB if device.type == "cuda" else None
+    return out
+
+
+def amp_change(reference, amp, x: torch.Tensor) -> dict[str, Any]:
+    """How mixed precision changes DeepFool against the full-precision run on the same images."""
+    norm_x = x.flatten(1).norm(dim=1)
+    rho_ref = (reference[0].float().flatten(1).norm(dim=1) / norm_x).mean().item()
+    rho_amp = (amp[0].float().flatten(1).norm(dim=1) / norm_x).mean().item()
+    rel = abs(rho_amp - rho_ref) / max(abs(rho_ref), 1e-30)
+    iters = (amp[1] != reference[1]).double().mean().item()
+    labels = (amp[3] != reference[3]).double().mean().item()
+    success = (amp[2] != reference[2]).double().mean().item()
+    return {"rho_fp": rho_ref, "rho_amp": rho_amp, "rho_rel_change": rel, "iterations_differ_frac": iters,
+            "labels_differ_frac": labels, "success_differ_frac": success,
+            "beyond_tolerance": bool(rel > AMP_TOLERANCE or success > 0)}
+
+
+def run_config(args, device, dtype, autocast, net, x, batch_size, candidates, label: dict) -> list[dict[str, Any]]:
+    rows = []
+    where = ", ".join(f"{k} {v}" for k, v in label.items() if k != "shape")
+    for engine in args.engines:
+        enet = engine_net(engine, net)
+
+        def fn(enet=enet, engine=engine):
+            with autocast() if autocast is not None else contextlib.nullcontext():
+                return attack_all(engine, enet, x, batch_size, args.max_iter, args.overshoot, candidates)
+
+        try:
+            timing = time_attack(fn, device, args.warmup, args.repeats, args.time_budget)
+            result = fn()
+        except Exception as exc:  # noqa: BLE001 - e.g. out of memory: reported, not fatal
+            rows.append({**label, "engine": engine, "error": repr(exc)})
+            print(f"  {where} {engine:8s} FAILED: {exc!r}", flush=True)
+            continue
+        row = {**label, "engine": engine, **timing, "images": len(x), "images_per_s": len(x) / timing["median_s"],
+               "mean_iterations": result[1].double().mean().item(), "fooling_rate": result[2].double().mean().item()}
+        if autocast is not None:  # the same engine without autocast, on the same images
+            full = attack_all(engine, enet, x, batch_size, args.max_iter, args.overshoot, candidates)
+            row["amp_vs_full"] = amp_change(full, result, x)
+        rows.append(row)
+        print(f"  {where} {engine:8s} {row['images_per_s']:10.1f} images/s (median {timing['median_s']:.3f} s, "
+              f"IQR {timing['iqr_s']:.3f}, n={timing['repeats']}), DeepFool iters {row['mean_iterations']:.2f}",
+              flush=True)
+    return rows
+
+
+def main(args: argparse.Namespace) -> dict[str, Any]:
+    for name in ("num_images", "batch_size", "scaling_batch", "max_iter", "repeats", "check_batch"):
+        if getattr(args, name) < 1:
+            raise SystemExit(f"error: --{name.replace('_', '-')} must be at least 1")
+    if args.amp and args.dtype != "float32":
+        raise SystemExit("error: --amp needs --dtype float32")
+    device = resolve_device(args.device)
+    threads = args.threads or torch.get_num_threads()
+    torch.set_num_threads(threads)
+    dtype = getattr(torch, args.dtype)
+    amp_dtype = (args.amp_dtype or ("float16" if device.type == "cuda" else "bfloat16")) if args.amp else None
+    autocast = amp_context(device, amp_dtype)
+    name = "deepfool" + ("-cuda" if device.type == "cuda" else "") + ("-amp" if args.amp else "")
+    resolved = {**vars(args), "device": str(device), "threads": threads, "amp_dtype": amp_dtype, "run_name": name}
+    print("configuration:\n" + "\n".join(f"  {k}: {v}" for k, v in sorted(resolved.items())), flush=True)
+    machine = machine_info(device, threads)
+    report: dict[str, Any] = {"name": name, "config": resolved, "machine": machine,
+                              "timing_method": f"explicit loop: {args.warmup} warm-up runs, then up to {args.repeats} "
+                                               f"timed runs (budget {args.time_budget:g} s, at least 2)"
+                                               + ("; CUDA synchronised" if device.type == "cuda" else ""),
+                              "equivalence": {}, "mnist": [], "scaling": []}
+
+    if "mnist" in args.parts:
+        refs = reference_checkpoints(args, args.models)
+        report["references"] = refs
+        for arch in args.models:
+            print(f"reference {arch}: {refs[arch]['origin']}", flush=True)
+            net, x, _ = load_batch(refs[arch]["path"], args.num_images, device, dtype, split="test")
+            report["equivalence"][f"{arch}"] = check_engines(net, x[:args.check_batch], args.engines, args.max_iter,
+                                                              args.overshoot, None)
+            print(f"equivalence {arch}: every engine's DeepFool equals revnet's (float64)", flush=True)
+            report["mnist"] += run_config(args, device, dtype, autocast, net, x, args.batch_size, None,
+                                          {"model": arch, "shape": [args.batch_size, *x.shape[1:]]})
+
+    if "scaling" in args.parts:
+        gen = torch.Generator().manual_seed(args.seed)
+        x = torch.randn(args.scaling_batch, 1, 28, 28, generator=gen).to(device=device, dtype=dtype)
+        for num_classes in args.classes:
+            net = scaling_net(num_classes, args.seed).to(device=device, dtype=dtype)
+            cands = [None] + ([args.candidates] if 2 <= args.candidates < num_classes else [])
+            for cand in cands:
+                key = f"C{num_classes}-q{cand or 'all'}"
+                report["equivalence"][f"scaling-{key}"] = check_engines(
+                    net, x[:args.check_batch], args.engines, args.max_iter, args.overshoot, cand)
+                report["scaling"] += run_config(args, device, dtype, autocast, net, x, len(x), cand,
+                                                {"classes": num_classes, "candidates": cand or num_classes})
+        print("equivalence scaling: every engine's DeepFool equals revnet's (float64)", flush=True)
+
+    out_dir = Path(args.output)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_text(out_dir / f"{name}.json", json.dumps(report, indent=2, default=str) + "\n")
+    write_text(out_dir / f"{name}.md", markdown(report))
+    print(f"wrote {out_dir / name}.json, .md", flush=True)
+    return report
+
+
+def _speedups(rows: list[dict[str, Any]], keys: tuple[str, ...]) -> dict[tuple, dict[str, Any]]:
+    groups: dict[tuple, dict[str, Any]] = {}
+    for r in rows:
+        if "error" not in r:
+            groups.setdefault(tuple(r[k] for k in keys), {})[r["engine"]] = r
+    return groups
+
+
+def markdown(report: dict[str, Any]) -> str:
+    cfg, m = report["config"], report["machine"]
+    lines = [
+        "# DeepFool throughput (evaluation mode): revnet vs autograd", "",
+        f"- machine: {m['platform']}, CPU {m['cpu']} ({m['cpu_count']} logical cores), device {m['device']} "
+        f"({m['device_name']}), torch {m['torch']}, {m['threads']} threads, git {m['git_commit']}",
+        f"- DeepFool: untargeted, max_iter {cfg['max_iter']}, overshoot {cfg['overshoot']}, dtype {cfg['dtype']}"
+        + (f", autocast {cfg['amp_dtype']}" if cfg["amp_dtype"] else ""),
+        f"- timing: {report['timing_method']}; images/s = images / median time",
+        "- engines: revnet = `revnet.attacks.deepfool`; loop / batched / func = the same algorithm (candidate rows "
+        "e_c − e_l only, chosen row reused, finished samples leave the batch) with `torch.autograd.grad` per row / "
+        "one `is_grads_batched` backward / `torch.func.vmap(vjp)`, on a plain torch.nn copy with frozen weights",
+        f"- command: `{m['command']}`", "",
+    ]
+    groups = _speedups(report["mnist"], ("model",))
+    if report["mnist"]:
+        lines += [f"## MNIST, reference weights ({cfg['num_images']} test images, batches of {cfg['batch_size']})", "",
+                  "| model | engine | images/s | median s | IQR s | revnet speed-up | DeepFool iters | fooled |"
+                  + (" peak MiB |" if m["device"].startswith("cuda") else ""),
+                  "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"
+                  + (" ---: |" if m["device"].startswith("cuda") else "")]
+        for r in report["mnist"]:
+            lines.append(_row(r, [r["model"]], groups.get((r["model"],), {}), m))
+    groups = _speedups(report["scaling"], ("classes", "candidates"))
+    if report["scaling"]:
+        lines += ["", f"## Scaling with the number of classes (random MLP 784-500-150-C, {cfg['scaling_batch']} "
+                      "synthetic N(0,1) images)", "",
+                  "| classes | candidates | engine | images/s | median s | IQR s | revnet speed-up | DeepFool iters | "
+                  "fooled |" + (" peak MiB |" if m["device"].startswith("cuda") else ""),
+                  "| ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |"
+                  + (" ---: |" if m["device"].startswith("cuda") else "")]
+        for r in report["scaling"]:
+            lines.append(_row(r, [r["classes"], r["candidates"]], groups.get((r["classes"], r["candidates"]), {}), m))
+    amp_rows = [r for r in report["mnist"] + report["scaling"] if "amp_vs_full" in r]
+    if amp_rows:
+        lines += ["", f"## Mixed precision ({cfg['amp_dtype']}) against {cfg['dtype']}", "",
+                  f"Beyond tolerance = a change of the mean ‖Δx‖/‖x‖ above {AMP_TOLERANCE:g} (relative) or of any "
+                  "sample's success.", "",
+                  "| configuration | engine | ρ change | iterations differ | labels differ | success differs | "
+                  "beyond tolerance |", "| --- | --- | ---: | ---: | ---: | ---: | --- |"]
+        for r in amp_rows:
+            a = r["amp_vs_full"]
+            conf = r.get("model") or f"C={r['classes']}, candidates {r['candidates']}"
+            lines.append(f"| {conf} | {r['engine']} | {a['rho_rel_change']:.2e} | {a['iterations_differ_frac']:.0%} | "
+                         f"{a['labels_differ_frac']:.0%} | {a['success_differ_frac']:.0%} | "
+                         f"{'yes' if a['beyond_tolerance'] else 'no'} |")
+    lines += ["", "## Equivalence (float64, before timing)", "",
+              "Worst |Δx − Δx_revnet| / (1e-12 + 1e-10·|Δx_revnet|) after scaling (≤ 1 passes); iterations, success "
+              "and labels equal.", ""]
+    engines = [e for e in cfg["engines"] if e != "revnet"]
+    lines += ["| configuration | " + " | ".join(engines) + " |", "| --- |" + " ---: |" * len(engines)]
+    for conf, errs in report["equivalence"].items():
+        lines.append(f"| {conf} | " + " | ".join(f"{errs.get(e, float('nan')):.2g}" for e in engines) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _row(r: dict[str, Any], head: list, group: dict[str, Any], m: dict[str, Any]) -> str:
+    cuda = m["device"].startswith("cuda")
+    cells = [str(h) for h in head] + [r["engine"]]
+    if "error" in r:
+        return "| " + " | ".join(cells + [f"failed: {r['error'][:80]}"]) + " |"
+    rev = group.get("revnet")
+    speedup = rev["images_per_s"] / r["images_per_s"] if rev and r["engine"] != "revnet" else None
+    cells += [f"{r['images_per_s']:.1f}", f"{r['median_s']:.3f}", f"{r['iqr_s']:.3f}",
+              fmt(speedup) + ("×" if speedup else ""), f"{r['mean_iterations']:.2f}", f"{r['fooling_rate']:.0%}"]
+    if cuda:
+        cells.append(fmt(r.get("peak_mib")))
+    return "| " + " | ".join(cells) + " |"
+
+
+if __name__ == "__main__":
+    main(get_args_parser().parse_args())

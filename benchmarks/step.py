@@ -1,0 +1,775 @@
+"""Time one Deep Defense training step five ways: revnet's explicit reverse against autograd.
+
+Example::
+
+    python benchmarks/step.py                      # MLP and LeNet, batch 10 and 100, reference weights
+    python benchmarks/step.py --no-early-stop      # worst case: every sample runs all --max-iter iterations
+    python benchmarks/step.py --full               # adds batch 1000
+    python benchmarks/step.py --device cuda --amp  # GPU, mixed precision (untested here: no GPU was lent)
+
+One step = forward, DeepFool with ``--max-iter`` iterations kept in the graph, the regularized loss of
+``revnet.losses.deep_defense_loss``, backward to every weight, ``optimizer.step()`` (SGD, momentum 0.9). The
+five variants are described in ``benchmarks/variants.py``: (1) revnet, (2) autograd ``grad()`` per class,
+(3) autograd ``is_grads_batched``, (4) ``torch.func`` vmap over vjp, (5) autograd with revnet's algorithmic
+shortcuts (the ablation). Before timing, every variant's loss, weight gradients and DeepFool iterations
+are checked against revnet's in float64 on a small batch (``--check-batch``), so the benchmark never
+compares different computations.
+
+Measurement: each (model, batch size, variant) runs in a fresh subprocess (``--isolation subprocess``) on
+identical weights (a reference model: ``--reference``, or one trained on the embedded MNIST subset and
+cached in ``--cache-dir``) and the identical batch (the first N images of the embedded training split, true
+labels). Timing is an explicit loop: ``--warmup`` untimed steps, then ``--repeats`` timed steps (fewer if
+``--time-budget`` runs out, at least 3), each from the same weights (restored outside the timed region, so
+DeepFool does the same work every step), synchronised on CUDA; the median and the interquartile range are
+reported. Peak memory is above the process's baseline taken just before the first step (after one untimed
+1-image step, so the libraries' one-time initialisation is not counted, and glibc's ``malloc_trim``): on CUDA
+``torch.cuda.max_memory_allocated()`` after ``reset_peak_memory_stats()``; on the CPU the peak resident set
+size (VmHWM, reset through ``/proc/self/clear_refs`` just before the first step) minus the resident set size
+(VmRSS) at that moment, which excludes the import and loading overhead.
+
+``--no-early-stop``: ``revnet.attacks.deepfool`` has no switch to disable its early stop, so in this mode
+variant 1 runs ``benchmarks/variants.py``'s copy of revnet's DeepFool loop (revnet's public ``trace``/
+``reverse``) with the stop removed, and variants 2-5 run without it too; that copy is checked against the
+library with the stop on. Results and the Markdown table go to ``--output`` (``step[-cuda][-amp]
+[-no-early-stop].{json,md,png}``); the target of issue 5 (LeNet, batch 100, ``--max-iter 5``, reference
+weights: revnet <= 0.5x the time of the fastest of variants 2-4, <= 0.8x its peak memory, no slower than
+variant 5) is evaluated and stated, never asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gc
+import json
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+ROOT = Path(__file__).resolve().parents[1]
+for _path in (ROOT, ROOT / "train"):  # train/ last, so it comes first: its data.py, not ./data/
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
+
+import torch  # noqa: E402
+
+import data as data_lib  # noqa: E402  (train/data.py)
+import models  # noqa: E402
+from benchmarks.variants import VARIANTS, StepConfig, check_equivalence  # noqa: E402
+
+RESULT_MARKER = "@@BENCHMARK-RESULT@@ "
+MASKED = ("autograd-loop", "autograd-batched", "torch-func")  # variants 2-4
+TARGET = {"model": "lenet", "batch_size": 100, "max_iter": 5, "early_stop": True,
+          "time_vs_fastest_autograd": 0.5, "memory_vs_fastest_autograd": 0.8, "time_vs_shortcut": 1.0}
+AMP_TOLERANCE = 1e-2  # relative change of the loss / ‖Δx‖ above which mixed precision "changes DeepFool's results"
+MiB = 2**20
+
+
+def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        description="Time one Deep Defense training step (forward, DeepFool, loss, backward, optimizer step) "
+                    "five ways: revnet's explicit reverse vs autograd.",
+        add_help=add_help, formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--models", nargs="+", default=["mlp", "lenet"], choices=sorted(models.ARCHITECTURES),
+                   help="architectures (models.mlp(), models.lenet())")
+    p.add_argument("--batch-sizes", nargs="+", type=int, default=[10, 100], help="batch sizes to time")
+    p.add_argument("--full", action="store_true", help="add batch size 1000")
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS),
+                   help="variants to run (1 revnet, 2 autograd-loop, 3 autograd-batched, 4 torch-func, "
+                        "5 autograd-shortcut)")
+    p.add_argument("--max-iter", type=int, default=5, help="DeepFool iterations inside the loss")
+    p.add_argument("--overshoot", type=float, default=0.02, help="DeepFool overshoot")
+    p.add_argument("--lmbda", type=float, default=15.0, help="λ, weight of the regularizer")
+    p.add_argument("--c", type=float, default=25.0, help="c of exp(-c·‖Δx‖/‖x‖), correctly classified samples")
+    p.add_argument("--d", type=float, default=5.0, help="d of exp(d·‖Δx‖/‖x‖), misclassified samples")
+    p.add_argument("--no-early-stop", action="store_true",
+                   help="worst case: every sample runs all --max-iter DeepFool iterations (see the docstring)")
+    p.add_argument("--lr", type=float, default=1e-3, help="SGD learning rate (momentum 0.9) of the timed step")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps before timing")
+    p.add_argument("--repeats", type=int, default=10, help="timed steps per (model, batch size, variant)")
+    p.add_argument("--time-budget", type=float, default=120.0,
+                   help="seconds of timed steps per (model, batch size, variant); stops early (>= 3 repeats)")
+    p.add_argument("--reference", action="append", default=[], metavar="PATH",
+                   help="reference checkpoint (models.load format; its arch says which model it is for); "
+                        "repeat for several models. Default: train one on the embedded MNIST subset, cached")
+    p.add_argument("--cache-dir", default="runs/references", help="where trained reference models are cached")
+    p.add_argument("--ref-epochs", type=int, default=10, help="epochs of a reference trained here")
+    p.add_argument("--ref-lr", type=float, default=0.01, help="learning rate of a reference trained here")
+    p.add_argument("--check-batch", type=int, default=8,
+                   help="images in the float64 equivalence check (every 4th gets a wrong label)")
+    p.add_argument("--device", default=None, help="cpu or cuda; unset: cuda if available")
+    p.add_argument("--dtype", default="float32", choices=["float32", "float64"], help="dtype of the timed steps")
+    p.add_argument("--amp", action="store_true",
+                   help="mixed precision (torch.autocast; float16 + GradScaler on CUDA, bfloat16 on the CPU) and a "
+                        "report of how it changes DeepFool against float32")
+    p.add_argument("--amp-dtype", default=None, choices=["float16", "bfloat16"],
+                   help="autocast dtype; unset: float16 on CUDA, bfloat16 on the CPU")
+    p.add_argument("--shortcut-choice", default="auto", choices=["auto", "loop", "batched"],
+                   help="variant 5: how the graph-free C-1 rows that choose k are computed (auto: loop on the CPU, "
+                        "measured faster here; batched on CUDA)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads; unset: torch's default")
+    p.add_argument("--isolation", default="subprocess", choices=["subprocess", "inprocess"],
+                   help="subprocess: a fresh process per (model, batch size, variant), needed for CPU peak memory; "
+                        "inprocess: all in this process (quick; CPU memory figures then include allocator reuse)")
+    p.add_argument("--profile", action="store_true",
+                   help="also profile one step per (model, batch size, variant) with torch.profiler "
+                        "(top operators, written to <output>/<name>-profile.md)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the reference training")
+    p.add_argument("--output", default="benchmarks/results", help="folder for the JSON, Markdown and PNG results")
+    p.add_argument("--worker", default=None, metavar="JSON",
+                   help="internal: run one measurement described by a JSON object and print its result "
+                        "(how the fresh subprocess per variant is started)")
+    return p
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Shared helpers (benchmarks/deepfool.py imports these too).
+
+
+def resolve_device(name: Optional[str]) -> torch.device:
+    if name in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(f"error: --device {name} but CUDA is not available here; use --device cpu.")
+    return device
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
+                             text=True, timeout=10)
+        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain"], capture_output=True, text=True,
+                               timeout=10)
+        return out.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "") if out.returncode == 0 else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def machine_info(device: torch.device, threads: int) -> dict[str, Any]:
+    return {
+        "platform": platform.platform(),
+        "cpu": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "threads": threads,
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model(),
+        "cuda": torch.version.cuda,
+        "git_commit": git_commit(),
+        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+    }
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def summarize(times: list[float]) -> dict[str, Any]:
+    """Median, quartiles and IQR (seconds) of repeated timings."""
+    if len(times) == 1:
+        q1 = q3 = times[0]
+    else:
+        q1, _, q3 = statistics.quantiles(times, n=4, method="inclusive")
+    return {"median_s": statistics.median(times), "q25_s": q1, "q75_s": q3, "iqr_s": q3 - q1,
+            "min_s": min(times), "repeats": len(times), "times_s": times}
+
+
+def _proc_status_kib(key: str) -> Optional[int]:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def release_free_memory() -> None:
+    """Collect garbage and return the C heap's free pages to the OS (glibc ``malloc_trim``, where available)."""
+    gc.collect()
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+class PeakMemory:
+    """Peak memory above the baseline at ``start()``: CUDA allocator peak, or CPU peak RSS (VmHWM, reset via
+    ``/proc/self/clear_refs``) minus the RSS at ``start()``."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device, self.method, self.base = device, "", 0
+
+    def start(self) -> None:
+        gc.collect()
+        if self.device.type == "cuda":
+            synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.base = torch.cuda.memory_allocated(self.device)
+            self.method = "torch.cuda.max_memory_allocated - memory_allocated before the first step"
+            return
+        rss = _proc_status_kib("VmRSS")
+        if rss is None:  # no /proc: ru_maxrss cannot be reset, so the figure includes the imports
+            self.base, self.method = 0, "ru_maxrss (includes import overhead: no /proc here)"
+            return
+        try:
+            Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
+            self.method = "VmHWM (reset before the first step) - VmRSS before the first step"
+        except OSError:
+            self.method = "VmHWM - VmRSS before the first step (VmHWM could not be reset: may include imports)"
+        self.base = rss * 1024
+
+    def peak_bytes(self) -> int:
+        if self.device.type == "cuda":
+            synchronize(self.device)
+            return torch.cuda.max_memory_allocated(self.device) - self.base
+        hwm = _proc_status_kib("VmHWM")
+        if hwm is None:
+            import resource
+
+            return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        return max(0, hwm * 1024 - self.base)
+
+
+def reference_checkpoints(args: argparse.Namespace, archs: list[str]) -> dict[str, dict[str, Any]]:
+    """``{arch: {"path", "origin"}}``: the ``--reference`` checkpoints, else cached or freshly trained ones."""
+    given: dict[str, str] = {}
+    for path in args.reference:
+        try:
+            _, ckpt = models.load(path)
+        except models.CheckpointError as exc:
+            raise SystemExit(f"error: {exc}") from None
+        given[ckpt["arch"]] = str(Path(path).resolve())  # absolute: workers may run elsewhere
+    out = {}
+    for arch in archs:
+        if arch in given:
+            out[arch] = {"path": given[arch], "origin": f"given: {given[arch]}"}
+            continue
+        path = (Path(args.cache_dir) / f"bench-{arch}-embedded-e{args.ref_epochs}-lr{args.ref_lr:g}-s{args.seed}.pt"
+                ).resolve()
+        if path.is_file():
+            out[arch] = {"path": str(path), "origin": f"cached: {path}"}
+            continue
+        import engine  # train/engine.py
+
+        print(f"training a reference {arch} on the embedded MNIST subset ({args.ref_epochs} epochs) -> {path}",
+              flush=True)
+        splits = data_lib.embedded_mnist()
+        pre = data_lib.preprocess_params(splits.train_x)
+        torch.manual_seed(args.seed)
+        net = models.build(arch)
+        start = time.perf_counter()
+        engine.train_reference(net, data_lib.preprocess(splits.train_x, pre), splits.train_y, epochs=args.ref_epochs,
+                               lr=args.ref_lr, batch_size=100, seed=args.seed, progress=False)
+        with torch.no_grad():
+            acc = (net(data_lib.preprocess(splits.test_x, pre)).argmax(1) == splits.test_y).double().mean().item()
+        seconds = time.perf_counter() - start
+        models.save(path, arch, net, pre, metrics={"test_acc": acc, "train_seconds": seconds},
+                    config={"recipe": "train/engine.train_reference (SGD momentum 0.9, weight decay 5e-4)",
+                            "epochs": args.ref_epochs, "lr": args.ref_lr, "batch_size": 100, "seed": args.seed,
+                            "data": splits.source})
+        out[arch] = {"path": str(path), "origin": f"trained ({seconds:.0f} s, test acc {acc:.4f}), cached: {path}"}
+    return out
+
+
+def load_batch(ckpt_path: str, batch_size: int, device: torch.device, dtype: torch.dtype, split: str = "train"):
+    """``(net, x, y)``: the checkpoint's network (eval mode) and the first ``batch_size`` images of the
+    embedded MNIST ``split``, preprocessed as the checkpoint says."""
+    net, ckpt = models.load(ckpt_path, map_location="cpu")
+    splits = data_lib.embedded_mnist()
+    images, labels = (splits.train_x, splits.train_y) if split == "train" else (splits.test_x, splits.test_y)
+    if batch_size > len(labels):
+        raise SystemExit(f"error: batch size {batch_size} exceeds the {len(labels)} embedded {split} images.")
+    x = data_lib.preprocess(images[:batch_size], ckpt["preprocess"])
+    return net.to(device=device, dtype=dtype), x.to(device=device, dtype=dtype), labels[:batch_size].to(device)
+
+
+def amp_context(device: torch.device, amp_dtype: Optional[str]):
+    """A factory of autocast contexts, or ``None`` without mixed precision."""
+    if amp_dtype is None:
+        return None
+    dtype = getattr(torch, amp_dtype)
+    return lambda: torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def fmt(v: Any, digits: int = 3) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "–"
+    if isinstance(v, float):
+        return f"{v:.{digits}g}"
+    return str(v)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# One measurement (in a fresh subprocess by default).
+
+
+def _shortcut_engine(choice: str, device: torch.device) -> str:
+    return ("batched" if device.type == "cuda" else "loop") if choice == "auto" else choice
+
+
+def measure(spec: dict[str, Any]) -> dict[str, Any]:
+    """Time and measure one (model, batch size, variant); ``spec`` holds plain values (see ``run_all``)."""
+    if spec.get("threads"):
+        torch.set_num_threads(spec["threads"])
+    device = torch.device(spec["device"])
+    dtype = getattr(torch, spec["dtype"])
+    cfg = StepConfig(**spec["cfg"])
+    variant = VARIANTS[spec["variant"]]
+    VARIANTS["autograd-shortcut"].choose_engine = spec["shortcut_engine"]
+    base_net, x, y = load_batch(spec["checkpoint"], spec["batch_size"], device, dtype)
+    net = variant.prepare(base_net)
+    del base_net
+    optimizer = torch.optim.SGD(net.parameters(), lr=spec["lr"], momentum=0.9)
+    saved = [p.detach().clone() for p in net.parameters()]
+    autocast = amp_context(device, spec.get("amp_dtype"))
+    scaler = torch.amp.GradScaler("cuda") if autocast is not None and spec["amp_dtype"] == "float16" else None
+
+    def restore() -> None:
+        with torch.no_grad():
+            for p, s in zip(net.parameters(), saved):
+                p.copy_(s)
+
+    def one_step_on(xb, yb) -> None:
+        variant.step(net, optimizer, xb, yb, cfg, autocast=autocast, scaler=scaler)
+
+    def one_step() -> None:
+        one_step_on(x, y)
+
+    # prime the libraries (thread pools, oneDNN/cuDNN primitives, autograd workers) with one 1-image step, so
+    # their one-time allocations are not counted as the step's memory; then give freed heap back to the OS
+    restore()
+    one_step_on(x[:1], y[:1])
+    release_free_memory()
+    memory = PeakMemory(device)
+    memory.start()
+    for _ in range(spec["warmup"]):
+        restore()
+        one_step()
+    times: list[float] = []
+    budget_start = time.perf_counter()
+    while len(times) < spec["repeats"]:
+        restore()
+        synchronize(device)
+        t0 = time.perf_counter()
+        one_step()
+        synchronize(device)
+        times.append(time.perf_counter() - t0)
+        if len(times) >= 3 and time.perf_counter() - budget_start > spec["time_budget"]:
+            break
+    peak = memory.peak_bytes()
+
+    restore()  # what the step computed, at the benchmark's weights
+    with autocast() if autocast is not None else contextlib.nullcontext():
+        out = variant.loss(net, x, y, cfg)
+    result = {
+        **{k: spec[k] for k in ("model", "batch_size", "variant")},
+        **summarize(times),
+        "input_shape": list(x.shape),
+        "dtype": str(x.dtype).replace("torch.", ""),
+        "peak_mib": peak / MiB,
+        "memory_method": memory.method,
+        "loss": out.loss.item(),
+        "mean_iterations": out.iterations.double().mean().item(),
+        "max_iterations": int(out.iterations.max()),
+        "correct": int(out.correct.sum()),
+        "success": int(out.success.sum()),
+    }
+    if autocast is not None:
+        result["amp_vs_fp32"] = amp_comparison(variant, net, x, y, cfg, autocast, restore)
+    if spec.get("profile"):
+        result["profile"] = profile_step(one_step, restore, device)
+    return result
+
+
+def amp_comparison(variant, net, x, y, cfg, autocast, restore) -> dict[str, Any]:
+    """How mixed precision changes the loss, DeepFool's iterations/perturbations and the weight gradients,
+    against the same variant in ``x.dtype`` at the same weights and batch."""
+    outs, grads = [], []
+    for ctx in (contextlib.nullcontext, autocast):
+        restore()
+        net.zero_grad(set_to_none=True)
+        with ctx():
+            out = variant.loss(net, x, y, cfg)
+        out.loss.float().backward()
+        outs.append(out)
+        grads.append(torch.cat([p.grad.flatten().float() for p in net.parameters() if p.grad is not None]))
+    ref, amp = outs
+    loss_rel = abs(amp.loss.item() - ref.loss.item()) / max(abs(ref.loss.item()), 1e-30)
+    grad_rel = ((grads[1] - grads[0]).norm() / grads[0].norm().clamp_min(1e-30)).item()
+    iters_differ = (amp.iterations != ref.iterations).double().mean().item()
+    success_differ = (amp.success != ref.success).double().mean().item()
+    return {
+        "loss_rel_change": loss_rel, "grad_rel_change": grad_rel,
+        "iterations_differ_frac": iters_differ, "success_differ_frac": success_differ,
+        "beyond_tolerance": bool(loss_rel > AMP_TOLERANCE or iters_differ > 0 or success_differ > 0),
+    }
+
+
+def profile_step(one_step, restore, device: torch.device) -> str:
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    restore()
+    with profile(activities=activities) as prof:
+        one_step()
+        synchronize(device)
+    key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    return prof.key_averages().table(sort_by=key, row_limit=15)
+
+
+def run_worker(spec: dict[str, Any], isolation: str) -> dict[str, Any]:
+    if isolation == "inprocess":
+        try:
+            return measure(spec)
+        except Exception as exc:  # noqa: BLE001 - a failed variant (e.g. out of memory) is reported, not fatal
+            return {**{k: spec[k] for k in ("model", "batch_size", "variant")}, "error": repr(exc)}
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(spec)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    for line in proc.stdout.splitlines():
+        if line.startswith(RESULT_MARKER):
+            return json.loads(line[len(RESULT_MARKER):])
+    tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-15:])
+    return {**{k: spec[k] for k in ("model", "batch_size", "variant")},
+            "error": f"worker exited with {proc.returncode}: {tail}"}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The whole run.
+
+
+def _run_name(args: argparse.Namespace, device: torch.device) -> str:
+    return "step" + ("-cuda" if device.type == "cuda" else "") + ("-amp" if args.amp else "") + (
+        "-no-early-stop" if args.no_early_stop else "")
+
+
+def check_args(args: argparse.Namespace) -> None:
+    for name in ("max_iter", "repeats", "check_batch", "ref_epochs"):
+        if getattr(args, name) < 1:
+            raise SystemExit(f"error: --{name.replace('_', '-')} must be at least 1")
+    if args.warmup < 0 or any(b < 1 for b in args.batch_sizes):
+        raise SystemExit("error: --warmup must be >= 0 and every batch size >= 1")
+    if args.amp and args.dtype != "float32":
+        raise SystemExit("error: --amp needs --dtype float32")
+
+
+def equivalence_batch(ckpt_path: str, n: int, device: torch.device):
+    net, x, y = load_batch(ckpt_path, n, device, torch.float64)
+    with torch.no_grad():
+        pred = net(x).argmax(1)
+    y = y.clone()
+    y[::4] = (pred[::4] + 1) % net(x[:1]).shape[1]  # misclassified on purpose: exercises targeted DeepFool
+    return net, x, y
+
+
+def ratios_for(results: list[dict[str, Any]], model: str, batch: int) -> Optional[dict[str, Any]]:
+    rows = {r["variant"]: r for r in results if r["model"] == model and r["batch_size"] == batch and "error" not in r}
+    if "revnet" not in rows:
+        return None
+    rev = rows["revnet"]
+    out: dict[str, Any] = {"model": model, "batch_size": batch, "revnet_median_s": rev["median_s"]}
+    masked = [rows[k] for k in MASKED if k in rows]
+    if masked:
+        fastest = min(masked, key=lambda r: r["median_s"])
+        out.update({
+            "fastest_autograd": fastest["variant"],
+            "time_vs_fastest_autograd": rev["median_s"] / fastest["median_s"],
+            "memory_vs_fastest_autograd": rev["peak_mib"] / fastest["peak_mib"] if fastest["peak_mib"] > 0 else None,
+        })
+    if "autograd-shortcut" in rows:
+        out["time_vs_shortcut"] = rev["median_s"] / rows["autograd-shortcut"]["median_s"]
+        sc = rows["autograd-shortcut"]["peak_mib"]
+        out["memory_vs_shortcut"] = rev["peak_mib"] / sc if sc > 0 else None
+    return out
+
+
+def evaluate_target(ratios: list[dict[str, Any]], cfg: StepConfig) -> dict[str, Any]:
+    target = dict(TARGET)
+    row = next((r for r in ratios if r["model"] == TARGET["model"] and r["batch_size"] == TARGET["batch_size"]), None)
+    reasons = []
+    if cfg.max_iter != TARGET["max_iter"]:
+        reasons.append(f"--max-iter is {cfg.max_iter}, not {TARGET['max_iter']}")
+    if not cfg.early_stop:
+        reasons.append("--no-early-stop (the target is defined at reference weights with early stopping)")
+    if row is None:
+        reasons.append("LeNet batch 100 with variant 1 is not in this run")
+    target["in_run"] = not reasons and row is not None
+    target["not_applicable"] = reasons
+    if row is not None:
+        for key in ("time_vs_fastest_autograd", "memory_vs_fastest_autograd", "time_vs_shortcut"):
+            value = row.get(key)
+            target[key + "_measured"] = value
+            target[key + "_met"] = None if value is None else bool(value <= TARGET[key])
+        target["fastest_autograd"] = row.get("fastest_autograd")
+    return target
+
+
+def main(args: argparse.Namespace) -> dict[str, Any]:
+    if args.worker is not None:
+        result = measure(json.loads(args.worker))
+        print(RESULT_MARKER + json.dumps(result), flush=True)
+        return result
+    check_args(args)
+    device = resolve_device(args.device)
+    threads = args.threads or torch.get_num_threads()
+    torch.set_num_threads(threads)
+    batch_sizes = sorted(set(args.batch_sizes + ([1000] if args.full else [])))
+    amp_dtype = (args.amp_dtype or ("float16" if device.type == "cuda" else "bfloat16")) if args.amp else None
+    cfg = StepConfig(lmbd=args.lmbda, c=args.c, d=args.d, max_iter=args.max_iter, overshoot=args.overshoot,
+                     early_stop=not args.no_early_stop)
+    shortcut_engine = _shortcut_engine(args.shortcut_choice, device)
+    name = _run_name(args, device)
+    resolved = {**vars(args), "device": str(device), "threads": threads, "batch_sizes": batch_sizes,
+                "amp_dtype": amp_dtype, "shortcut_engine": shortcut_engine, "run_name": name}
+    resolved.pop("worker")
+    print("configuration:\n" + "\n".join(f"  {k}: {v}" for k, v in sorted(resolved.items())), flush=True)
+    machine = machine_info(device, threads)
+    out_dir = Path(args.output)
+
+    refs = reference_checkpoints(args, args.models)
+    for arch, ref in refs.items():
+        print(f"reference {arch}: {ref['origin']}", flush=True)
+
+    # 1. the equivalence checks (float64, small batch, reference weights)
+    VARIANTS["autograd-shortcut"].choose_engine = shortcut_engine
+    equivalence: dict[str, Any] = {}
+    for arch in args.models:
+        net, x, y = equivalence_batch(refs[arch]["path"], args.check_batch, device)
+        start = time.perf_counter()
+        equivalence[arch] = check_equivalence(net, x, y, cfg, keys=args.variants)
+        print(f"equivalence {arch}: every variant's loss and weight gradients equal revnet's (float64, "
+              f"{len(y)} images, {time.perf_counter() - start:.1f} s)", flush=True)
+
+    # 2. the measurements
+    results = []
+    for arch in args.models:
+        for batch in batch_sizes:
+            for key in args.variants:
+                spec = {"model": arch, "batch_size": batch, "variant": key, "checkpoint": refs[arch]["path"],
+                        "cfg": cfg.as_dict(), "device": str(device), "dtype": args.dtype, "amp_dtype": amp_dtype,
+                        "lr": args.lr, "warmup": args.warmup, "repeats": args.repeats,
+                        "time_budget": args.time_budget, "threads": threads, "shortcut_engine": shortcut_engine,
+                        "profile": args.profile}
+                res = run_worker(spec, args.isolation)
+                results.append(res)
+                if "error" in res:
+                    print(f"  {arch:5s} b={batch:<5d} {key:18s} FAILED: {res['error'].splitlines()[-1]}", flush=True)
+                else:
+                    print(f"  {arch:5s} b={batch:<5d} {key:18s} {res['median_s'] * 1e3:9.1f} ms "
+                          f"(IQR {res['iqr_s'] * 1e3:.1f}, n={res['repeats']})  peak {res['peak_mib']:8.1f} MiB  "
+                          f"DeepFool iters {res['mean_iterations']:.2f}", flush=True)
+
+    ratios = [r for arch in args.models for b in batch_sizes if (r := ratios_for(results, arch, b)) is not None]
+    target = evaluate_target(ratios, cfg)
+    report = {
+        "name": name,
+        "description": "one Deep Defense training step (forward, DeepFool, loss, backward, SGD step), five ways",
+        "config": {**resolved, "step": cfg.as_dict()},
+        "machine": machine,
+        "timing_method": (f"explicit loop: {args.warmup} warm-up steps, then up to {args.repeats} timed steps "
+                          f"(time budget {args.time_budget:g} s, at least 3), weights restored before each step "
+                          "outside the timed region" + ("; torch.cuda.synchronize() around each step"
+                                                        if device.type == "cuda" else "")),
+        "isolation": args.isolation,
+        "references": refs,
+        "equivalence": equivalence,
+        "variants": {k: {"number": v.number, "title": v.title, "summary": v.summary} for k, v in VARIANTS.items()},
+        "results": [{k: v for k, v in r.items() if k != "profile"} for r in results],
+        "ratios": ratios,
+        "target": target,
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_text(out_dir / f"{name}.json", json.dumps(report, indent=2, default=str) + "\n")
+    write_text(out_dir / f"{name}.md", markdown(report))
+    plot(report, out_dir / f"{name}.png")
+    if args.profile:
+        write_text(out_dir / f"{name}-profile.md", profile_markdown(results))
+    print(f"wrote {out_dir / name}.json, .md, .png", flush=True)
+    print(target_sentence(target), flush=True)
+    return report
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Reports.
+
+
+def target_sentence(target: dict[str, Any]) -> str:
+    if "time_vs_fastest_autograd_measured" not in target and "time_vs_shortcut_measured" not in target:
+        return "target (LeNet, batch 100, max_iter 5, reference weights): not measured in this run (" + "; ".join(
+            target["not_applicable"]) + ")."
+
+    def part(key: str, label: str) -> str:
+        value = target.get(key + "_measured")
+        if value is None:
+            return f"{label}: not measured"
+        met = "met" if target[key + "_met"] else "MISSED"
+        return f"{label} {value:.2f}× (target ≤ {TARGET[key]}×: {met})"
+
+    head = "target" if target["in_run"] else "target-like ratios (" + "; ".join(target["not_applicable"]) + ")"
+    fastest = target.get("fastest_autograd") or "–"
+    return (f"{head}, LeNet batch 100: " + part("time_vs_fastest_autograd", f"time vs fastest of 2-4 ({fastest})")
+            + "; " + part("memory_vs_fastest_autograd", "peak memory vs it") + "; "
+            + part("time_vs_shortcut", "time vs variant 5") + ".")
+
+
+def markdown(report: dict[str, Any]) -> str:
+    cfg, m, step = report["config"], report["machine"], report["config"]["step"]
+    mode = "every sample runs all iterations (--no-early-stop)" if not step["early_stop"] else \
+        "reference weights, DeepFool stops early per sample"
+    lines = [
+        f"# Deep Defense training step: revnet vs autograd ({mode})", "",
+        f"- machine: {m['platform']}, CPU {m['cpu']} ({m['cpu_count']} logical cores), device {m['device']} "
+        f"({m['device_name']}), torch {m['torch']}, {m['threads']} threads, git {m['git_commit']}",
+        f"- step: forward, DeepFool (max_iter {step['max_iter']}, overshoot {step['overshoot']}), loss "
+        f"CE + {step['lmbd']:g}/N·Σexp(∓c·‖Δx‖/‖x‖) (c {step['c']:g}, d {step['d']:g}), backward to all weights, "
+        f"SGD step (lr {cfg['lr']:g}, momentum 0.9); dtype {cfg['dtype']}"
+        + (f", autocast {cfg['amp_dtype']}" if cfg["amp_dtype"] else ""),
+        "- inputs: the first N images of the embedded MNIST training split, shape (N, 1, 28, 28), true labels; "
+        "weights: " + "; ".join(f"{a} {r['origin']}" for a, r in report["references"].items()),
+        f"- timing: {report['timing_method']}; median and interquartile range (IQR) in ms",
+        f"- peak memory: above the baseline just before the first step (after a 1-image priming step), "
+        + ("fresh subprocess per variant" if report["isolation"] == "subprocess" else
+           "all variants in one process (allocator reuse: indicative only)")
+        + (f"; {report['results'][0].get('memory_method', '')}" if report["results"] else ""),
+        f"- command: `{m['command']}`", "",
+        "## Time per step", "",
+        "| model | batch | variant | median ms | IQR ms | × revnet | peak MiB | DeepFool iters (mean / max) | "
+        "correct | loss |",
+        "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    variants = report["variants"]
+    for r in report["results"]:
+        label = f"{variants[r['variant']]['number']}. {r['variant']}"
+        if "error" in r:
+            lines.append(f"| {r['model']} | {r['batch_size']} | {label} | failed: "
+                         f"{r['error'].splitlines()[-1][:80]} | | | | | | |")
+            continue
+        rev = next((x for x in report["results"] if x["model"] == r["model"] and x["batch_size"] == r["batch_size"]
+                    and x["variant"] == "revnet" and "error" not in x), None)
+        rel = r["median_s"] / rev["median_s"] if rev else None
+        lines.append(
+            f"| {r['model']} | {r['batch_size']} | {label} | {r['median_s'] * 1e3:.1f} | {r['iqr_s'] * 1e3:.1f} | "
+            f"{fmt(rel)} | {r['peak_mib']:.1f} | {r['mean_iterations']:.2f} / {r['max_iterations']} | "
+            f"{r['correct']}/{r['batch_size']} | {r['loss']:.4g} |")
+    lines += ["", "## Against the target", "", target_sentence(report["target"]), "",
+              "Target (issue 5): LeNet, batch 100, max_iter 5, reference weights: revnet ≤ 0.5× the time of the "
+              "fastest of variants 2-4, ≤ 0.8× its peak memory, and no slower than variant 5. Ratios for every "
+              "configuration of this run (revnet ÷ the other):", "",
+              "| model | batch | fastest of 2-4 | time ratio (≤ 0.5) | memory ratio (≤ 0.8) | time vs 5 (≤ 1) | "
+              "memory vs 5 |", "| --- | ---: | --- | ---: | ---: | ---: | ---: |"]
+    for r in report["ratios"]:
+        lines.append(f"| {r['model']} | {r['batch_size']} | {r.get('fastest_autograd', '–')} | "
+                     f"{fmt(r.get('time_vs_fastest_autograd'))} | {fmt(r.get('memory_vs_fastest_autograd'))} | "
+                     f"{fmt(r.get('time_vs_shortcut'))} | {fmt(r.get('memory_vs_shortcut'))} |")
+    amp_rows = [r for r in report["results"] if "amp_vs_fp32" in r]
+    if amp_rows:
+        lines += ["", f"## Mixed precision ({cfg['amp_dtype']}) against {cfg['dtype']}", "",
+                  f"Beyond tolerance = any sample whose DeepFool iterations or success change, or a loss change "
+                  f"above {AMP_TOLERANCE:g} (relative).", "",
+                  "| model | batch | variant | loss rel. change | grad rel. change | iterations differ | "
+                  "success differs | beyond tolerance |", "| --- | ---: | --- | ---: | ---: | ---: | ---: | --- |"]
+        for r in amp_rows:
+            a = r["amp_vs_fp32"]
+            lines.append(f"| {r['model']} | {r['batch_size']} | {r['variant']} | {a['loss_rel_change']:.2e} | "
+                         f"{a['grad_rel_change']:.2e} | {a['iterations_differ_frac']:.0%} | "
+                         f"{a['success_differ_frac']:.0%} | {'yes' if a['beyond_tolerance'] else 'no'} |")
+    lines += ["", "## Equivalence (float64, before timing)", "",
+              "Each variant's loss and weight gradients against revnet's: worst |a − e| / (1e-12 + 1e-10·|e|) after "
+              "dividing both by max(1, max|e|); ≤ 1 passes. DeepFool iterations and success are equal too.", "",
+              "| model | variant | loss | gradients | mean DeepFool iterations |", "| --- | --- | ---: | ---: | ---: |"]
+    for arch, checks in report["equivalence"].items():
+        for key, c in checks.items():
+            lines.append(f"| {arch} | {key} | {c['loss_error']:.2g} | {c['grad_error']:.2g} | "
+                         f"{c['mean_iterations']:.2f} |")
+    lines += ["", "## Variants", ""]
+    lines += [f"{v['number']}. **{k}**: {v['summary']}." for k, v in variants.items()]
+    lines += ["", "Variants 2-4 run the whole batch every DeepFool iteration until every sample has stopped "
+                  "(finished samples masked); variants 1 and 5 drop finished samples from the batch."]
+    if not step["early_stop"]:
+        lines += ["", "**--no-early-stop**: `revnet.attacks.deepfool` has no option to disable its early stop, so "
+                      "variant 1 runs `benchmarks/variants.py`'s copy of revnet's DeepFool loop (revnet's public "
+                      "`trace`/`reverse`, the stop removed); the copy equals the library with the stop on "
+                      "(`revnet-copy-vs-library` above). Every variant runs all max_iter iterations for every "
+                      "sample (samples keep stepping after their label flipped)."]
+    return "\n".join(lines) + "\n"
+
+
+def plot(report: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker
+
+    archs = list(dict.fromkeys(r["model"] for r in report["results"]))
+    fig, axes = plt.subplots(1, max(1, len(archs)), figsize=(5.5 * max(1, len(archs)), 4.2), squeeze=False)
+    for ax, arch in zip(axes[0], archs):
+        for key, v in report["variants"].items():
+            rows = sorted((r for r in report["results"] if r["model"] == arch and r["variant"] == key
+                           and "error" not in r), key=lambda r: r["batch_size"])
+            if not rows:
+                continue
+            b = [r["batch_size"] for r in rows]
+            med = [r["median_s"] * 1e3 for r in rows]
+            err = [[(r["median_s"] - r["q25_s"]) * 1e3 for r in rows],
+                   [(r["q75_s"] - r["median_s"]) * 1e3 for r in rows]]
+            ax.errorbar(b, med, yerr=err, marker="o", capsize=3, label=f"{v['number']}. {key}",
+                        linewidth=2.5 if key == "revnet" else 1.2)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        sizes = sorted({r["batch_size"] for r in report["results"]})
+        ax.set_xticks(sizes, [str(b) for b in sizes])
+        ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+        ax.set_xlabel("batch size")
+        ax.set_ylabel("time per step (ms, median; bars: IQR)")
+        ax.set_title(f"{arch}, max_iter {report['config']['step']['max_iter']}, "
+                     + ("reference weights" if report["config"]["step"]["early_stop"] else "no early stop"))
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(f"Deep Defense step on {report['machine']['device_name']} ({report['machine']['threads']} threads)",
+                 fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def profile_markdown(results: list[dict[str, Any]]) -> str:
+    lines = ["# torch.profiler: one step per configuration (top operators by self time)", ""]
+    for r in results:
+        if "profile" in r:
+            lines += [f"## {r['model']}, batch {r['batch_size']}, {r['variant']}", "", "```", r["profile"], "```", ""]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main(get_args_parser().parse_args())

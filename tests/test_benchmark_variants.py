@@ -1,0 +1,228 @@
+"""benchmarks/: the five Deep Defense step variants compute revnet's step (float64), the evaluation DeepFool
+engines compute revnet's attack, and the two benchmark scripts run end to end at tiny sizes.
+
+No test asserts on speed."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from autograd_reference import NETS
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks import deepfool as deepfool_script  # noqa: E402
+from benchmarks import step as step_script  # noqa: E402
+from benchmarks import variants as V  # noqa: E402
+
+import data as data_lib  # noqa: E402  (train/data.py, put on sys.path by benchmarks.step)
+import models  # noqa: E402
+
+F64 = torch.float64
+MAX_ITER = 5
+SEEDS = {"mlp": 3, "lenet": 5}  # batches with correct and wrong samples stopping at different iterations
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny tensors: a second thread only adds contention."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _batch(kind: str):
+    """A random float64 revnet network and 10 inputs, half of them with a label other than the prediction."""
+    make, shape = NETS[kind]
+    seed = SEEDS[kind]
+    net = make(seed).eval()
+    x = torch.randn(10, *shape, generator=torch.Generator().manual_seed(seed), dtype=F64)
+    with torch.no_grad():
+        pred = net(x).argmax(1)
+    y = pred.clone()
+    y[1::2] = (pred[1::2] + 1 + torch.arange(5) % 4) % 5
+    return net, x, y
+
+
+@pytest.mark.parametrize("kind", list(NETS))
+def test_the_batches_exercise_every_branch(kind):
+    net, x, y = _batch(kind)
+    out = V.VARIANTS["revnet"].loss(net, x, y, V.StepConfig(max_iter=MAX_ITER))
+    assert out.correct.any() and (~out.correct).any(), "need correctly and wrongly classified samples"
+    assert (out.success & (out.iterations < MAX_ITER)).any(), "need samples that stop early"
+    assert len(set(out.iterations.tolist())) >= 3, f"need samples stopping at different iterations: {out}"
+    assert (out.success & ~out.correct).any(), "need a misclassified sample moved to its label"
+
+
+@pytest.mark.parametrize("early_stop", [True, False], ids=["early-stop", "no-early-stop"])
+@pytest.mark.parametrize("kind", list(NETS))
+def test_every_variant_computes_revnets_loss_and_gradients(kind, early_stop):
+    net, x, y = _batch(kind)
+    cfg = V.StepConfig(max_iter=MAX_ITER, early_stop=early_stop)
+    report = V.check_equivalence(net, x, y, cfg)  # raises EquivalenceError on any mismatch
+    assert set(V.VARIANTS) <= set(report)
+    for key, row in report.items():
+        assert row["loss_error"] <= 1 and row["grad_error"] <= 1, (key, row)
+    expected_iters = MAX_ITER if not early_stop else None
+    if expected_iters:
+        assert report["autograd-loop"]["mean_iterations"] == MAX_ITER
+        assert "revnet-copy-vs-library" in report
+
+
+@pytest.mark.parametrize("key", [k for k in V.VARIANTS if k != "revnet"])
+def test_variant_gradients_are_not_trivially_equal(key):
+    """Each variant really differentiates through DeepFool: its gradients differ from the cross-entropy's."""
+    net, x, y = _batch("lenet")
+    variant = V.VARIANTS[key]
+    _, grads = V.loss_and_gradients(variant, variant.prepare(net), x, y, V.StepConfig(max_iter=MAX_ITER))
+    ce_net = variant.prepare(net)
+    ce = torch.nn.functional.cross_entropy(ce_net(x), y)
+    ce_grads = torch.autograd.grad(ce, list(ce_net.parameters()))
+    assert all(g.abs().sum() > 0 for g in grads.values())
+    assert not all(torch.allclose(g, c) for g, c in zip(grads.values(), ce_grads))
+
+
+def test_the_checker_rejects_a_different_computation():
+    net, x, y = _batch("mlp")
+
+    class Off(V.AutogradShortcutVariant):
+        key = "off"
+
+        def loss(self, net, x, y, cfg):  # a 1e-7 relative change of the overshoot
+            return super().loss(net, x, y, dataclasses.replace(cfg, overshoot=cfg.overshoot * (1 + 1e-7)))
+
+    V.VARIANTS["off"] = Off()
+    try:
+        with pytest.raises(V.EquivalenceError, match="off does not compute revnet's step"):
+            V.check_equivalence(net, x, y, V.StepConfig(max_iter=MAX_ITER), keys=["off"])
+    finally:
+        del V.VARIANTS["off"]
+
+
+def test_revnet_loop_copy_equals_the_library_with_early_stop():
+    net, x, y = _batch("lenet")
+    cfg = V.StepConfig(max_iter=MAX_ITER)
+    lib, lib_grads = V.loss_and_gradients(V.VARIANTS["revnet"], net, x, y, cfg)
+    ours, our_grads = V.loss_and_gradients(V._CopyOfRevnetLoop(), net, x, y, cfg)
+    assert torch.equal(lib.iterations, ours.iterations)
+    assert V._scaled_error(ours.loss, lib.loss) <= 1
+    assert all(V._scaled_error(our_grads[k], lib_grads[k]) <= 1 for k in lib_grads)
+
+
+def test_one_step_of_every_variant_gives_the_same_weights():
+    net, x, y = _batch("mlp")
+    after = {}
+    for key, variant in V.VARIANTS.items():
+        vnet = variant.prepare(net)
+        opt = torch.optim.SGD(vnet.parameters(), lr=0.1, momentum=0.9)
+        loss = variant.step(vnet, opt, x, y, V.StepConfig(max_iter=MAX_ITER))
+        assert loss.dim() == 0 and not loss.requires_grad
+        after[key] = [p.detach().clone() for p in vnet.parameters()]
+    before = list(net.parameters())
+    for key, weights in after.items():
+        assert not torch.equal(weights[0], before[0].detach()), f"{key} did not update the weights"
+        for w, ref in zip(weights, after["revnet"]):
+            assert V._scaled_error(w, ref) <= 1, key
+
+
+@pytest.mark.parametrize("candidates", [None, 3])
+@pytest.mark.parametrize("kind", list(NETS))
+def test_evaluation_engines_compute_revnets_deepfool(kind, candidates):
+    net, x, _ = _batch(kind)
+    errors = deepfool_script.check_engines(net, x, ["revnet", "loop", "batched", "func"], 20, 0.02, candidates)
+    assert set(errors) == {"loop", "batched", "func"} and all(e <= 1 for e in errors.values())
+
+
+def test_target_ratios_and_sentence():
+    results = [{"model": "lenet", "batch_size": 100, "variant": k, "median_s": t, "peak_mib": m}
+               for k, t, m in [("revnet", 0.2, 50.0), ("autograd-loop", 0.5, 100.0), ("autograd-batched", 0.8, 80.0),
+                               ("torch-func", 2.0, 300.0), ("autograd-shortcut", 0.25, 70.0)]]
+    ratios = step_script.ratios_for(results, "lenet", 100)
+    assert ratios["fastest_autograd"] == "autograd-loop"
+    assert ratios["time_vs_fastest_autograd"] == pytest.approx(0.4)
+    assert ratios["memory_vs_fastest_autograd"] == pytest.approx(0.5)
+    assert ratios["time_vs_shortcut"] == pytest.approx(0.8)
+    target = step_script.evaluate_target([ratios], V.StepConfig(max_iter=5))
+    assert target["in_run"] and target["time_vs_fastest_autograd_met"] and target["time_vs_shortcut_met"]
+    assert "0.40× (target ≤ 0.5×: met)" in step_script.target_sentence(target)
+    other = step_script.evaluate_target([ratios], V.StepConfig(max_iter=2))
+    assert not other["in_run"] and "--max-iter is 2" in step_script.target_sentence(other)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The scripts, end to end at tiny sizes (random-weight checkpoints: no reference training).
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("ckpt")
+    pre = data_lib.preprocess_params(data_lib.embedded_mnist().train_x)
+    paths = {}
+    for arch in ("mlp", "lenet"):
+        torch.manual_seed(0)
+        paths[arch] = str(folder / f"{arch}.pt")
+        models.save(paths[arch], arch, models.build(arch), pre)
+    return paths
+
+
+def _step_main(argv):
+    return step_script.main(step_script.get_args_parser().parse_args(argv))
+
+
+def test_step_script_runs_end_to_end(tmp_path, checkpoints):
+    report = _step_main(["--models", "mlp", "lenet", "--batch-sizes", "2", "3", "--repeats", "2", "--warmup", "1",
+                         "--max-iter", "2", "--isolation", "inprocess", "--threads", "1", "--output", str(tmp_path),
+                         "--reference", checkpoints["mlp"], "--reference", checkpoints["lenet"]])
+    for suffix in ("json", "md", "png"):
+        assert (tmp_path / f"step.{suffix}").stat().st_size > 0
+    saved = json.loads((tmp_path / "step.json").read_text())
+    assert len(saved["results"]) == 2 * 2 * 5 and not any("error" in r for r in saved["results"])
+    assert set(saved["equivalence"]) == {"mlp", "lenet"} and saved["machine"]["torch"] == torch.__version__
+    assert all(r["repeats"] == 2 and r["median_s"] > 0 for r in saved["results"])
+    assert len(report["ratios"]) == 4 and not report["target"]["in_run"]
+    md = (tmp_path / "step.md").read_text()
+    assert "| lenet | 3 | 5. autograd-shortcut |" in md and "not measured in this run" in md
+
+
+def test_step_script_subprocess_memory_amp_and_no_early_stop(tmp_path, checkpoints):
+    report = _step_main(["--models", "mlp", "--batch-sizes", "2", "--repeats", "2", "--warmup", "0",
+                         "--max-iter", "2", "--variants", "revnet", "autograd-shortcut", "--no-early-stop", "--amp",
+                         "--threads", "1", "--output", str(tmp_path), "--reference", checkpoints["mlp"]])
+    assert (tmp_path / "step-amp-no-early-stop.json").is_file() and (tmp_path / "step-amp-no-early-stop.png").is_file()
+    assert "revnet-copy-vs-library" in report["equivalence"]["mlp"]
+    for r in report["results"]:
+        assert "error" not in r, r.get("error")
+        assert r["peak_mib"] > 0 and "VmHWM" in r["memory_method"]
+        assert r["max_iterations"] == 2 and "amp_vs_fp32" in r
+    md = (tmp_path / "step-amp-no-early-stop.md").read_text()
+    assert "Mixed precision (bfloat16)" in md and "--no-early-stop" in md
+
+
+def test_reference_is_trained_once_and_cached(tmp_path):
+    args = step_script.get_args_parser().parse_args(["--cache-dir", str(tmp_path), "--ref-epochs", "1"])
+    first = step_script.reference_checkpoints(args, ["mlp"])["mlp"]
+    assert first["origin"].startswith("trained") and Path(first["path"]).is_file()
+    second = step_script.reference_checkpoints(args, ["mlp"])["mlp"]
+    assert second["origin"].startswith("cached") and second["path"] == first["path"]
+    models.load(first["path"], arch="mlp")
+
+
+def test_deepfool_script_runs_end_to_end(tmp_path, checkpoints):
+    report = deepfool_script.main(deepfool_script.get_args_parser().parse_args(
+        ["--models", "lenet", "--reference", checkpoints["lenet"], "--num-images", "4", "--batch-size", "2",
+         "--classes", "10", "20", "--candidates", "5", "--scaling-batch", "4", "--max-iter", "3", "--repeats", "2",
+         "--warmup", "0", "--threads", "1", "--output", str(tmp_path)]))
+    saved = json.loads((tmp_path / "deepfool.json").read_text())
+    assert len(saved["mnist"]) == 4 and len(saved["scaling"]) == 4 * 4
+    assert not any("error" in r for r in saved["mnist"] + saved["scaling"])
+    assert {(r["classes"], r["candidates"]) for r in report["scaling"]} == {(10, 10), (10, 5), (20, 20), (20, 5)}
+    md = (tmp_path / "deepfool.md").read_text()
+    assert "## Scaling with the number of classes" in md and "| lenet | revnet |" in md
