@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from .attacks.deepfool import check_batch, check_labels, check_network, deepfool, norm_floor
-from .attacks.fgs import fgs_perturb
+from .attacks.fgs import _check_clip, _check_eps, ce_input_gradient, fgs_perturb
 
 fgs = fgs_perturb  # x + eps·sign(∇ₓ CE) with the explicit reverse; see revnet.attacks.fgs
 
@@ -89,6 +89,25 @@ def deepfool_robustness(
     return {"rho2": ratio_sum / n, "fooling_rate": fooled / n, "mean_iterations": steps / n, "n": n}
 
 
+def _fgs_signs(net: nn.Module, x: Tensor, y: Tensor, batch_size: int) -> Tensor:
+    """``sign(∇ₓ CE)`` for every image (explicit reverse, no graph), shape of ``x``."""
+    with torch.no_grad():
+        return torch.cat([ce_input_gradient(net, x[s], y[s].to(x.device)).sign() for s in _chunks(len(x), batch_size)])
+
+
+def _accuracy_at_step(
+    net: nn.Module, x: Tensor, y: Tensor, step: Tensor, clip: Optional[tuple[float, float]], batch_size: int
+) -> float:
+    """Accuracy on ``x + step`` (clamped to ``clip`` if given)."""
+    correct = 0
+    with torch.no_grad():
+        for s in _chunks(len(x), batch_size):
+            x_adv = x[s] + step[s]
+            x_adv = x_adv if clip is None else x_adv.clamp(*clip)
+            correct += int((net(x_adv).argmax(1) == y[s].to(x.device)).sum())
+    return correct / len(x)
+
+
 def fgs_accuracy(
     net: nn.Module,
     x: Tensor,
@@ -98,14 +117,10 @@ def fgs_accuracy(
     clip: Optional[tuple[float, float]] = None,
     batch_size: int = 500,
 ) -> float:
-    """Accuracy of ``net`` on the FGS examples of ``(x, y)`` at ``eps``."""
+    """Accuracy of ``net`` on the FGS examples of ``(x, y)`` at ``eps`` (those of :func:`fgs_perturb`)."""
     _checked(net, x, y)
-    correct = 0
-    with torch.no_grad():
-        for s in _chunks(len(x), batch_size):
-            ys = y[s].to(x.device)
-            correct += int((net(fgs_perturb(net, x[s], ys, eps, clip=clip)).argmax(1) == ys).sum())
-    return correct / len(x)
+    eps, clip = _check_eps(eps), _check_clip(clip)
+    return _accuracy_at_step(net, x, y, eps * _fgs_signs(net, x, y, batch_size), clip, batch_size)
 
 
 def eps_ref(
@@ -131,8 +146,11 @@ def eps_ref(
     if not (0 < tol < 1):
         raise ValueError(f"tol must be a relative tolerance in (0, 1), got {tol!r}.")
 
+    # the gradient sign does not depend on ε: compute it once; each bisection step is then forward passes only
+    signs, clip = _fgs_signs(net, x, y, batch_size), _check_clip(clip)
+
     def acc(eps: float) -> float:
-        return fgs_accuracy(net, x, y, eps, clip=clip, batch_size=batch_size)
+        return _accuracy_at_step(net, x, y, eps * signs, clip, batch_size)
 
     if network_accuracy(net, x, y, batch_size=batch_size) <= 0.5:
         return 0.0
