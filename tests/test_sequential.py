@@ -327,3 +327,36 @@ def test_readme_example_is_the_quickstart_script():
     readme = (root / "README.md").read_text()
     script = (root / "examples" / "quickstart.py").read_text()
     assert f"```python\n{script}```" in readme
+
+
+@pytest.mark.parametrize("train_mode", [False, True], ids=["eval", "dropout-train"])
+def test_second_order_through_shape_dropout_identity_and_bn1d(train_mode):
+    """Second order through the parameter-free layers the image stacks do not draw (Dropout with the traced
+    mask, Identity, Unflatten, Flatten) and BatchNorm1d, against double backprop of the traced forward."""
+    torch.manual_seed(0)
+    net = revnet.Sequential(
+        nn.Flatten(), nn.Linear(12, 8), nn.BatchNorm1d(8), nn.Identity(), nn.LeakyReLU(0.2), nn.Dropout(0.4),
+        nn.Unflatten(1, (2, 4)), nn.Flatten(), nn.Linear(8, 3),
+    ).double()
+    gen = torch.Generator().manual_seed(1)
+    for m in net.modules():
+        if isinstance(m, nn.BatchNorm1d):
+            _randomize_bn(m, gen)
+    net.eval()
+    net[5].train(train_mode)  # Dropout only: BatchNorm stays frozen
+    x = torch.randn(5, 3, 4, dtype=F64, generator=gen, requires_grad=True)
+    y, tape = net.trace(x)
+    v = torch.randn(5, 2, 3, dtype=F64, generator=gen)
+    weight = torch.randn(5, 2, 3, 4, dtype=F64, generator=gen)
+
+    g_ours = net.reverse(v, tape)
+    g_ref = torch.stack([torch.autograd.grad(y, x, v[:, i], create_graph=True, retain_graph=True)[0] for i in range(2)], 1)
+    assert_vjp_close(g_ours, g_ref, "first order")
+    params = list(net.parameters())
+    ours = torch.autograd.grad((weight * g_ours).square().sum(), params, allow_unused=True)
+    theirs = torch.autograd.grad((weight * g_ref).square().sum(), params, allow_unused=True)
+    for (name, p), a, e in zip(net.named_parameters(), ours, theirs):
+        a = torch.zeros_like(p) if a is None else a
+        e = torch.zeros_like(p) if e is None else e
+        assert_vjp_close(a, e, f"d/d {name}")
+    assert ours[0].abs().sum() > 0 and ours[-2].abs().sum() > 0
