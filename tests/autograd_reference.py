@@ -183,3 +183,19 @@ def train_mlp(x: Tensor, y: Tensor, hidden: int = 32, steps: int = 150, seed: in
         F.cross_entropy(model(x), y).backward()
         opt.step()
     return model.eval()
+
+MIXED_SEEDS = {"mlp": 3, "lenet": 5}  # batches with correct and wrong samples stopping at different iterations
+
+
+def mixed_batch(kind: str):
+    """A random float64 network of ``NETS[kind]`` and 10 inputs, half of them labelled with a class other than the
+    clean prediction (so a batch holds both correctly and wrongly classified samples)."""
+    make, shape = NETS[kind]
+    seed = MIXED_SEEDS[kind]
+    net = make(seed).eval()
+    x = torch.randn(10, *shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    with torch.no_grad():
+        pred = net(x).argmax(1)
+    y = pred.clone()
+    y[1::2] = (pred[1::2] + 1 + torch.arange(5) % 4) % 5
+    return net, x, y

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from autograd_reference import NETS
+from autograd_reference import NETS, mixed_batch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -27,7 +27,6 @@ import models  # noqa: E402
 
 F64 = torch.float64
 MAX_ITER = 5
-SEEDS = {"mlp": 3, "lenet": 5}  # batches with correct and wrong samples stopping at different iterations
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -39,17 +38,7 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def _batch(kind: str):
-    """A random float64 revnet network and 10 inputs, half of them with a label other than the prediction."""
-    make, shape = NETS[kind]
-    seed = SEEDS[kind]
-    net = make(seed).eval()
-    x = torch.randn(10, *shape, generator=torch.Generator().manual_seed(seed), dtype=F64)
-    with torch.no_grad():
-        pred = net(x).argmax(1)
-    y = pred.clone()
-    y[1::2] = (pred[1::2] + 1 + torch.arange(5) % 4) % 5
-    return net, x, y
+_batch = mixed_batch
 
 
 @pytest.mark.parametrize("kind", list(NETS))

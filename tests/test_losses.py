@@ -9,26 +9,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from autograd_reference import NETS, reference_deep_defense_loss
+from autograd_reference import NETS, mixed_batch, reference_deep_defense_loss
 from helpers import assert_vjp_close, plain_copy
 from revnet.losses import DeepDefenseInfo, deep_defense_loss
 
 F64 = torch.float64
 MAX_ITER = 5
-SEEDS = {"mlp": 3, "lenet": 5}  # batches with the mix the tests assert (moderate loss values)
 
 
-def _batch(kind: str):
-    """A random network and a batch of 10 with half the labels equal to the clean prediction."""
-    make, shape = NETS[kind]
-    seed = SEEDS[kind]
-    net = make(seed).eval()
-    x = torch.randn(10, *shape, generator=torch.Generator().manual_seed(seed), dtype=F64)
-    with torch.no_grad():
-        pred = net(x).argmax(1)
-    y = pred.clone()
-    y[1::2] = (pred[1::2] + 1 + torch.arange(5) % 4) % 5
-    return net, x, y
+_batch = mixed_batch
 
 
 def _grads(module: torch.nn.Module) -> dict[str, torch.Tensor]:
