@@ -8,6 +8,6 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.9",
     packages=find_packages(include=["revnet", "revnet.*", "models", "models.*"]),
-    install_requires=["torch>=2.1", "torchvision>=0.16", "tqdm>=4.60"],
+    install_requires=["torch>=2.1", "torchvision>=0.16", "tqdm>=4.60", "matplotlib>=3.5"],
     extras_require={"test": ["pytest>=7", "hypothesis>=6.80"]},
 )

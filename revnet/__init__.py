@@ -9,8 +9,8 @@ Every supported layer has a hand-written reverse that shares its weights, so a n
     grads = net.reverse(eye, tape)                          # (N, 10, 784): ∂y_k/∂x for every class k
 """
 
-from . import attacks, errors, layers, losses, metrics
-from .attacks import DeepFoolInfo, deepfool, fgs_perturb
+from . import attacks, baselines, errors, layers, losses, metrics
+from .attacks import DeepFoolInfo, deepfool, fgs_perturb, pgd_l2
 from .errors import (
     BatchNormTrainingError,
     ReverseShapeError,
@@ -47,9 +47,11 @@ __all__ = [
     "DeepDefenseInfo",
     "DeepFoolInfo",
     "attacks",
+    "baselines",
     "deep_defense_loss",
     "deepfool",
     "fgs_perturb",
+    "pgd_l2",
     "losses",
     "metrics",
     "AdaptiveAvgPool2d",

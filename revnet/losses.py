@@ -69,6 +69,7 @@ def deep_defense_loss(
     max_iter: int = 5,
     overshoot: float = 0.02,
     reg_layers: Optional[Sequence[str]] = None,
+    ce_weight: float = 1.0,
 ) -> tuple[Tensor, DeepDefenseInfo]:
     """The Deep Defense loss (a scalar with a graph) and a :class:`DeepDefenseInfo`.
 
@@ -79,6 +80,8 @@ def deep_defense_loss(
         max_iter, overshoot: DeepFool's settings during training.
         reg_layers: names of the children of ``net`` (e.g. ``["0", "3"]``) whose parameters receive the
             regularizer's gradient; ``None``: all of them.
+        ce_weight: weight of the clean cross-entropy (1 in eq. 6; ``α`` when another term, e.g. the FGS
+            examples' cross-entropy in :mod:`revnet.baselines`, is added by the caller).
     """
     check_network(net)
     check_batch(x)
@@ -108,7 +111,7 @@ def deep_defense_loss(
     # one exp of a signed exponent (torch.where over two exps would give NaN gradients where one overflows)
     sign = torch.where(correct, torch.full_like(ratio, -c), torch.full_like(ratio, d))
     reg = torch.exp(sign * ratio).sum() / len(x)
-    loss = ce + lmbd * reg
+    loss = ce_weight * ce + lmbd * reg
     return loss, DeepDefenseInfo(ce.detach(), reg.detach(), ratio.detach(), correct, info.success, info.iterations)
 
 

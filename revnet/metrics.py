@@ -27,6 +27,7 @@ from torch import Tensor, nn
 
 from .attacks.deepfool import check_batch, check_labels, check_network, deepfool, norm_floor
 from .attacks.fgs import _check_clip, _check_eps, ce_input_gradient, fgs_perturb
+from .attacks.pgd import pgd_l2
 
 fgs = fgs_perturb  # x + eps·sign(∇ₓ CE) with the explicit reverse; see revnet.attacks.fgs
 
@@ -193,3 +194,28 @@ def accuracy_at_eps_fractions(
         float(f): fgs_accuracy(net, x, y, float(f) * float(eps_ref), clip=clip, batch_size=batch_size)
         for f in fractions
     }
+
+
+def pgd_accuracy(
+    net: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    eps: float,
+    *,
+    steps: int = 10,
+    step_size: Optional[float] = None,
+    batch_size: int = 500,
+    clip: Optional[tuple[float, float]] = None,
+) -> float:
+    """Accuracy of ``net`` on the L2 PGD examples of ``(x (N, *in), y (N,))`` at radius ``eps`` (those of
+    :func:`revnet.attacks.pgd_l2`, ``steps`` steps of ``step_size``, default ``2.5·eps/steps``); a check
+    against gradient masking. Each sample's attack depends only on that sample, so chunks give the same result
+    as one batch."""
+    _checked(net, x, y)
+    correct = 0
+    with torch.no_grad():
+        for s in _chunks(len(x), batch_size):
+            y_s = y[s].to(x.device)
+            x_adv = pgd_l2(net, x[s], y_s, eps, steps=steps, step_size=step_size, clip=clip)
+            correct += int((net(x_adv).argmax(1) == y_s).sum())
+    return correct / len(x)

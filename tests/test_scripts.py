@@ -41,7 +41,7 @@ def test_finetune_runs_end_to_end_and_writes_its_run_directory(tmp_path, monkeyp
     assert "EMBEDDED" in config["data"]
     assert len((run / "log.jsonl").read_text().splitlines()) == 2
     summary = (run / "summary.md").read_text()
-    assert "| Reference |" in summary and "| Fine-tuned (deepdefense) |" in summary
+    assert "| Reference |" in summary and "| Fine-tuned: Ours (deepdefense) |" in summary
     net, ckpt = models.load(run / "final.pt", arch="mlp")
     assert ckpt["metrics"]["finetuned"]["n"] == 100 and 0 <= result["finetuned"]["acc"] <= 1
     assert result["rho2_ratio"] > 0 and len(list((tmp_path / "cache").glob("*.pt"))) == 1
@@ -136,7 +136,7 @@ def test_sweep_chooses_on_validation_and_reuses_finished_runs(tmp_path, monkeypa
     argv = ["mlp", "--lrs", "0.01", "--epochs", "2", "--val-size", "100", "--out", "sw", "--cache-dir", "c",
             "--extra", *TINY]
     result = sweep.main(sweep.get_args_parser().parse_args(argv))
-    assert len(result["candidates"]) == 2 and result["best"]["lr"] == 0.01
+    assert len(result["candidates"]) == 2 and result["best"]["value"] == 0.01
     assert (tmp_path / "sw" / "sweep.md").is_file()
     mtime = (tmp_path / "sw" / "lr0.01" / "final.pt").stat().st_mtime
     sweep.main(sweep.get_args_parser().parse_args(argv))

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 import revnet
-from revnet import metrics
+from revnet import baselines, metrics
 from revnet.losses import deep_defense_loss
 
 FRACTIONS = (0.2, 0.5, 1.0)
@@ -26,6 +26,37 @@ def batches(n: int, batch_size: int, generator: Optional[torch.Generator]) -> li
     """Index batches over ``n`` items; shuffled when a generator is given."""
     order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
     return list(order.split(batch_size))
+
+
+def batch_loss(
+    net: nn.Module, xb: Tensor, yb: Tensor, method: str, hp: dict[str, Any]
+) -> tuple[Tensor, float, float]:
+    """The training loss of one batch for ``method``, the number of correct clean predictions and, for the
+    Deep Defense methods, the summed ‖Δx‖/‖x‖ (else NaN).
+
+    ``hp`` holds the method's hyper-parameters: ``lmbd, c, d, max_iter, overshoot, reg_layers`` (Deep Defense),
+    ``fgs_eps, alpha, clip`` (FGS). ``clean``, ``advtrain-deepfool`` (whose DeepFool set the caller passes as the
+    data) and ``parseval`` (whose retraction follows the optimizer step) use the plain cross-entropy.
+    """
+    if method in ("deepdefense", "deepdefense+fgs"):
+        with_fgs = method == "deepdefense+fgs"
+        loss, info = deep_defense_loss(
+            net, xb, yb, lmbd=hp["lmbd"], c=hp["c"], d=hp["d"], max_iter=hp["max_iter"], overshoot=hp["overshoot"],
+            reg_layers=hp.get("reg_layers"), ce_weight=hp["alpha"] if with_fgs else 1.0,
+        )
+        if with_fgs:
+            x_fgs = revnet.fgs_perturb(net, xb, yb, hp["fgs_eps"], clip=hp.get("clip"))
+            loss = loss + (1.0 - hp["alpha"]) * F.cross_entropy(net(x_fgs), yb)
+        return loss, info.correct.float().sum().item(), info.ratio.sum().item()
+    if method == "advtrain-fgs":
+        loss, logits = baselines.fgs_adversarial_loss(net, xb, yb, eps=hp["fgs_eps"], alpha=hp["alpha"],
+                                                      clip=hp.get("clip"))
+    elif method in ("clean", "advtrain-deepfool", "parseval"):
+        logits = net(xb)
+        loss = F.cross_entropy(logits, yb)
+    else:
+        raise ValueError(f"unknown method {method!r}")
+    return loss, (logits.detach().argmax(1) == yb).float().sum().item(), math.nan
 
 
 def train_one_epoch(
@@ -43,37 +74,38 @@ def train_one_epoch(
     max_iter: int = 5,
     overshoot: float = 0.02,
     reg_layers: Optional[list[str]] = None,
+    fgs_eps: float = 0.1,
+    alpha: float = 0.5,
+    clip: Optional[tuple[float, float]] = None,
+    parseval_beta: float = 1e-4,
+    parseval_fraction: float = 0.3,
     desc: str = "train",
     progress: bool = True,
 ) -> dict[str, float]:
-    """One epoch over ``(x, y)`` (preprocessed, on the training device). ``method``: ``deepdefense`` or ``clean``.
+    """One epoch over ``(x, y)`` (preprocessed, on the training device) with ``method`` (see :func:`batch_loss`).
 
-    Returns the epoch's mean loss, training accuracy and, for Deep Defense, mean ‖Δx‖/‖x‖ of the batches.
-    Raises :class:`NonFiniteLossError` at the first NaN/inf loss (before the optimizer step).
+    Parseval training retracts the weights after every optimizer step, drawing its rows from ``generator``.
+    Returns the epoch's mean loss, training accuracy (on the clean inputs) and, for the Deep Defense methods,
+    the mean ‖Δx‖/‖x‖. Raises :class:`NonFiniteLossError` at the first NaN/inf loss (before the optimizer step).
     """
     net.train()
+    hp = dict(lmbd=lmbd, c=c, d=d, max_iter=max_iter, overshoot=overshoot, reg_layers=reg_layers,
+              fgs_eps=fgs_eps, alpha=alpha, clip=clip)
+    dd = method in ("deepdefense", "deepdefense+fgs")
+    parseval = baselines.parseval_weights(net) if method == "parseval" else None
     totals = {"loss": 0.0, "correct": 0.0, "ratio": 0.0, "seen": 0}
     bar = tqdm(batches(len(y), batch_size, generator), desc=desc, leave=False, disable=not progress)
     for idx in bar:
         xb, yb = x[idx], y[idx]
-        if method == "deepdefense":
-            loss, info = deep_defense_loss(
-                net, xb, yb, lmbd=lmbd, c=c, d=d, max_iter=max_iter, overshoot=overshoot, reg_layers=reg_layers
-            )
-            logits_correct = info.correct.float().sum().item()
-            ratio = info.ratio.sum().item()
-        elif method == "clean":
-            logits = net(xb)
-            loss = F.cross_entropy(logits, yb)
-            logits_correct = (logits.argmax(1) == yb).float().sum().item()
-            ratio = math.nan
-        else:
-            raise ValueError(f"unknown method {method!r}")
+        loss, logits_correct, ratio = batch_loss(net, xb, yb, method, hp)
         if not torch.isfinite(loss):
             raise NonFiniteLossError(f"the training loss is {loss.item()} at a batch of {desc}")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        if parseval is not None:
+            baselines.parseval_retraction_(parseval, beta=parseval_beta, fraction=parseval_fraction,
+                                           generator=generator)
         n = len(yb)
         totals["loss"] += loss.item() * n
         totals["correct"] += logits_correct
@@ -82,13 +114,13 @@ def train_one_epoch(
         seen = totals["seen"]
         bar.set_postfix(
             loss=f"{totals['loss'] / seen:.4f}", acc=f"{totals['correct'] / seen:.4f}",
-            **({"dx/x": f"{totals['ratio'] / seen:.4f}"} if method == "deepdefense" else {}),
+            **({"dx/x": f"{totals['ratio'] / seen:.4f}"} if dd else {}),
         )
     seen = max(totals["seen"], 1)
     return {
         "train_loss": totals["loss"] / seen,
         "train_acc": totals["correct"] / seen,
-        **({"train_ratio": totals["ratio"] / seen} if method == "deepdefense" else {}),
+        **({"train_ratio": totals["ratio"] / seen} if dd else {}),
     }
 
 

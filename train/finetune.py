@@ -1,4 +1,4 @@
-"""Fine-tune an MNIST classifier with Deep Defense (or plain cross-entropy) and evaluate its robustness.
+"""Fine-tune an MNIST classifier with Deep Defense (or a baseline) and evaluate its robustness.
 
 Example::
 
@@ -31,10 +31,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import data as data_lib  # noqa: E402
 import engine  # noqa: E402
 import utils  # noqa: E402
+from methods import LABELS, METHODS  # noqa: E402
 
 import models  # noqa: E402
+import revnet  # noqa: E402
 
-METHODS = ("deepdefense", "clean")
+METHOD_HELP = (
+    "deepdefense: CE + the DeepFool-based regularizer (the paper's method); "
+    "clean: CE only, same recipe; "
+    "advtrain-deepfool: Adv. Train I, CE on DeepFool examples generated once from the reference (see --advtrain-set); "
+    "advtrain-fgs: Adv. Train II, alpha*CE(x) + (1-alpha)*CE(x + eps*sign(grad)) with online FGS examples; "
+    "parseval: Parseval training, CE + a retraction of 30%% of the weight rows towards orthonormality after "
+    "every step; deepdefense+fgs: alpha*CE(x) + (1-alpha)*CE(x_fgs) + the Deep Defense regularizer"
+)
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
@@ -44,8 +53,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("model", help=f"architecture: {', '.join(models.ARCHITECTURES)}")
-    p.add_argument("--method", default="deepdefense", choices=METHODS,
-                   help="deepdefense: CE + the DeepFool-based regularizer; clean: CE only, same recipe")
+    p.add_argument("--method", default="deepdefense", choices=METHODS, help=METHOD_HELP)
     p.add_argument("--dataset", default="mnist", choices=data_lib.DATASETS, help="dataset (torchvision)")
     p.add_argument("--data-dir", default=None,
                    help="folder in torchvision layout (DIR/MNIST/raw/); default ./data, downloading if possible, "
@@ -73,6 +81,21 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--d", type=float, default=5.0, help="d: exp(d·‖Δx‖/‖x‖) for misclassified samples")
     p.add_argument("--max-iter", type=int, default=5, help="DeepFool iterations inside the training loss")
     p.add_argument("--overshoot", type=float, default=0.02, help="DeepFool overshoot (training and evaluation)")
+    p.add_argument("--alpha", type=float, default=0.5,
+                   help="advtrain-fgs, deepdefense+fgs: weight of the clean CE (Goodfellow et al.: 0.5)")
+    p.add_argument("--fgs-eps", type=float, default=None,
+                   help="advtrain-fgs, deepdefense+fgs: FGS step of the training examples, in network-input units "
+                        "(x/255 - mean); default chosen on a validation split: mlp 0.1, lenet 0.1 (see README)")
+    p.add_argument("--parseval-beta", type=float, default=None,
+                   help="parseval: retraction step beta (Cisse et al.: 1e-4 for MNIST); default chosen on a "
+                        "validation split (see README)")
+    p.add_argument("--parseval-fraction", type=float, default=0.3,
+                   help="parseval: fraction of each weight's rows retracted after every step")
+    p.add_argument("--advtrain-set", default="perturbed", choices=("perturbed", "perturbed+clean"),
+                   help="advtrain-deepfool: train on the DeepFool examples only (the DeepFool paper's choice: "
+                        "'only on the perturbed training set') or on them added to the clean training set")
+    p.add_argument("--advtrain-max-iter", type=int, default=50,
+                   help="advtrain-deepfool: DeepFool iterations when generating the training examples")
     p.add_argument("--ref-epochs", type=int, default=20, help="epochs of the reference (plain CE) training")
     p.add_argument("--ref-lr", type=float, default=0.01, help="learning rate of the reference training")
     p.add_argument("--eval-samples", type=int, default=0, help="evaluate on the first N test images (0: all)")
@@ -90,7 +113,11 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     return p
 
 
-DEFAULTS = {"lenet": {"epochs": 10, "lr": 5e-3}, "mlp": {"epochs": 60, "lr": 4e-2}}  # from train/sweep.py, see README
+# chosen with train/sweep.py on a validation split (see README and results/sweep-*.md)
+DEFAULTS = {
+    "lenet": {"epochs": 10, "lr": 5e-3, "fgs_eps": 0.1, "parseval_beta": 1e-4},
+    "mlp": {"epochs": 60, "lr": 4e-2, "fgs_eps": 0.1, "parseval_beta": 1e-4},
+}
 
 
 def check_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
@@ -99,7 +126,8 @@ def check_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Non
     for key, value in DEFAULTS[args.model].items():
         if getattr(args, key) is None:
             setattr(args, key, value)
-    positive = ["epochs", "batch_size", "max_iter", "eval_max_iter", "eval_batch_size", "ref_epochs"]
+    positive = ["epochs", "batch_size", "max_iter", "eval_max_iter", "eval_batch_size", "ref_epochs",
+                "advtrain_max_iter"]
     for name in positive:
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
@@ -107,9 +135,13 @@ def check_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Non
         if not getattr(args, name) > 0:
             parser.error(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
     for name in ["lmbda", "c", "d", "overshoot", "weight_decay", "momentum", "eval_samples", "epoch_eval_samples",
-                 "val_size", "lr_drop_epochs", "train_samples"]:
+                 "val_size", "lr_drop_epochs", "train_samples", "fgs_eps", "parseval_beta"]:
         if getattr(args, name) < 0:
             parser.error(f"--{name.replace('_', '-')} must not be negative, got {getattr(args, name)}")
+    if not 0 <= args.alpha <= 1:
+        parser.error(f"--alpha must lie in [0, 1], got {args.alpha}")
+    if not 0 < args.parseval_fraction <= 1:
+        parser.error(f"--parseval-fraction must lie in (0, 1], got {args.parseval_fraction}")
     if args.lr_drop_epochs >= args.epochs and args.epochs > 1:
         parser.error("--lr-drop-epochs must be smaller than --epochs")
     if args.out is None:
@@ -156,9 +188,33 @@ def get_reference(args, splits, preprocess, device) -> tuple[torch.nn.Module, di
     return net, preprocess, f"trained ({seconds:.0f} s), cached: {path}"
 
 
+def advtrain_set(args, ref_net, train_x, train_y, out: Path, clip) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """Adv. Train I's training set: DeepFool examples of the training images, generated once from the reference
+    model (cached in ``out/advtrain_set.pt`` so a resumed run reuses them), alone or added to the clean set."""
+    path = out / "advtrain_set.pt"
+    if path.is_file():
+        cached = torch.load(path, map_location=train_x.device, weights_only=True)
+        x_adv, fooled = cached["x_adv"], cached["fooled"]
+        print(f"DeepFool training examples: reusing {path}", flush=True)
+    else:
+        print(f"generating DeepFool examples of {len(train_y)} training images from the reference ...", flush=True)
+        t0 = time.perf_counter()
+        x_adv, fooled = revnet.baselines.deepfool_adversarial_set(
+            ref_net.eval(), train_x, max_iter=args.advtrain_max_iter, overshoot=args.overshoot,
+            batch_size=args.eval_batch_size, clip=clip)
+        print(f"  done in {time.perf_counter() - t0:.0f} s", flush=True)
+        models.save_atomic({"x_adv": x_adv, "fooled": fooled}, path)
+    ratio = (x_adv - train_x).flatten(1).norm(dim=1) / train_x.flatten(1).norm(dim=1).clamp_min(1e-12)
+    info = {"set": args.advtrain_set, "n_adversarial": len(x_adv), "fooled_fraction": fooled.float().mean().item(),
+            "mean_ratio": ratio.mean().item()}
+    if args.advtrain_set == "perturbed+clean":
+        return torch.cat([train_x, x_adv]), torch.cat([train_y, train_y]), info
+    return x_adv, train_y, info
+
+
 def summary_markdown(args, ref_final: dict, ft_final: dict, eps: float, wall: float, source: str) -> str:
     rows = []
-    for name, m in [("Reference", ref_final), (f"Fine-tuned ({args.method})", ft_final)]:
+    for name, m in [("Reference", ref_final), (f"Fine-tuned: {LABELS[args.method]} ({args.method})", ft_final)]:
         rows.append({"model": name, "acc": f"{100 * m['acc']:.2f}%", "rho2": f"{m['rho2']:.4f}",
                      **{f"f{f}": f"{100 * m[f'fgs_acc@{f}']:.2f}%" for f in engine.FRACTIONS}})
     cols = [("model", "model"), ("acc", "test acc."), ("rho2", "ρ₂")] + [
@@ -239,6 +295,10 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         start_epoch, history = 1, []
     epoch_eps = ref_metrics["own_eps_ref"]  # fixed for the whole run so the curves are comparable
 
+    advtrain_info = None
+    if args.method == "advtrain-deepfool":
+        train_x, train_y, advtrain_info = advtrain_set(args, ref_net, train_x, train_y, out, eval_kw["clip"])
+
     for epoch in range(start_epoch, args.epochs + 1):
         gen = torch.Generator().manual_seed(args.seed * 1000 + epoch)
         t0 = time.perf_counter()
@@ -246,6 +306,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             stats = engine.train_one_epoch(
                 net, optimizer, train_x, train_y, method=args.method, batch_size=args.batch_size, generator=gen,
                 lmbd=args.lmbda, c=args.c, d=args.d, max_iter=args.max_iter, overshoot=args.overshoot,
+                fgs_eps=args.fgs_eps, alpha=args.alpha, clip=eval_kw["clip"], parseval_beta=args.parseval_beta,
+                parseval_fraction=args.parseval_fraction,
                 desc=f"epoch {epoch}/{args.epochs}", progress=not args.no_progress,
             )
         except engine.NonFiniteLossError as exc:
@@ -279,6 +341,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     wall = time.perf_counter() - wall_start
     result = {"model": args.model, "method": args.method, "reference": ref_final, "finetuned": ft_final,
               "reference_val": ref_metrics.get("val"),
+              "reference_epoch_eval": {k: v for k, v in ref_metrics.items() if k != "val"},
+              "advtrain_set": advtrain_info,
               "eps_ref": eps, "rho2_ratio": ft_final["rho2"] / ref_final["rho2"], "wall_seconds": wall,
               "history": history, "data": splits.source}
     models.save(out / "final.pt", args.model, net, preprocess, metrics=_plain(

@@ -1,0 +1,69 @@
+"""``train/table1.py`` and ``train/figures.py`` end to end on a tiny configuration (embedded MNIST, offline)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "train"))
+
+import figures  # noqa: E402
+import table1  # noqa: E402
+from methods import EXTRA_ROWS, METHODS, PAPER_ROWS  # noqa: E402
+
+TINY = ["--no-download", "--train-samples", "200", "--ref-epochs", "8", "--lr", "0.002", "--eval-samples", "60",
+        "--epoch-eval-samples", "30", "--eval-max-iter", "8", "--batch-size", "50", "--epochs", "2",
+        "--advtrain-max-iter", "8"]
+
+
+def run_table1(extra: list[str], *flags: str) -> dict:
+    argv = ["--models", "mlp", "--out", "t1", "--cache-dir", "cache", "--pgd-samples", "20", "--pgd-steps", "3",
+            *flags, "--extra", *extra]
+    return table1.main(table1.get_args_parser().parse_args(argv))
+
+
+def test_table1_and_figure2_end_to_end(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    table = run_table1(TINY)
+    rows = table["mlp"]["rows"]
+    assert list(rows) == [*PAPER_ROWS, *EXTRA_ROWS]  # the paper's order, then the rows it does not have
+    for method, row in rows.items():
+        assert set(row) == set(table1.COLUMNS) | {"wall_seconds"}
+        for col in table1.COLUMNS:
+            assert len(row[col]) == 1 and 0.0 <= row[col][0] <= (10.0 if col == "rho2" else 1.0), (method, col)
+    assert rows["deepdefense"]["fgs_acc@1.0"] == [pytest.approx(0.5, abs=1 / 60)]  # ε_ref is Deep Defense's
+    md = (tmp_path / "t1" / "table1.md").read_text()
+    header = [line for line in md.splitlines() if line.startswith("| method")][0]
+    for col in ["Acc. (%)", "ρ₂", "Acc. @0.2 ε_ref", "Acc. @0.5 ε_ref", "Acc. @1.0 ε_ref", "PGD-L2 acc. (%)",
+                "paper: Acc.", "wall time"]:
+        assert col in header
+    body = [line.split("|")[1].strip() for line in md.splitlines() if line.startswith("| ") and "---" not in line]
+    assert body[1:] == ["Reference", "Par. Train", "Adv. Train I", "Ours", "Clean *", "Adv. Train II *", "Ours+FGS *"]
+    assert "98.31 / 0.111" in md  # the paper's MLP reference row stands beside ours
+    saved = json.loads((tmp_path / "t1" / "table1.json").read_text())
+    assert saved["table"]["mlp"]["rows"]["parseval"]["acc"] == rows["parseval"]["acc"]
+    for method in METHODS:
+        config = json.loads((tmp_path / "t1" / f"mlp-{method}-s0" / "config.json").read_text())
+        assert config["args"]["method"] == method
+
+    # a second call reuses every run and the cached attack columns
+    capsys.readouterr()
+    again = run_table1(TINY)
+    out = capsys.readouterr().out
+    assert out.count("reused") == len(METHODS) and "final evaluation" not in out
+    assert again["mlp"]["rows"] == rows
+
+    # a finished run with other settings is refused, not silently reused
+    with pytest.raises(SystemExit, match="other settings"):
+        run_table1([*TINY[:-2], "--advtrain-max-iter", "8", "--c", "10"])
+
+    result = figures.main(figures.get_args_parser().parse_args(
+        ["figure2", "--runs", "t1", "--models", "mlp", "--out", "figs", "--dpi", "40"]))
+    assert Path(result["png"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    curves = result["data"]["mlp"]
+    assert set(curves) == set(METHODS)
+    assert all(c["epochs"] == [0, 1, 2] for c in curves.values())

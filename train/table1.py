@@ -1,0 +1,254 @@
+"""The paper's Table 1: every fine-tuning method from the same reference model, evaluated side by side.
+
+Example::
+
+    python train/table1.py --dataset mnist --models mlp lenet --seeds 0 --data-dir ../shared/data \\
+        --out runs/table1-mnist
+
+For every model and seed, ``finetune.py`` runs once per method (``--methods``; each with its default recipe,
+chosen on a validation split) from the same cached reference model. Runs that already finished are reused
+(after checking that their configuration matches), unfinished ones are resumed. Then:
+
+* ε_ref is the FGS step at which the *Deep Defense* model's accuracy drops to 50%; every row (the reference
+  included) is evaluated with FGS at 0.2/0.5/1.0·ε_ref on all test images;
+* accuracy and DeepFool ρ₂ come from each run's final evaluation (all test images);
+* a sanity column: accuracy under an L2 PGD attack (``--pgd-steps`` steps, no random start) at ε = the
+  reference's median DeepFool ‖Δx‖₂ on the first ``--pgd-samples`` test images. If Deep Defense only masked
+  gradients, PGD would not find the larger perturbations that DeepFool reports.
+
+Writes ``table1.md`` and ``table1.json`` to ``--out``: the paper's rows in its order (Reference, Par. Train,
+Adv. Train I, Ours), then Clean, Adv. Train II and Ours+FGS, which are not in the paper's Table 1; with several
+seeds, mean ± sd. The paper's numbers (MNIST) stand beside ours.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import data as data_lib  # noqa: E402
+import engine  # noqa: E402
+import finetune  # noqa: E402
+import paper  # noqa: E402
+import utils  # noqa: E402
+from methods import EXTRA_ROWS, LABELS, METHODS, PAPER_ROWS  # noqa: E402
+
+import models  # noqa: E402
+import revnet  # noqa: E402
+
+COLUMNS = ["acc", "rho2", "fgs_acc@0.2", "fgs_acc@0.5", "fgs_acc@1.0", "pgd_acc"]
+# finetune.py flags that must agree between a stored run and the one asked for, so a reused run is the same run
+CHECKED_ARGS = ["model", "method", "dataset", "seed", "epochs", "lr", "lmbda", "c", "d", "max_iter", "alpha",
+                "fgs_eps", "parseval_beta", "parseval_fraction", "advtrain_set", "train_samples", "eval_samples",
+                "batch_size", "ref_epochs", "ref_lr"]
+
+
+def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description="The paper's Table 1: all methods from one reference, side by side.",
+                                add_help=add_help, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--dataset", default="mnist", choices=data_lib.DATASETS, help="dataset")
+    p.add_argument("--models", nargs="+", default=["mlp", "lenet"], help="architectures")
+    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS,
+                   help="fine-tuning methods (deepdefense is always run: it defines ε_ref)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds (reference and fine-tuning)")
+    p.add_argument("--data-dir", default=None, help="as in finetune.py")
+    p.add_argument("--out", default=None, help="folder for the runs and the table (default runs/table1-<dataset>)")
+    p.add_argument("--cache-dir", default="runs/references", help="reference cache, as in finetune.py")
+    p.add_argument("--pgd-samples", type=int, default=500, help="test images attacked with L2 PGD")
+    p.add_argument("--pgd-steps", type=int, default=20, help="L2 PGD steps (step size 2.5·ε/steps)")
+    p.add_argument("--extra", nargs=argparse.REMAINDER, default=[],
+                   help="further finetune.py flags for every run, e.g. --epochs 3 (put last)")
+    return p
+
+
+def run_argv(model: str, method: str, seed: int, run_dir: Path, args: argparse.Namespace) -> list[str]:
+    return [model, "--method", method, "--dataset", args.dataset, "--seed", str(seed), "--out", str(run_dir),
+            "--cache-dir", args.cache_dir, "--resume", "--no-progress",
+            *(["--data-dir", args.data_dir] if args.data_dir else []), *args.extra]
+
+
+def check_reused(run_dir: Path, argv: list[str]) -> None:
+    """Refuse a finished run whose stored flags differ from the ones this table asks for."""
+    wanted = finetune.get_args_parser().parse_args(argv)
+    finetune.check_args(wanted, finetune.get_args_parser())
+    stored = utils.json.loads((run_dir / "config.json").read_text())["args"]
+    diff = [f"{k}: stored {stored.get(k)!r}, wanted {getattr(wanted, k)!r}" for k in CHECKED_ARGS
+            if k in stored and stored.get(k) != getattr(wanted, k)]
+    if diff:
+        raise SystemExit(f"error: {run_dir} was run with other settings ({'; '.join(diff)}). "
+                         "Delete it or choose another --out.")
+
+
+def run_method(model: str, method: str, seed: int, args: argparse.Namespace) -> tuple[dict[str, Any], bool]:
+    """``metrics.json`` of the run (reused, resumed or new) and whether it was reused."""
+    run_dir = Path(args.out) / f"{model}-{method}-s{seed}"
+    argv = run_argv(model, method, seed, run_dir, args)
+    if (run_dir / "metrics.json").is_file():
+        check_reused(run_dir, argv)
+        return utils.json.loads((run_dir / "metrics.json").read_text()), True
+    return finetune.main(finetune.get_args_parser().parse_args(argv)), False
+
+
+def load_test(run_dir: Path, args: argparse.Namespace, n: int) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
+    net, ckpt = models.load(run_dir / "final.pt")
+    splits = data_lib.load(args.dataset, args.data_dir, download=False)
+    x = data_lib.preprocess(splits.test_x[:n], ckpt["preprocess"])
+    return net, x, splits.test_y[:n]
+
+
+def attack_columns(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps_ref: Optional[float],
+                   pgd_eps: float, args: argparse.Namespace) -> dict[str, float]:
+    """FGS accuracies at fractions of ``eps_ref`` (all given images) and PGD accuracy (the first pgd_samples)."""
+    out: dict[str, float] = {}
+    if eps_ref is not None:
+        for f in engine.FRACTIONS:
+            out[f"fgs_acc@{f}"] = revnet.metrics.fgs_accuracy(net, x, y, f * eps_ref)
+    k = min(args.pgd_samples, len(y))
+    out["pgd_acc"] = revnet.metrics.pgd_accuracy(net, x[:k], y[:k], pgd_eps, steps=args.pgd_steps)
+    return out
+
+
+def evaluate_row(run_dir: Path, which: str, eps_ref: float, pgd_eps: float, n: int,
+                 args: argparse.Namespace) -> dict[str, float]:
+    """The attack columns of ``final.pt`` (``which="finetuned"``) or of the run's reference; cached in the run
+    directory (``table1_eval.json``), keyed by the ε values and sample counts."""
+    key = f"{which}|eps_ref={eps_ref!r}|pgd_eps={pgd_eps!r}|n={n}|pgd={args.pgd_samples}x{args.pgd_steps}"
+    cache_path = run_dir / "table1_eval.json"
+    cache = utils.json.loads(cache_path.read_text()) if cache_path.is_file() else {}
+    if key not in cache:
+        net, x, y = load_test(run_dir, args, n)
+        if which == "reference":
+            net, _ = models.load(reference_path(run_dir))
+        cache[key] = attack_columns(net, x, y, eps_ref, pgd_eps, args)
+        utils.write_json(cache_path, cache)
+    return cache[key]
+
+
+def reference_path(run_dir: Path) -> Path:
+    """The reference checkpoint a run started from (``config.json``: "cached: PATH", "given: PATH", ...)."""
+    origin = utils.json.loads((run_dir / "config.json").read_text())["reference"]
+    path = Path(origin.split(": ", 1)[1])
+    if not path.is_file():
+        raise SystemExit(f"error: the reference of {run_dir} ({path}) is gone; run table1.py from the folder the "
+                         "runs were made in, or delete the run to redo it.")
+    return path
+
+
+def reference_pgd_eps(dd_dir: Path, args: argparse.Namespace) -> float:
+    """The reference's median DeepFool ‖Δx‖₂ on the first pgd_samples test images."""
+    net, ckpt = models.load(reference_path(dd_dir))
+    splits = data_lib.load(args.dataset, args.data_dir, download=False)
+    x = data_lib.preprocess(splits.test_x[: args.pgd_samples], ckpt["preprocess"])
+    delta, _ = revnet.deepfool(net, x, max_iter=50)
+    return torch.linalg.vector_norm(delta.flatten(1), dim=1).median().item()
+
+
+def fmt(values: list[float], percent: bool) -> str:
+    scale = 100.0 if percent else 1.0
+    vals = [scale * v for v in values]
+    if any(v != v for v in vals):
+        return "n/a"
+    text = f"{statistics.mean(vals):.2f}" if percent else f"{statistics.mean(vals):.4f}"
+    if len(vals) > 1:
+        sd = statistics.stdev(vals)
+        text += f" ± {sd:.2f}" if percent else f" ± {sd:.4f}"
+    return text
+
+
+def markdown(table: dict[str, Any], args: argparse.Namespace) -> str:
+    lines = [f"# Table 1 ({args.dataset})\n",
+             f"Seeds {args.seeds}{' (mean ± sd)' if len(args.seeds) > 1 else ''}. ε_ref: the FGS step at which "
+             "the Deep Defense model's accuracy drops to 50%; every row is attacked at 0.2/0.5/1.0·ε_ref. PGD: "
+             f"L2, {args.pgd_steps} steps, ε = the reference's median DeepFool ‖Δx‖₂, first {args.pgd_samples} "
+             "test images. Rows marked * are not in the paper's Table 1. Paper: the numbers printed in the paper "
+             "(full MNIST, 0–255 inputs), for comparison of orderings and gains only.\n"]
+    for model, t in table.items():
+        lines.append(f"## {model} ({t['n_test']} test images; ε_ref = {fmt(t['eps_ref'], False)}, "
+                     f"PGD ε = {fmt(t['pgd_eps'], False)})\n")
+        lines.append("| method | Acc. (%) | ρ₂ | Acc. @0.2 ε_ref | Acc. @0.5 ε_ref | Acc. @1.0 ε_ref | "
+                     "PGD-L2 acc. (%) | paper: Acc. / ρ₂ / @0.2 / @0.5 / @1.0 | wall time (s) |")
+        lines.append("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+        for method, row in t["rows"].items():
+            name = LABELS[method] + (" *" if method in EXTRA_ROWS else "")
+            cells = [fmt(row[c], percent=c != "rho2") for c in COLUMNS]
+            p = paper.paper_row(args.dataset, model, method)
+            paper_cell = (f"{p['acc']:.2f} / {p['rho2']:.3f} / {p['fgs_acc@0.2']:.2f} / {p['fgs_acc@0.5']:.2f} / "
+                          f"{p['fgs_acc@1.0']:.2f}") if p else "—"
+            wall = f"{statistics.mean(row['wall_seconds']):.0f}" if row.get("wall_seconds") else "—"
+            lines.append(f"| {name} | " + " | ".join(cells) + f" | {paper_cell} | {wall} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main(args: argparse.Namespace) -> dict[str, Any]:
+    if args.out is None:
+        args.out = f"runs/table1-{args.dataset}"
+    if args.pgd_samples < 1 or args.pgd_steps < 1:
+        raise SystemExit("error: --pgd-samples and --pgd-steps must be at least 1.")
+    methods = ["deepdefense"] + [m for m in args.methods if m != "deepdefense"]
+    print("configuration:\n" + "\n".join(f"  {k}: {v}" for k, v in sorted(vars(args).items())), flush=True)
+    start = time.perf_counter()
+    jobs = [(model, seed, method) for model in args.models for seed in args.seeds for method in methods]
+    finished: dict[tuple[str, int, str], dict[str, Any]] = {}
+    new_walls: list[float] = []
+    for i, (model, seed, method) in enumerate(jobs, 1):
+        left = len(jobs) - i + 1
+        eta = f", about {left * statistics.mean(new_walls) / 60:.0f} min left" if new_walls else ""
+        print(f"[{i}/{len(jobs)}] {model} {method} seed {seed} (elapsed {(time.perf_counter() - start) / 60:.1f} "
+              f"min{eta})", flush=True)
+        result, reused = run_method(model, method, seed, args)
+        print(f"  {'reused' if reused else 'finished'}: acc {result['finetuned']['acc']:.4f}, "
+              f"rho2 {result['finetuned']['rho2']:.4f}", flush=True)
+        if not reused:
+            new_walls.append(result["wall_seconds"])
+        finished[(model, seed, method)] = result
+
+    print("evaluating every row at the Deep Defense model's ε_ref and with L2 PGD ...", flush=True)
+    table: dict[str, Any] = {}
+    for model in args.models:
+        rows: dict[str, dict[str, list[float]]] = {
+            m: {c: [] for c in COLUMNS + ["wall_seconds"]} for m in ["reference", *methods]}
+        eps_refs, pgd_epss = [], []
+        n_test = None
+        for seed in args.seeds:
+            dd = finished[(model, seed, "deepdefense")]
+            dd_dir = Path(args.out) / f"{model}-deepdefense-s{seed}"
+            eps_ref, n_test = dd["eps_ref"], dd["finetuned"]["n"]
+            pgd_eps = reference_pgd_eps(dd_dir, args)
+            eps_refs.append(eps_ref)
+            pgd_epss.append(pgd_eps)
+            ref = {"acc": dd["reference"]["acc"], "rho2": dd["reference"]["rho2"],
+                   **evaluate_row(dd_dir, "reference", eps_ref, pgd_eps, n_test, args)}
+            for col in COLUMNS:
+                rows["reference"][col].append(ref[col])
+            for method in methods:
+                result = finished[(model, seed, method)]
+                run_dir = Path(args.out) / f"{model}-{method}-s{seed}"
+                cols = {"acc": result["finetuned"]["acc"], "rho2": result["finetuned"]["rho2"],
+                        **evaluate_row(run_dir, "finetuned", eps_ref, pgd_eps, n_test, args)}
+                for col in COLUMNS:
+                    rows[method][col].append(cols[col])
+                rows[method]["wall_seconds"].append(result["wall_seconds"])
+        order = [m for m in (*PAPER_ROWS, *EXTRA_ROWS) if m in rows]
+        table[model] = {"rows": {m: rows[m] for m in order}, "eps_ref": eps_refs, "pgd_eps": pgd_epss,
+                        "n_test": n_test,
+                        "paper": {m: paper.paper_row(args.dataset, model, m) for m in order}}
+    text = markdown(table, args)
+    out = Path(args.out)
+    utils.write_text_atomic(out / "table1.md", text)
+    utils.write_json(out / "table1.json", {"table": table, "config": vars(args), **utils.environment(),
+                                           "wall_seconds": time.perf_counter() - start})
+    print(text, flush=True)
+    return table
+
+
+if __name__ == "__main__":
+    main(get_args_parser().parse_args())
