@@ -27,10 +27,9 @@ reported. Peak memory is above the process's baseline taken just before the firs
 size (VmHWM, reset through ``/proc/self/clear_refs`` just before the first step) minus the resident set size
 (VmRSS) at that moment, which excludes the import and loading overhead.
 
-``--no-early-stop``: ``revnet.attacks.deepfool`` has no switch to disable its early stop, so in this mode
-variant 1 runs ``benchmarks/variants.py``'s copy of revnet's DeepFool loop (revnet's public ``trace``/
-``reverse``) with the stop removed, and variants 2-5 run without it too; that copy is checked against the
-library with the stop on. Results and the Markdown table go to ``--output`` (``step[-cuda][-amp]
+``--no-early-stop``: every variant runs all ``--max-iter`` DeepFool iterations for every sample (variant 1
+through ``deep_defense_loss(early_stop=False)``). ``--class-chunk K``: variant 1 reverses the candidate classes
+for DeepFool's choice in groups of K (less peak memory, the same step). Results and the Markdown table go to ``--output`` (``step[-cuda][-amp]
 [-no-early-stop].{json,md,png}``); the target of issue 5 (LeNet, batch 100, ``--max-iter 5``, reference
 weights: revnet <= 0.5x the time of the fastest of variants 2-4, <= 0.8x its peak memory, no slower than
 variant 5) is evaluated and stated, never asserted.
@@ -89,6 +88,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--lmbda", type=float, default=15.0, help="λ, weight of the regularizer")
     p.add_argument("--c", type=float, default=25.0, help="c of exp(-c·‖Δx‖/‖x‖), correctly classified samples")
     p.add_argument("--d", type=float, default=5.0, help="d of exp(d·‖Δx‖/‖x‖), misclassified samples")
+    p.add_argument("--class-chunk", type=int, default=None,
+                   help="revnet only: candidate classes per choosing reverse in DeepFool (less peak memory; "
+                        "default: all classes in one batched reverse)")
     p.add_argument("--no-early-stop", action="store_true",
                    help="worst case: every sample runs all --max-iter DeepFool iterations (see the docstring)")
     p.add_argument("--lr", type=float, default=1e-3, help="SGD learning rate (momentum 0.9) of the timed step")
@@ -469,7 +471,8 @@ def run_worker(spec: dict[str, Any], isolation: str) -> dict[str, Any]:
 
 def _run_name(args: argparse.Namespace, device: torch.device) -> str:
     return "step" + ("-cuda" if device.type == "cuda" else "") + ("-amp" if args.amp else "") + (
-        "-no-early-stop" if args.no_early_stop else "")
+        "-no-early-stop" if args.no_early_stop else "") + (
+        f"-class-chunk{args.class_chunk}" if args.class_chunk else "")
 
 
 def check_args(args: argparse.Namespace) -> None:
@@ -545,7 +548,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     batch_sizes = sorted(set(args.batch_sizes + ([1000] if args.full else [])))
     amp_dtype = (args.amp_dtype or ("float16" if device.type == "cuda" else "bfloat16")) if args.amp else None
     cfg = StepConfig(lmbd=args.lmbda, c=args.c, d=args.d, max_iter=args.max_iter, overshoot=args.overshoot,
-                     early_stop=not args.no_early_stop)
+                     early_stop=not args.no_early_stop, class_chunk=args.class_chunk)
     shortcut_engine = _shortcut_engine(args.shortcut_choice, device)
     name = _run_name(args, device)
     resolved = {**vars(args), "device": str(device), "threads": threads, "batch_sizes": batch_sizes,
@@ -715,11 +718,9 @@ def markdown(report: dict[str, Any]) -> str:
     lines += ["", "Variants 2-4 run the whole batch every DeepFool iteration until every sample has stopped "
                   "(finished samples masked); variants 1 and 5 drop finished samples from the batch."]
     if not step["early_stop"]:
-        lines += ["", "**--no-early-stop**: `revnet.attacks.deepfool` has no option to disable its early stop, so "
-                      "variant 1 runs `benchmarks/variants.py`'s copy of revnet's DeepFool loop (revnet's public "
-                      "`trace`/`reverse`, the stop removed); the copy equals the library with the stop on "
-                      "(`revnet-copy-vs-library` above). Every variant runs all max_iter iterations for every "
-                      "sample (samples keep stepping after their label flipped)."]
+        lines += ["", "**--no-early-stop**: every variant runs all max_iter iterations for every sample (samples "
+                      "keep stepping after their label flipped); variant 1 through "
+                      "`deep_defense_loss(early_stop=False)`."]
     return "\n".join(lines) + "\n"
 
 

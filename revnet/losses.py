@@ -43,8 +43,10 @@ class _DeepFoolCall(nn.Module):
         super().__init__()
         self.net = net
 
-    def forward(self, x: Tensor, target: Tensor, max_iter: int, overshoot: float):
-        return deepfool(self.net, x, target=target, max_iter=max_iter, overshoot=overshoot, differentiable=True)
+    def forward(self, x: Tensor, target: Tensor, max_iter: int, overshoot: float, early_stop: bool,
+                class_chunk: Optional[int]):
+        return deepfool(self.net, x, target=target, max_iter=max_iter, overshoot=overshoot, differentiable=True,
+                        early_stop=early_stop, class_chunk=class_chunk)
 
 
 def _check_reg_layers(net: nn.Module, reg_layers: Sequence[str]) -> set[str]:
@@ -70,6 +72,8 @@ def deep_defense_loss(
     overshoot: float = 0.02,
     reg_layers: Optional[Sequence[str]] = None,
     ce_weight: float = 1.0,
+    early_stop: bool = True,
+    class_chunk: Optional[int] = None,
 ) -> tuple[Tensor, DeepDefenseInfo]:
     """The Deep Defense loss (a scalar with a graph) and a :class:`DeepDefenseInfo`.
 
@@ -95,7 +99,8 @@ def deep_defense_loss(
         logits, tape = net.trace(x)
         correct, target = _check_classes(logits, y)
         delta, info = deepfool_from_trace(
-            net, x, logits, tape, target=target, max_iter=max_iter, overshoot=overshoot, differentiable=True
+            net, x, logits, tape, target=target, max_iter=max_iter, overshoot=overshoot, differentiable=True,
+            early_stop=early_stop, class_chunk=class_chunk,
         )
     else:
         logits = net(x)
@@ -103,7 +108,8 @@ def deep_defense_loss(
         params = {
             "net." + name: p if name.split(".")[0] in chosen else p.detach() for name, p in net.named_parameters()
         }
-        delta, info = torch.func.functional_call(_DeepFoolCall(net), params, (x, target, max_iter, overshoot))
+        delta, info = torch.func.functional_call(
+            _DeepFoolCall(net), params, (x, target, max_iter, overshoot, early_stop, class_chunk))
     ce = F.cross_entropy(logits, y)
     ratio = torch.linalg.vector_norm(delta.flatten(1), dim=1) / torch.linalg.vector_norm(
         x.flatten(1), dim=1

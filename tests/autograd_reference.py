@@ -45,8 +45,10 @@ def reference_deepfool(
     overshoot: float = 0.02,
     candidates: Optional[int] = None,
     differentiable: bool = False,
+    early_stop: bool = True,
 ) -> tuple[Tensor, dict]:
-    """Naive DeepFool: returns ``(delta, {"success", "iterations", "label", "original_label"})``."""
+    """Naive DeepFool: returns ``(delta, {"success", "iterations", "label", "original_label"})``.
+    ``early_stop=False``: only targeted samples already at their target stop (before the first step)."""
     n = len(x)
     base = x.detach().requires_grad_(True)  # gradients are taken w.r.t. points built on this leaf
     with torch.no_grad():
@@ -70,7 +72,8 @@ def reference_deepfool(
         out = model(point)
         label = out.detach().argmax(1)
         reached = torch.where(targeted, label == target, label != original)
-        running = running & ~reached
+        if early_stop or it == 0:
+            running = running & ~reached
         if it == max_iter or not running.any():
             break
         grads = _class_gradients(out, point, differentiable)  # (N, C, *in)

@@ -298,3 +298,31 @@ def test_bad_inputs_raise_clear_errors():
         deepfool(net, x[0, 0, 0])
     with pytest.raises(TypeError, match="from_torch"):
         deepfool(plain_copy(net), x)
+
+
+@pytest.mark.parametrize("kind", list(NETS))
+@pytest.mark.parametrize("differentiable", [False, True], ids=["eval", "differentiable"])
+def test_without_early_stop_every_sample_runs_all_iterations_like_the_naive_loop(kind, differentiable):
+    net, x = _case(kind)
+    target = _mixed_targets(net, x)
+    kwargs = {"max_iter": 6, "differentiable": differentiable, "target": target}
+    ours = deepfool(net, x, early_stop=False, **kwargs)
+    theirs = reference_deepfool(plain_copy(net), x, early_stop=False, **kwargs)
+    _assert_same_attack(ours, theirs, f"{kind} no early stop")
+    at_target = (target >= 0) & (ours[1].original_label == target)
+    assert (ours[1].iterations[~at_target] == 6).all() and (ours[1].iterations[at_target] == 0).all()
+
+
+@pytest.mark.parametrize("kind", list(NETS))
+@pytest.mark.parametrize("chunk", [1, 2, 4, 100])
+@pytest.mark.parametrize("differentiable", [False, True], ids=["eval", "differentiable"])
+def test_class_chunks_choose_the_same_classes(kind, chunk, differentiable):
+    net, x = _case(kind)
+    target = _mixed_targets(net, x)
+    whole = deepfool(net, x, max_iter=20, target=target, differentiable=differentiable)
+    chunked = deepfool(net, x, max_iter=20, target=target, differentiable=differentiable, class_chunk=chunk)
+    assert_vjp_close(chunked[0], whole[0], f"{kind} class_chunk={chunk}: delta")
+    for a, b in zip(chunked[1], whole[1]):
+        assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="class_chunk"):
+        deepfool(net, x, class_chunk=0)

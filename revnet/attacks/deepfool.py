@@ -27,7 +27,14 @@ Cost per iteration, for the ``A`` samples still running (the others leave the ba
   sample is untargeted: the chosen row of the batched reverse is reused.
 
 A sample whose step flips its label leaves the batch; when that happens the survivors are traced again
-(one extra forward of the survivors, cheaper than reversing the finished samples' rows).
+(one extra forward of the survivors, cheaper than reversing the finished samples' rows). ``early_stop=False``
+keeps every sample for all ``max_iter`` steps (the worst case, for benchmarks): each step then moves from the
+current point towards the nearest linearised boundary of the label ``l``, and success and the label describe
+the final point.
+
+``class_chunk`` bounds the rows of the choosing reverse: the ``Q − 1`` candidate rows go through the reverse
+in groups of ``class_chunk`` classes (``A × class_chunk`` rows at a time), keeping only their norms, which cuts
+the peak memory of that reverse by about ``(Q − 1) / class_chunk``; the choice is the same.
 
 The network runs in whatever mode it is in (call ``net.eval()`` first: BatchNorm reverses only with frozen
 statistics, and Dropout would draw a new mask at each iteration). Norms are guarded against division by
@@ -107,6 +114,8 @@ def deepfool(
     overshoot: float = 0.02,
     candidates: Optional[int] = None,
     differentiable: bool = False,
+    early_stop: bool = True,
+    class_chunk: Optional[int] = None,
 ) -> tuple[Tensor, DeepFoolInfo]:
     """DeepFool perturbations ``Δx`` (same shape as ``x``) and a :class:`DeepFoolInfo`.
 
@@ -121,6 +130,10 @@ def deepfool(
             (fixed for the whole attack; the clean prediction is one of them), e.g. 10 on ImageNet.
         differentiable: keep the whole recursion in the autograd graph so a loss on ``Δx`` trains the
             weights (Deep Defense). The default builds no graph (it runs under ``torch.no_grad()``).
+        early_stop: a sample leaves the batch when it reaches its goal (default). ``False``: every sample runs
+            all ``max_iter`` steps (the worst case; for benchmarks).
+        class_chunk: reverse the candidate classes for the choice of ``k`` in groups of this many (less peak
+            memory, same result); ``None``: all in one batched reverse.
     """
     check_network(net)
     check_batch(x)
@@ -130,7 +143,7 @@ def deepfool(
         logits, tape = net.trace(x)
         return deepfool_from_trace(
             net, x, logits, tape, target=target, max_iter=max_iter, overshoot=overshoot,
-            candidates=candidates, differentiable=differentiable,
+            candidates=candidates, differentiable=differentiable, early_stop=early_stop, class_chunk=class_chunk,
         )
 
 
@@ -146,6 +159,12 @@ def _check_target(target: Optional[Tensor], logits: Tensor, x: Tensor) -> Tensor
             f"got values in [{int(target.min())}, {int(target.max())}]."
         )
     return target
+
+
+def _check_class_chunk(class_chunk: Optional[int]) -> None:
+    if class_chunk is not None and (isinstance(class_chunk, bool) or not isinstance(class_chunk, int)
+                                    or class_chunk < 1):
+        raise ValueError(f"class_chunk must be None or an integer >= 1, got {class_chunk!r}.")
 
 
 def _check_candidates(candidates: Optional[int], num_classes: int) -> int:
@@ -170,6 +189,8 @@ def deepfool_from_trace(
     overshoot: float = 0.02,
     candidates: Optional[int] = None,
     differentiable: bool = False,
+    early_stop: bool = True,
+    class_chunk: Optional[int] = None,
 ) -> tuple[Tensor, DeepFoolInfo]:
     """:func:`deepfool` continuing from a trace of the clean input that the caller already has
     (``logits, tape = net.trace(x)``), e.g. the one whose logits feed a cross-entropy. Runs in the caller's
@@ -177,6 +198,7 @@ def deepfool_from_trace(
     check_batch(x)
     _check_max_iter(max_iter)
     _check_overshoot(overshoot)
+    _check_class_chunk(class_chunk)
     if logits.dim() != 2 or logits.shape[0] != x.shape[0]:
         raise ValueError(f"DeepFool needs logits of shape (N, C) = ({x.shape[0]}, C), got {tuple(logits.shape)}.")
     n, num_classes = logits.shape
@@ -201,7 +223,7 @@ def deepfool_from_trace(
         if len(active) == 0:
             break
         away = torch.where(targeted[active], label[active], original[active])  # l
-        r = _step(net, logits, tape, away, target[active], others[active], differentiable)
+        r = _step(net, logits, tape, away, target[active], others[active], differentiable, class_chunk)
         r = r.reshape(-1, *x.shape[1:])
         total = total.index_put((active,), total[active] + r)
         iterations[active] = it
@@ -215,7 +237,7 @@ def deepfool_from_trace(
         done = torch.where(targeted[active], now == target[active], now != original[active])
         label[active] = now
         success[active] = done
-        if done.any():
+        if early_stop and done.any():
             active = active[~done]
             if 0 < len(active) and it < max_iter:
                 logits, tape = net.trace(point[~done])
@@ -223,12 +245,14 @@ def deepfool_from_trace(
 
 
 def _step(
-    net: nn.Module, logits: Tensor, tape: object, away: Tensor, target: Tensor, others: Tensor, differentiable: bool
+    net: nn.Module, logits: Tensor, tape: object, away: Tensor, target: Tensor, others: Tensor, differentiable: bool,
+    class_chunk: Optional[int] = None,
 ) -> Tensor:
     """One DeepFool step for the ``A`` traced samples, flattened: ``r (A, D)``.
 
     ``away`` (A,): the label l moved away from; ``target`` (A,): the class for targeted rows, −1 otherwise;
-    ``others`` (A, Q−1): the candidate classes of untargeted rows."""
+    ``others`` (A, Q−1): the candidate classes of untargeted rows; ``class_chunk``: candidate classes per
+    choosing reverse (``None``: all)."""
     a, num_classes = logits.shape
     rows = torch.arange(a, device=logits.device)
     untargeted = target < 0
@@ -237,15 +261,24 @@ def _step(
     if untargeted.any():
         with torch.no_grad():  # choosing k: piecewise constant, no gradient flows through the choice
             f = logits.detach()
-            # v[a, j] = e_{others[a, j]} − e_{away[a]}: one reverse gives every w_c − w_l
+            # v[a, j] = e_{others[a, j]} − e_{away[a]}: the reverse gives every w_c − w_l
             v = _one_hot(others, num_classes, f.dtype) - _one_hot(away, num_classes, f.dtype).unsqueeze(1)
-            w_all = net.reverse(v, tape).flatten(2)  # (A, Q−1, D)
             gap = (f.gather(1, others) - f.gather(1, away[:, None])).abs()  # (A, Q−1)
-            dist = gap / torch.linalg.vector_norm(w_all, dim=2).clamp_min(floor)
-            best = dist.argmin(1)  # first minimum: the candidate with the higher clean logit on ties
+            keep_w = not differentiable and bool(untargeted.all())  # then the chosen row is the step's w
+            chunk = others.shape[1] if class_chunk is None else class_chunk
+            best_dist = best = None
+            for j in range(0, others.shape[1], chunk):
+                w_part = net.reverse(v[:, j : j + chunk], tape).flatten(2)  # (A, J, D)
+                dist, idx = (gap[:, j : j + chunk] / torch.linalg.vector_norm(w_part, dim=2).clamp_min(floor)).min(1)
+                if best is None:  # min(1): the first minimum, i.e. the higher clean logit on ties
+                    best_dist, best = dist, idx
+                    w = w_part[rows, idx] if keep_w else None
+                else:  # strictly better only, so ties keep the earlier (higher-logit) candidate
+                    better = dist < best_dist
+                    best_dist, best = torch.where(better, dist, best_dist), torch.where(better, idx + j, best)
+                    if keep_w:
+                        w = torch.where(better[:, None], w_part[rows, idx], w)
             toward = torch.where(untargeted, others[rows, best], target)
-            if not differentiable and bool(untargeted.all()):
-                w = w_all[rows, best]
     if w is None:
         # one row per sample, e_k − e_l, with a graph when differentiable
         v = _one_hot(toward, num_classes, logits.dtype) - _one_hot(away, num_classes, logits.dtype)
