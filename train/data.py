@@ -7,6 +7,9 @@ mean of the training images; its parameters go into every checkpoint.
 
 from __future__ import annotations
 
+import gzip
+import os
+import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,6 +106,8 @@ def load(dataset: str = "mnist", data_dir: Optional[str] = None, *, download: bo
     except RuntimeError:
         pass  # not on disk
     try:
+        if _extract_idx(root / _folder(dataset) / "raw"):
+            return _from_torchvision(dataset, root, download=False)
         if not download:
             raise DataError("downloads are switched off (--no-download)")
         return _from_torchvision(dataset, root, download=True)
@@ -122,6 +127,21 @@ def load(dataset: str = "mnist", data_dir: Optional[str] = None, *, download: bo
         file=sys.stderr,
     )
     return splits
+
+
+def _extract_idx(raw: Path) -> bool:
+    """Decompress ``raw/*-ubyte.gz`` next to themselves (e.g. the files of ``apt-get install
+    dataset-fashion-mnist``, recompressed by Debian so torchvision's MD5 check would reject them and try to
+    download). Returns whether any compressed files were there."""
+    archives = sorted(raw.glob("*-ubyte.gz"))
+    for gz in archives:
+        target = gz.with_suffix("")
+        if not target.is_file():
+            tmp = target.with_name(f".{target.name}.tmp")
+            with gzip.open(gz, "rb") as src, open(tmp, "wb") as dst:
+                shutil.copyfileobj(src, dst)
+            os.replace(tmp, target)
+    return bool(archives)
 
 
 def _folder(dataset: str) -> str:

@@ -81,6 +81,10 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--d", type=float, default=5.0, help="d: exp(d·‖Δx‖/‖x‖) for misclassified samples")
     p.add_argument("--max-iter", type=int, default=5, help="DeepFool iterations inside the training loss")
     p.add_argument("--overshoot", type=float, default=0.02, help="DeepFool overshoot (training and evaluation)")
+    p.add_argument("--reg-layers", nargs="+", default=None, metavar="CHILD",
+                   help="Deep Defense: only these children of the network (names as in print(model), e.g. 0 for "
+                        "LeNet's conv1; lenet: conv1 0, conv2 2, fc1 5, fc2 7) receive the regularizer's gradient "
+                        "(the paper's Figure 4); the CE gradient reaches every layer. Default: all layers")
     p.add_argument("--alpha", type=float, default=0.5,
                    help="advtrain-fgs, deepdefense+fgs: weight of the clean CE (Goodfellow et al.: 0.5)")
     p.add_argument("--fgs-eps", type=float, default=None,
@@ -113,7 +117,12 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     return p
 
 
-# chosen with train/sweep.py on a validation split (see README and results/sweep-*.md)
+# chosen with train/sweep.py on a validation split (see README and results/sweep-*.md); METHOD_DEFAULTS
+# override DEFAULTS for one method
+METHOD_DEFAULTS: dict[str, dict[str, dict[str, float]]] = {
+    "mlp": {"advtrain-deepfool": {"lr": 2e-2}},
+    "lenet": {},
+}
 DEFAULTS = {
     "lenet": {"epochs": 10, "lr": 5e-3, "fgs_eps": 0.1, "parseval_beta": 1e-4},
     "mlp": {"epochs": 60, "lr": 4e-2, "fgs_eps": 0.1, "parseval_beta": 1e-4},
@@ -123,7 +132,7 @@ DEFAULTS = {
 def check_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
     if args.model not in models.ARCHITECTURES:
         parser.error(f"unknown model {args.model!r}; choose one of: {', '.join(models.ARCHITECTURES)}")
-    for key, value in DEFAULTS[args.model].items():
+    for key, value in {**DEFAULTS[args.model], **METHOD_DEFAULTS[args.model].get(args.method, {})}.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
     positive = ["epochs", "batch_size", "max_iter", "eval_max_iter", "eval_batch_size", "ref_epochs",
@@ -272,6 +281,12 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                          float(prep(torch.full((1, 1, 28, 28), 255, dtype=torch.uint8)).max())) if args.clip else None)
 
     net = models.build(args.model).to(device)
+    children = [name for name, _ in net.named_children()]
+    if args.reg_layers and not set(args.reg_layers) <= set(children):
+        raise SystemExit(f"error: --reg-layers {args.reg_layers}: {args.model}'s children are {children} "
+                         f"(print(models.build({args.model!r})) shows them).")
+    if args.reg_layers and args.method not in ("deepdefense", "deepdefense+fgs"):
+        raise SystemExit("error: --reg-layers applies to the Deep Defense methods only.")
     optimizer = torch.optim.SGD(net.parameters(), lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
     milestones = [args.epochs - args.lr_drop_epochs] if args.lr_drop_epochs else []
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=0.5)
@@ -306,6 +321,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             stats = engine.train_one_epoch(
                 net, optimizer, train_x, train_y, method=args.method, batch_size=args.batch_size, generator=gen,
                 lmbd=args.lmbda, c=args.c, d=args.d, max_iter=args.max_iter, overshoot=args.overshoot,
+                reg_layers=args.reg_layers,
                 fgs_eps=args.fgs_eps, alpha=args.alpha, clip=eval_kw["clip"], parseval_beta=args.parseval_beta,
                 parseval_fraction=args.parseval_fraction,
                 desc=f"epoch {epoch}/{args.epochs}", progress=not args.no_progress,
