@@ -35,7 +35,7 @@ COLUMNS = ["acc", "rho2", "fgs_acc@0.2", "fgs_acc@0.5", "fgs_acc@1.0"]
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Reference vs clean fine-tuning vs Deep Defense, over seeds.",
-                                add_help=add_help, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                add_help=add_help, allow_abbrev=False, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--models", nargs="+", default=["mlp", "lenet"], help="architectures")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds (reference and fine-tuning)")
     p.add_argument("--data-dir", default=None, help="as in finetune.py")

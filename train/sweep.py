@@ -29,7 +29,7 @@ import utils  # noqa: E402
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Validation sweep over fine-tuning learning rates and epochs.",
-                                add_help=add_help, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                add_help=add_help, allow_abbrev=False, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("model", help="mlp or lenet")
     p.add_argument("--method", default="deepdefense", help="fine-tuning method (see finetune.py --help)")
     p.add_argument("--param", default="lr",

@@ -53,7 +53,7 @@ CHECKED_ARGS = ["model", "method", "dataset", "seed", "epochs", "lr", "lmbda", "
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="The paper's Table 1: all methods from one reference, side by side.",
-                                add_help=add_help, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                add_help=add_help, allow_abbrev=False, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--dataset", default="mnist", choices=data_lib.DATASETS, help="dataset")
     p.add_argument("--models", nargs="+", default=["mlp", "lenet"], help="architectures")
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS,
