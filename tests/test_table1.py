@@ -67,3 +67,20 @@ def test_table1_and_figure2_end_to_end(tmp_path, monkeypatch, capsys):
     curves = result["data"]["mlp"]
     assert set(curves) == set(METHODS)
     assert all(c["epochs"] == [0, 1, 2] for c in curves.values())
+
+
+def test_a_failing_baseline_is_reported_in_its_row_and_the_table_goes_on(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    real = table1.run_method
+
+    def run_method(model, method, seed, args):
+        if method == "parseval":
+            raise SystemExit("error: the training loss is inf at a batch of epoch 1/2")
+        return real(model, method, seed, args)
+
+    monkeypatch.setattr(table1, "run_method", run_method)
+    table = run_table1(TINY, "--methods", "deepdefense", "parseval")
+    assert table["mlp"]["rows"]["parseval"]["failed"] == ["error: the training loss is inf at a batch of epoch 1/2"]
+    assert table["mlp"]["rows"]["deepdefense"]["acc"][0] > 0
+    md = (tmp_path / "t1" / "table1.md").read_text()
+    assert "| Par. Train | failed (1 of 1 seeds" in md

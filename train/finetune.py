@@ -125,7 +125,7 @@ METHOD_DEFAULTS: dict[str, dict[str, dict[str, float]]] = {
 }
 DEFAULTS = {
     "lenet": {"epochs": 10, "lr": 5e-3, "fgs_eps": 0.1, "parseval_beta": 1e-4},
-    "mlp": {"epochs": 60, "lr": 4e-2, "fgs_eps": 0.1, "parseval_beta": 1e-4},
+    "mlp": {"epochs": 60, "lr": 4e-2, "fgs_eps": 0.2, "parseval_beta": 1e-1},
 }
 
 

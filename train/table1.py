@@ -183,6 +183,9 @@ def markdown(table: dict[str, Any], args: argparse.Namespace) -> str:
             paper_cell = (f"{p['acc']:.2f} / {p['rho2']:.3f} / {p['fgs_acc@0.2']:.2f} / {p['fgs_acc@0.5']:.2f} / "
                           f"{p['fgs_acc@1.0']:.2f}") if p else "—"
             wall = f"{statistics.mean(row['wall_seconds']):.0f}" if row.get("wall_seconds") else "—"
+            if row.get("failed"):
+                cells = [f"failed ({len(row['failed'])} of {len(args.seeds)} seeds; see its run directory)"] + [
+                    "" for _ in COLUMNS[1:]]
             lines.append(f"| {name} | " + " | ".join(cells) + f" | {paper_cell} | {wall} |")
         lines.append("")
     return "\n".join(lines)
@@ -198,13 +201,21 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     start = time.perf_counter()
     jobs = [(model, seed, method) for model in args.models for seed in args.seeds for method in methods]
     finished: dict[tuple[str, int, str], dict[str, Any]] = {}
+    failed: dict[tuple[str, int, str], str] = {}
     new_walls: list[float] = []
     for i, (model, seed, method) in enumerate(jobs, 1):
         left = len(jobs) - i + 1
         eta = f", about {left * statistics.mean(new_walls) / 60:.0f} min left" if new_walls else ""
         print(f"[{i}/{len(jobs)}] {model} {method} seed {seed} (elapsed {(time.perf_counter() - start) / 60:.1f} "
               f"min{eta})", flush=True)
-        result, reused = run_method(model, method, seed, args)
+        try:
+            result, reused = run_method(model, method, seed, args)
+        except SystemExit as exc:  # e.g. a diverging run: the table goes on, the row says so
+            if method == "deepdefense" or "other settings" in str(exc):
+                raise
+            print(f"  FAILED: {exc}", flush=True)
+            failed[(model, seed, method)] = str(exc)
+            continue
         print(f"  {'reused' if reused else 'finished'}: acc {result['finetuned']['acc']:.4f}, "
               f"rho2 {result['finetuned']['rho2']:.4f}", flush=True)
         if not reused:
@@ -230,6 +241,11 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             for col in COLUMNS:
                 rows["reference"][col].append(ref[col])
             for method in methods:
+                if (model, seed, method) in failed:
+                    for col in COLUMNS:
+                        rows[method][col].append(float("nan"))
+                    rows[method].setdefault("failed", []).append(failed[(model, seed, method)])
+                    continue
                 result = finished[(model, seed, method)]
                 run_dir = Path(args.out) / f"{model}-{method}-s{seed}"
                 cols = {"acc": result["finetuned"]["acc"], "rho2": result["finetuned"]["rho2"],
