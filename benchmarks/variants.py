@@ -72,7 +72,7 @@ class StepConfig:
     max_iter: int = 5
     overshoot: float = 0.02
     early_stop: bool = True
-    class_chunk: Optional[int] = None  # revnet only: candidate classes per choosing reverse (None: all)
+    class_chunk: Optional[int] = None  # revnet only: classes per choosing reverse (None: the library's default)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -418,8 +418,9 @@ class Variant:
 
 class RevnetVariant(Variant):
     key, number, title = "revnet", 1, "revnet (explicit reverse)"
-    summary = ("revnet.losses.deep_defense_loss: explicit reverse; k chosen by a graph-free K-class reverse, one "
-               "differentiable reverse row per sample, early-stopped samples leave the batch")
+    summary = ("revnet.losses.deep_defense_loss: explicit reverse; k chosen by graph-free reverses of the K-1 "
+               "candidate rows (one class at a time on the CPU, all at once on CUDA), one differentiable reverse "
+               "row per sample, early-stopped samples leave the batch")
 
     def prepare(self, net: nn.Module) -> nn.Module:
         return copy.deepcopy(net)

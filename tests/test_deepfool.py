@@ -314,12 +314,12 @@ def test_without_early_stop_every_sample_runs_all_iterations_like_the_naive_loop
 
 
 @pytest.mark.parametrize("kind", list(NETS))
-@pytest.mark.parametrize("chunk", [1, 2, 4, 100])
+@pytest.mark.parametrize("chunk", [None, 1, 2, 4])
 @pytest.mark.parametrize("differentiable", [False, True], ids=["eval", "differentiable"])
 def test_class_chunks_choose_the_same_classes(kind, chunk, differentiable):
     net, x = _case(kind)
     target = _mixed_targets(net, x)
-    whole = deepfool(net, x, max_iter=20, target=target, differentiable=differentiable)
+    whole = deepfool(net, x, max_iter=20, target=target, differentiable=differentiable, class_chunk=1000)
     chunked = deepfool(net, x, max_iter=20, target=target, differentiable=differentiable, class_chunk=chunk)
     assert_vjp_close(chunked[0], whole[0], f"{kind} class_chunk={chunk}: delta")
     for a, b in zip(chunked[1], whole[1]):

@@ -89,7 +89,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                    help="advtrain-fgs, deepdefense+fgs: weight of the clean CE (Goodfellow et al.: 0.5)")
     p.add_argument("--fgs-eps", type=float, default=None,
                    help="advtrain-fgs, deepdefense+fgs: FGS step of the training examples, in network-input units "
-                        "(x/255 - mean); default chosen on a validation split: mlp 0.1, lenet 0.1 (see README)")
+                        "(x/255 - mean); default chosen on a validation split (see README)")
     p.add_argument("--parseval-beta", type=float, default=None,
                    help="parseval: retraction step beta (Cisse et al.: 1e-4 for MNIST); default chosen on a "
                         "validation split (see README)")
@@ -121,10 +121,10 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
 # override DEFAULTS for one method
 METHOD_DEFAULTS: dict[str, dict[str, dict[str, float]]] = {
     "mlp": {"advtrain-deepfool": {"lr": 2e-2}},
-    "lenet": {},
+    "lenet": {"advtrain-deepfool": {"lr": 2.5e-3}},
 }
 DEFAULTS = {
-    "lenet": {"epochs": 10, "lr": 5e-3, "fgs_eps": 0.1, "parseval_beta": 1e-4},
+    "lenet": {"epochs": 10, "lr": 5e-3, "fgs_eps": 0.2, "parseval_beta": 1e-1},
     "mlp": {"epochs": 60, "lr": 4e-2, "fgs_eps": 0.2, "parseval_beta": 1e-1},
 }
 

@@ -34,7 +34,10 @@ the final point.
 
 ``class_chunk`` bounds the rows of the choosing reverse: the ``Q − 1`` candidate rows go through the reverse
 in groups of ``class_chunk`` classes (``A × class_chunk`` rows at a time), keeping only their norms, which cuts
-the peak memory of that reverse by about ``(Q − 1) / class_chunk``; the choice is the same.
+the peak memory of that reverse by about ``(Q − 1) / class_chunk``; the choice is the same. The default
+(``None``) is one class at a time on the CPU, where the smaller reverses are also faster (LeNet, batch 100,
+2 cores: a Deep Defense step 211 vs 266 ms, evaluation DeepFool 20% faster), and all classes in one batched
+reverse on other devices (GPUs prefer the large batch).
 
 The network runs in whatever mode it is in (call ``net.eval()`` first: BatchNorm reverses only with frozen
 statistics, and Dropout would draw a new mask at each iteration). Norms are guarded against division by
@@ -133,7 +136,8 @@ def deepfool(
         early_stop: a sample leaves the batch when it reaches its goal (default). ``False``: every sample runs
             all ``max_iter`` steps (the worst case; for benchmarks).
         class_chunk: reverse the candidate classes for the choice of ``k`` in groups of this many (less peak
-            memory, same result); ``None``: all in one batched reverse.
+            memory, same result); ``None``: one at a time on the CPU, all at once elsewhere (see above); a
+            value ≥ ``Q − 1``: all in one batched reverse.
     """
     check_network(net)
     check_batch(x)
@@ -252,7 +256,7 @@ def _step(
 
     ``away`` (A,): the label l moved away from; ``target`` (A,): the class for targeted rows, −1 otherwise;
     ``others`` (A, Q−1): the candidate classes of untargeted rows; ``class_chunk``: candidate classes per
-    choosing reverse (``None``: all)."""
+    choosing reverse (``None``: 1 on the CPU, all elsewhere)."""
     a, num_classes = logits.shape
     rows = torch.arange(a, device=logits.device)
     untargeted = target < 0
@@ -265,7 +269,7 @@ def _step(
             v = _one_hot(others, num_classes, f.dtype) - _one_hot(away, num_classes, f.dtype).unsqueeze(1)
             gap = (f.gather(1, others) - f.gather(1, away[:, None])).abs()  # (A, Q−1)
             keep_w = not differentiable and bool(untargeted.all())  # then the chosen row is the step's w
-            chunk = others.shape[1] if class_chunk is None else class_chunk
+            chunk = class_chunk or (1 if logits.device.type == "cpu" else others.shape[1])
             best_dist = best = None
             for j in range(0, others.shape[1], chunk):
                 w_part = net.reverse(v[:, j : j + chunk], tape).flatten(2)  # (A, J, D)
