@@ -120,8 +120,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
 # chosen with train/sweep.py on a validation split (see README and results/sweep-*.md); METHOD_DEFAULTS
 # override DEFAULTS for one method
 METHOD_DEFAULTS: dict[str, dict[str, dict[str, float]]] = {
-    "mlp": {"advtrain-deepfool": {"lr": 2e-2}},
-    "lenet": {"advtrain-deepfool": {"lr": 2.5e-3}},
+    "mlp": {"advtrain-deepfool": {"lr": 2e-2}, "deepdefense+fgs": {"fgs_eps": 0.1}},
+    "lenet": {"advtrain-deepfool": {"lr": 2.5e-3}, "deepdefense+fgs": {"fgs_eps": 0.1}},
 }
 DEFAULTS = {
     "lenet": {"epochs": 10, "lr": 5e-3, "fgs_eps": 0.2, "parseval_beta": 1e-1},
