@@ -419,7 +419,7 @@ class Variant:
 class RevnetVariant(Variant):
     key, number, title = "revnet", 1, "revnet (explicit reverse)"
     summary = ("revnet.losses.deep_defense_loss: explicit reverse; k chosen by graph-free reverses of the K-1 "
-               "candidate rows (one class at a time on the CPU, all at once on CUDA), one differentiable reverse "
+               "candidate rows (at most 256 rows per reverse on the CPU, all at once on CUDA), one differentiable reverse "
                "row per sample, early-stopped samples leave the batch")
 
     def prepare(self, net: nn.Module) -> nn.Module:

@@ -35,9 +35,11 @@ the final point.
 ``class_chunk`` bounds the rows of the choosing reverse: the ``Q − 1`` candidate rows go through the reverse
 in groups of ``class_chunk`` classes (``A × class_chunk`` rows at a time), keeping only their norms, which cuts
 the peak memory of that reverse by about ``(Q − 1) / class_chunk``; the choice is the same. The default
-(``None``) is one class at a time on the CPU, where the smaller reverses are also faster (LeNet, batch 100,
-2 cores: a Deep Defense step 211 vs 266 ms, evaluation DeepFool 20% faster), and all classes in one batched
-reverse on other devices (GPUs prefer the large batch).
+(``None``) on the CPU puts at most 256 rows through each choosing reverse (``max(1, 256 // A)`` classes at a
+time), where smaller reverses of the transposed convolutions are faster (LeNet, batch 100, 2 cores: a Deep
+Defense step 211–214 ms with 1–2 classes per reverse vs 266 ms with all 9; evaluation DeepFool ~20% faster),
+while small batches and cheap networks keep the single batched reverse; on other devices all classes go in one
+batched reverse (GPUs prefer the large batch).
 
 The network runs in whatever mode it is in (call ``net.eval()`` first: BatchNorm reverses only with frozen
 statistics, and Dropout would draw a new mask at each iteration). Norms are guarded against division by
@@ -136,8 +138,8 @@ def deepfool(
         early_stop: a sample leaves the batch when it reaches its goal (default). ``False``: every sample runs
             all ``max_iter`` steps (the worst case; for benchmarks).
         class_chunk: reverse the candidate classes for the choice of ``k`` in groups of this many (less peak
-            memory, same result); ``None``: one at a time on the CPU, all at once elsewhere (see above); a
-            value ≥ ``Q − 1``: all in one batched reverse.
+            memory, same result); ``None``: at most 256 rows per reverse on the CPU, all classes at once
+            elsewhere (see above); a value ≥ ``Q − 1``: all in one batched reverse.
     """
     check_network(net)
     check_batch(x)
@@ -256,7 +258,7 @@ def _step(
 
     ``away`` (A,): the label l moved away from; ``target`` (A,): the class for targeted rows, −1 otherwise;
     ``others`` (A, Q−1): the candidate classes of untargeted rows; ``class_chunk``: candidate classes per
-    choosing reverse (``None``: 1 on the CPU, all elsewhere)."""
+    choosing reverse (``None``: :func:`_default_class_chunk`)."""
     a, num_classes = logits.shape
     rows = torch.arange(a, device=logits.device)
     untargeted = target < 0
@@ -269,7 +271,7 @@ def _step(
             v = _one_hot(others, num_classes, f.dtype) - _one_hot(away, num_classes, f.dtype).unsqueeze(1)
             gap = (f.gather(1, others) - f.gather(1, away[:, None])).abs()  # (A, Q−1)
             keep_w = not differentiable and bool(untargeted.all())  # then the chosen row is the step's w
-            chunk = class_chunk or (1 if logits.device.type == "cpu" else others.shape[1])
+            chunk = class_chunk or _default_class_chunk(a, others.shape[1], logits.device)
             best_dist = best = None
             for j in range(0, others.shape[1], chunk):
                 w_part = net.reverse(v[:, j : j + chunk], tape).flatten(2)  # (A, J, D)
@@ -291,6 +293,17 @@ def _step(
     norm = torch.linalg.vector_norm(w, dim=1).clamp_min(floor)  # ‖w_k − w_l‖
     r = (gap / norm).unsqueeze(1) * (w / norm.unsqueeze(1))  # |f_k − f_l| / ‖w‖² · w, without squaring ‖w‖
     return r  # (A, D)
+
+
+CPU_CHOICE_ROWS = 256  # rows per choosing reverse on the CPU by default (see the module docstring)
+
+
+def _default_class_chunk(samples: int, classes: int, device: torch.device) -> int:
+    """All candidate classes at once, except on the CPU with more than ``CPU_CHOICE_ROWS`` rows: then as many
+    classes per reverse as fit in ``CPU_CHOICE_ROWS`` rows (at least one)."""
+    if device.type != "cpu":
+        return classes
+    return max(1, min(classes, CPU_CHOICE_ROWS // max(samples, 1)))
 
 
 def _one_hot(index: Tensor, num_classes: int, dtype: torch.dtype) -> Tensor:
