@@ -168,8 +168,9 @@ def markdown(table: dict[str, Any], args: argparse.Namespace) -> str:
              f"Seeds {args.seeds}{' (mean ± sd)' if len(args.seeds) > 1 else ''}. ε_ref: the FGS step at which "
              "the Deep Defense model's accuracy drops to 50%; every row is attacked at 0.2/0.5/1.0·ε_ref. PGD: "
              f"L2, {args.pgd_steps} steps, ε = the reference's median DeepFool ‖Δx‖₂, first {args.pgd_samples} "
-             "test images. Rows marked * are not in the paper's Table 1. Paper: the numbers printed in the paper "
-             "(full MNIST, 0–255 inputs), for comparison of orderings and gains only.\n"]
+             "test images. Rows marked * are not in the paper's Table 1."
+             + (" Paper: the numbers printed in the paper (full MNIST, 0–255 inputs), for comparison of orderings "
+                "and gains only." if args.dataset in paper.TABLE1 else "") + "\n"]
     for model, t in table.items():
         lines.append(f"## {model} ({t['n_test']} test images; ε_ref = {fmt(t['eps_ref'], False)}, "
                      f"PGD ε = {fmt(t['pgd_eps'], False)})\n")
