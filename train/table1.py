@@ -24,6 +24,8 @@ seeds, mean ± sd. The paper's numbers (MNIST) stand beside ours.
 from __future__ import annotations
 
 import argparse
+import functools
+import os
 import statistics
 import sys
 import time
@@ -97,11 +99,18 @@ def run_method(model: str, method: str, seed: int, args: argparse.Namespace) -> 
     return finetune.main(finetune.get_args_parser().parse_args(argv)), False
 
 
+@functools.lru_cache(maxsize=2)
+def test_split(dataset: str, data_dir: Optional[str], cwd: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The raw test images and labels, read once per table (every row is evaluated on them); ``cwd`` is part
+    of the cache key because the default data folder is relative."""
+    splits = data_lib.load(dataset, data_dir, download=False)
+    return splits.test_x, splits.test_y
+
+
 def load_test(run_dir: Path, args: argparse.Namespace, n: int) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
     net, ckpt = models.load(run_dir / "final.pt")
-    splits = data_lib.load(args.dataset, args.data_dir, download=False)
-    x = data_lib.preprocess(splits.test_x[:n], ckpt["preprocess"])
-    return net, x, splits.test_y[:n]
+    test_x, test_y = test_split(args.dataset, args.data_dir, os.getcwd())
+    return net, data_lib.preprocess(test_x[:n], ckpt["preprocess"]), test_y[:n]
 
 
 def attack_columns(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps_ref: Optional[float],
@@ -145,8 +154,7 @@ def reference_path(run_dir: Path) -> Path:
 def reference_pgd_eps(dd_dir: Path, args: argparse.Namespace) -> float:
     """The reference's median DeepFool ‖Δx‖₂ on the first pgd_samples test images."""
     net, ckpt = models.load(reference_path(dd_dir))
-    splits = data_lib.load(args.dataset, args.data_dir, download=False)
-    x = data_lib.preprocess(splits.test_x[: args.pgd_samples], ckpt["preprocess"])
+    x = data_lib.preprocess(test_split(args.dataset, args.data_dir, os.getcwd())[0][: args.pgd_samples], ckpt["preprocess"])
     delta, _ = revnet.deepfool(net, x, max_iter=50)
     return torch.linalg.vector_norm(delta.flatten(1), dim=1).median().item()
 

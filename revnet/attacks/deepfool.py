@@ -36,10 +36,10 @@ the final point.
 in groups of ``class_chunk`` classes (``A × class_chunk`` rows at a time), keeping only their norms, which cuts
 the peak memory of that reverse by about ``(Q − 1) / class_chunk``; the choice is the same. The default
 (``None``) on the CPU puts at most 256 rows through each choosing reverse (``max(1, 256 // A)`` classes at a
-time), where smaller reverses of the transposed convolutions are faster (LeNet, batch 100, 2 cores: a Deep
-Defense step 211–214 ms with 1–2 classes per reverse vs 266 ms with all 9; evaluation DeepFool ~20% faster),
-while small batches and cheap networks keep the single batched reverse; on other devices all classes go in one
-batched reverse (GPUs prefer the large batch).
+time): on a 2-core CPU this cut the peak memory of a LeNet Deep Defense step at batch 100 from 223 to 70 MiB
+and did not slow it (``python benchmarks/step.py``, ``benchmarks/results/step.md``), while small batches and
+cheap networks keep the single batched reverse; on other devices all classes go in one batched reverse (GPUs
+prefer the large batch).
 
 The network runs in whatever mode it is in (call ``net.eval()`` first: BatchNorm reverses only with frozen
 statistics, and Dropout would draw a new mask at each iteration). Norms are guarded against division by
