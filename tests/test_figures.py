@@ -97,6 +97,23 @@ def test_figure2_writes_a_png_and_the_plotted_numbers(runs, tmp_path, capsys):
     assert "skipping mlp/advtrain-fgs" in printed and "mlp-parseval-s0" in printed
 
 
+def test_figure2_reads_several_folders_first_one_wins(runs, tmp_path):
+    other = tmp_path / "other"
+    _fake_run(other, "lenet", "advtrain-fgs", 2, "metrics")  # only here
+    _fake_run(other, "lenet", "deepdefense", 5, "metrics")  # also in runs, which comes first
+    result = _main(["figure2", "--runs", str(runs), str(other), "--models", "lenet", "--dataset", "fashion-mnist",
+                    "--out", str(tmp_path / "figs"), "--dpi", "40"])
+    lenet = result["data"]["lenet"]
+    assert set(lenet) == {"deepdefense", "clean", "parseval", "advtrain-fgs"}
+    assert lenet["advtrain-fgs"]["run"] == str(other / "lenet-advtrain-fgs-s0")
+    assert lenet["deepdefense"]["run"] == str(runs / "lenet-deepdefense-s0")
+    assert lenet["deepdefense"]["epochs"] == [0, 1, 2]
+    stored = json.loads((tmp_path / "figs" / "figure2-fashion-mnist.json").read_text())
+    assert stored["runs"] == [str(runs), str(other)]
+    with pytest.raises(SystemExit, match="nowhere.*not a folder"):
+        _main(["figure2", "--runs", str(runs), str(tmp_path / "nowhere"), "--out", str(tmp_path / "figs2")])
+
+
 def test_figure2_errors_name_the_folder_searched(runs, tmp_path):
     missing = tmp_path / "nowhere"
     with pytest.raises(SystemExit, match="nowhere.*not a folder"):

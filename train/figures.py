@@ -4,11 +4,14 @@ Examples (Figure 2: test accuracy and ρ₂ during fine-tuning, one row per mode
 test accuracy for the hyper-parameter studies of ``train/studies.py``)::
 
     python train/figures.py figure2 --runs runs/table1-mnist --models mlp lenet --seed 0 --out results/figures
+    python train/figures.py figure2 --runs runs/table1-fashion-mnist runs/table1-fashion-mnist-lenet \
+        --dataset fashion-mnist --out results/figures
     python train/figures.py figure3 --runs runs/studies --out results/figures
     python train/figures.py figure4 --runs runs/studies --out results/figures
 
 One subcommand per figure. ``figure2`` reads ``<runs>/<model>-<method>-s<seed>/metrics.json`` for every method
-of ``finetune.py`` (missing runs are skipped with a note) and plots, per model, the test accuracy (%) and the
+of ``finetune.py`` (missing runs are skipped with a note; with several ``--runs`` folders the first that holds a
+run wins) and plots, per model, the test accuracy (%) and the
 DeepFool ρ₂ after every fine-tuning epoch, one line per method. Epoch 0 is the reference model, evaluated on the
 same test images as the epochs (``metrics.json["reference_epoch_eval"]``, or for older runs the
 ``reference_metrics`` of ``resume/checkpoint.pt``; without either a curve starts at epoch 1). Writes
@@ -45,8 +48,10 @@ def _add_figure2(sub: argparse._SubParsersAction, add_help: bool) -> None:
                        description="Figure 2: test accuracy (%) and DeepFool rho2 after every fine-tuning epoch "
                                    "(epoch 0 = the reference), one row per model, one line per method.",
                        add_help=add_help, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--runs", required=True,
-                   help="folder holding the run directories <model>-<method>-s<seed>/ (each with metrics.json)")
+    p.add_argument("--runs", required=True, nargs="+", metavar="FOLDER",
+                   help="folder(s) holding the run directories <model>-<method>-s<seed>/ (each with metrics.json); "
+                        "with several folders, each run is taken from the first folder that has it (e.g. the MLP "
+                        "and the LeNet table of one dataset written to different --out folders)")
     p.add_argument("--models", nargs="+", default=["mlp", "lenet"], help="architectures, one figure row each")
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS, metavar="METHOD",
                    help="fine-tuning methods to plot (runs that are missing are skipped)")
@@ -150,24 +155,31 @@ def _curve(run: Path) -> dict[str, Any]:
         raise SystemExit(f"error: {run / 'metrics.json'}: test metrics without {exc}") from None
 
 
-def collect(runs: Path, models: list[str], methods: list[str], seed: int) -> tuple[dict, dict]:
-    """``{model: {method: curve}}`` for the runs that exist, and ``{model: [missing methods]}``."""
-    if not runs.is_dir():
-        raise SystemExit(f"error: --runs {runs} is not a folder (expected run directories <model>-<method>-s<seed>/ "
-                         f"written by finetune.py)")
+def collect(folders: list[Path], models: list[str], methods: list[str], seed: int) -> tuple[dict, dict]:
+    """``{model: {method: curve}}`` for the runs that exist, and ``{model: [missing methods]}``.
+
+    Each run ``<model>-<method>-s<seed>`` is read from the first of ``folders`` that holds it (its curve records
+    that run directory under ``"run"``).
+    """
+    for runs in folders:
+        if not runs.is_dir():
+            raise SystemExit(f"error: --runs {runs} is not a folder (expected run directories "
+                             f"<model>-<method>-s<seed>/ written by finetune.py)")
+    searched = " or ".join(str(f) for f in folders)
     data: dict[str, dict[str, Any]] = {}
     missing: dict[str, list[str]] = {}
     for model in models:
         data[model], missing[model] = {}, []
         for method in methods:
-            run = runs / f"{model}-{method}-s{seed}"
-            if not (run / "metrics.json").is_file():
-                print(f"note: skipping {model}/{method}: no {run / 'metrics.json'}", flush=True)
+            name = f"{model}-{method}-s{seed}"
+            run = next((f / name for f in folders if (f / name / "metrics.json").is_file()), None)
+            if run is None:
+                print(f"note: skipping {model}/{method}: no {name}/metrics.json in {searched}", flush=True)
                 missing[model].append(method)
                 continue
             data[model][method] = _curve(run)
         if not data[model]:
-            raise SystemExit(f"error: no runs for model {model!r} with seed {seed} in {runs} (looked for "
+            raise SystemExit(f"error: no runs for model {model!r} with seed {seed} in {searched} (looked for "
                              f"{model}-<method>-s{seed}/metrics.json with <method> in {', '.join(methods)})")
     return data, missing
 
@@ -244,13 +256,13 @@ def plot_figure2(data: dict[str, dict[str, Any]], title: str, path: Path, dpi: i
 
 
 def figure2(args: argparse.Namespace) -> dict[str, Any]:
-    data, missing = collect(Path(args.runs), args.models, args.methods, args.seed)
+    data, missing = collect([Path(r) for r in args.runs], args.models, args.methods, args.seed)
     out = Path(args.out)
     png, json_path = out / f"figure2-{args.dataset}.png", out / f"figure2-{args.dataset}.json"
     title = f"{args.dataset.upper()}, seed {args.seed}: fine-tuning from the reference (epoch 0)"
     plot_figure2(data, title, png, args.dpi)
     utils.write_json(json_path, {
-        "figure": "figure2", "dataset": args.dataset, "seed": args.seed, "runs": str(args.runs),
+        "figure": "figure2", "dataset": args.dataset, "seed": args.seed, "runs": [str(r) for r in args.runs],
         "units": {"acc": "fraction of the test images (plotted ×100)", "rho2": "DeepFool rho2",
                   "n": "test images behind each point", "epochs": "0 = the reference model"},
         "models": data, "missing": missing, "png": str(png), "config": vars(args), "environment": utils.environment(),
