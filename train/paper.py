@@ -1,9 +1,11 @@
 """The numbers printed in the Deep Defense paper's Table 1 (Yan, Guo & Zhang, NeurIPS 2018), MNIST rows.
 
-Transcribed by hand from the paper; columns: test accuracy (%), ρ₂, and FGS accuracy (%) at 0.2/0.5/1.0·ε_ref
-(ε_ref: the FGS step at which the paper's own Deep Defense model drops to 50% accuracy). The paper's models
-were trained on the full 60,000-image MNIST training set with 0–255 inputs; ours use the 5,000-image subset in
-``../shared/data``, so only the *ordering* of the methods and the size of the gains are comparable.
+Typed in by hand from the paper. This offline environment has no copy of the paper to check them against,
+so they have not been re-checked since: if one disagrees with the PDF, the PDF wins. Columns: test accuracy
+(%), ρ₂, and FGS accuracy (%) at 0.2/0.5/1.0·ε_ref (ε_ref: the FGS step at which the paper's own Deep Defense
+model drops to 50% accuracy). The paper's models were trained on the full 60,000-image MNIST training set with
+0–255 inputs; ours use the 5,000-image subset in ``../shared/data``, so only the *ordering* of the methods and
+the size of the gains are comparable.
 """
 
 from __future__ import annotations

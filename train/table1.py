@@ -178,7 +178,8 @@ def markdown(table: dict[str, Any], args: argparse.Namespace) -> str:
              f"L2, {args.pgd_steps} steps, ε = the reference's median DeepFool ‖Δx‖₂, first {args.pgd_samples} "
              "test images. Rows marked * are not in the paper's Table 1."
              + (" Paper: the numbers printed in the paper (full MNIST, 0–255 inputs), for comparison of orderings "
-                "and gains only." if args.dataset in paper.TABLE1 else "") + "\n"]
+                "and gains only (typed in by hand, not re-checked against the PDF here: see train/paper.py)."
+                if args.dataset in paper.TABLE1 else "") + "\n"]
     for model, t in table.items():
         lines.append(f"## {model} ({t['n_test']} test images; ε_ref = {fmt(t['eps_ref'], False)}, "
                      f"PGD ε = {fmt(t['pgd_eps'], False)})\n")
