@@ -11,10 +11,10 @@ test accuracy for the hyper-parameter studies of ``train/studies.py``)::
 
 One subcommand per figure. ``figure2`` reads ``<runs>/<model>-<method>-s<seed>/metrics.json`` for every method
 of ``finetune.py`` (missing runs are skipped with a note; with several ``--runs`` folders the first that holds a
-run wins) and plots, per model, the test accuracy (%) and the
-DeepFool ρ₂ after every fine-tuning epoch, one line per method. Epoch 0 is the reference model, evaluated on the
-same test images as the epochs (``metrics.json["reference_epoch_eval"]``, or for older runs the
-``reference_metrics`` of ``resume/checkpoint.pt``; without either a curve starts at epoch 1). Writes
+run wins) and plots, per model, the test accuracy (%) and the DeepFool ρ₂ after every fine-tuning epoch, one
+line per method. Epoch 0 is the reference model, evaluated on the same test images as the epochs
+(``metrics.json["reference_epoch_eval"]``, or for older runs the ``reference_metrics`` of
+``resume/checkpoint.pt``; without either a curve starts at epoch 1). Writes
 ``figure2-<dataset>.png`` and ``figure2-<dataset>.json`` (the plotted numbers) to ``--out``.
 
 ``figure3`` reads ``<runs>/cl.json`` (``studies.py cl``) and plots, for every λ, DeepFool ρ₂ against the test
