@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "train"))
@@ -38,3 +39,42 @@ def test_compressed_fashion_mnist_files_are_extracted_and_loaded_without_downloa
     assert (raw / "train-images-idx3-ubyte").is_file()  # extracted next to the archive, reused next time
     again = data.load("fashion-mnist", str(tmp_path), download=False)
     assert torch.equal(again.train_y, splits.train_y)
+
+
+def _fake_debian_package(folder: Path) -> dict[str, np.ndarray]:
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(1)
+    arrays = {"train-images-idx3-ubyte": rng.integers(0, 256, (7, 28, 28)),
+              "train-labels-idx1-ubyte": rng.integers(0, 10, 7),
+              "t10k-images-idx3-ubyte": rng.integers(0, 256, (3, 28, 28)),
+              "t10k-labels-idx1-ubyte": rng.integers(0, 10, 3)}
+    for name, array in arrays.items():
+        write_idx_gz(folder / f"{name}.gz", array)
+    return arrays
+
+
+def test_without_data_dir_fashion_mnist_comes_from_the_debian_package(tmp_path, monkeypatch, capsys):
+    arrays = _fake_debian_package(tmp_path / "debian")
+    monkeypatch.setattr(data, "DEBIAN_FASHION_MNIST", tmp_path / "debian")
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    splits = data.load("fashion-mnist", None, download=False)
+    assert torch.equal(splits.train_x[:, 0], torch.from_numpy(arrays["train-images-idx3-ubyte"].astype(np.uint8)))
+    assert torch.equal(splits.test_y, torch.from_numpy(arrays["t10k-labels-idx1-ubyte"]).long())
+    assert (work / "data" / "FashionMNIST" / "raw" / "t10k-images-idx3-ubyte").is_file()
+    assert "copying 4 file(s) of Debian's dataset-fashion-mnist" in capsys.readouterr().err
+    again = data.load("fashion-mnist", None, download=False)  # now from ./data: nothing copied again
+    assert torch.equal(again.train_y, splits.train_y)
+    assert "copying" not in capsys.readouterr().err
+
+
+def test_fashion_mnist_missing_everywhere_is_an_error_naming_the_package(tmp_path, monkeypatch):
+    monkeypatch.setattr(data, "DEBIAN_FASHION_MNIST", tmp_path / "not-installed")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(data.DataError, match="apt-get install dataset-fashion-mnist"):
+        data.load("fashion-mnist", None, download=False)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(data.DataError, match="empty/FashionMNIST/raw"):  # an explicit folder is never filled
+        data.load("fashion-mnist", str(tmp_path / "empty"), download=False)
+    assert not (tmp_path / "empty" / "FashionMNIST").exists()

@@ -133,3 +133,68 @@ def test_help_exits_zero(capsys):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "--runs" in proc.stdout and "--models" in proc.stdout
+
+
+def test_figure2_redraws_from_its_own_json_when_the_runs_are_gone(runs, tmp_path, capsys):
+    first = _main(["figure2", "--runs", str(runs), "--models", "lenet", "mlp", "--dataset", "fashion-mnist",
+                   "--out", str(tmp_path / "a"), "--dpi", "40"])
+    stored = tmp_path / "a" / "figure2-fashion-mnist.json"
+    import shutil
+
+    shutil.rmtree(runs)
+    again = _main(["figure2", "--from-json", str(stored), "--out", str(tmp_path / "b"), "--dpi", "40"])
+    assert again["data"] == first["data"]
+    assert list(again["data"]) == ["lenet", "mlp"]  # the rows keep the order of --models
+    redrawn = json.loads((tmp_path / "b" / "figure2-fashion-mnist.json").read_text())  # dataset from the file
+    assert redrawn["redrawn_from"] == str(stored) and redrawn["runs"] == [str(runs)]
+    assert redrawn["missing"]["mlp"] == ["advtrain-deepfool", "advtrain-fgs", "deepdefense+fgs"]
+    assert "redrawing from the plotted numbers" in capsys.readouterr().out
+    only = _main(["figure2", "--from-json", str(stored), "--models", "mlp", "--methods", "clean", "--out",
+                  str(tmp_path / "c"), "--dpi", "40"])
+    assert list(only["data"]) == ["mlp"] and list(only["data"]["mlp"]) == ["clean"]
+    with pytest.raises(SystemExit, match="no curves for --models alexnet"):
+        _main(["figure2", "--from-json", str(stored), "--models", "alexnet", "--out", str(tmp_path / "d")])
+    with pytest.raises(SystemExit, match="not a figure2 JSON"):
+        _main(["figure2", "--from-json", _write(tmp_path / "x.json", {"figure": "figure3"}),
+               "--out", str(tmp_path / "d")])
+    with pytest.raises(SystemExit) as exc:  # one source only
+        figures.get_args_parser().parse_args(["figure2", "--runs", str(runs), "--from-json", str(stored)])
+    assert exc.value.code == 2
+
+
+def _write(path: Path, obj: dict) -> str:
+    path.write_text(json.dumps(obj))
+    return str(path)
+
+
+def test_all_takes_figure2_from_the_runs_while_they_exist(runs, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # no runs/studies here
+    results = tmp_path / "results"
+    _main(["figure2", "--runs", str(runs), "--out", str(results / "figures"), "--dpi", "40"])
+    capsys.readouterr()
+    done = _main(["all", "--results", str(results), "--out", str(tmp_path / "out"), "--dpi", "40"])
+    assert list(done) == ["figure2-mnist"]  # no study summaries: figures 3 and 4 are skipped with a note
+    printed = capsys.readouterr().out
+    assert "figure2 (mnist) from the run directories" in printed and "skipping figure3" in printed
+    (runs / "mlp-clean-s0" / "metrics.json").unlink()
+    done_again = _main(["all", "--results", str(results), "--out", str(tmp_path / "out2"), "--dpi", "40"])
+    assert "run directories gone" in capsys.readouterr().out
+    assert done_again["figure2-mnist"]["data"] == done["figure2-mnist"]["data"]  # clean's curve kept
+    with pytest.raises(SystemExit, match="nothing to draw"):
+        _main(["all", "--results", str(tmp_path / "empty"), "--out", str(tmp_path / "out3")])
+
+
+def test_all_redraws_every_committed_figure_from_the_committed_results(tmp_path, monkeypatch):
+    """A fresh checkout has no run directories: every figure of the README comes back from results/."""
+    monkeypatch.chdir(tmp_path)
+    committed = ROOT / "results" / "figures"
+    done = _main(["all", "--results", str(ROOT / "results"), "--out", str(tmp_path / "out"), "--dpi", "30"])
+    assert set(done) == {"figure2-mnist", "figure2-fashion-mnist", "figure3", "figure4"}
+    for name in done:
+        assert (tmp_path / "out" / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        new = json.loads((tmp_path / "out" / f"{name}.json").read_text())
+        old = json.loads((committed / f"{name}.json").read_text())
+        key = "models" if name.startswith("figure2") else "curves"
+        assert new[key] == old[key], name  # the same numbers as the committed figure
+    assert list(done["figure2-mnist"]["data"]) == ["mlp", "lenet"]
+    assert done["figure4"]["best"]["layer"] == "fc1"

@@ -122,6 +122,28 @@ def test_nonsense_flags_give_a_one_line_error(argv, expected, capsys):
     assert expected in capsys.readouterr().err
 
 
+def _defaults(argv: list[str]) -> dict:
+    args = finetune.get_args_parser().parse_args(argv)
+    finetune.check_args(args, finetune.get_args_parser())
+    return {k: getattr(args, k) for k in ("epochs", "lr", "fgs_eps", "parseval_beta")}
+
+
+def test_defaults_depend_on_model_method_and_dataset_and_explicit_flags_win():
+    assert _defaults(["mlp"]) == {"epochs": 60, "lr": 4e-2, "fgs_eps": 0.2, "parseval_beta": 0.1}
+    assert _defaults(["mlp", "--method", "advtrain-deepfool"])["lr"] == 2e-2  # the MNIST method default
+    assert _defaults(["lenet", "--method", "deepdefense+fgs"])["fgs_eps"] == 0.1
+    # Fashion-MNIST: the settings of the committed tables, for every method (the MNIST lr diverges there)
+    for method in ("deepdefense", "advtrain-deepfool", "parseval"):
+        assert _defaults(["mlp", "--dataset", "fashion-mnist", "--method", method]) == {
+            "epochs": 5, "lr": 5e-3, "fgs_eps": 0.2, "parseval_beta": 0.1}
+        assert _defaults(["lenet", "--dataset", "fashion-mnist", "--method", method])["lr"] == 2e-3
+    assert _defaults(["lenet", "--dataset", "fashion-mnist", "--method", "advtrain-deepfool"]) == {
+        "epochs": 3, "lr": 2e-3, "fgs_eps": 0.2, "parseval_beta": 0.1}
+    assert _defaults(["lenet", "--dataset", "fashion-mnist", "--method", "deepdefense+fgs"])["fgs_eps"] == 0.1
+    explicit = _defaults(["mlp", "--dataset", "fashion-mnist", "--epochs", "2", "--lr", "0.1", "--fgs-eps", "0.3"])
+    assert explicit == {"epochs": 2, "lr": 0.1, "fgs_eps": 0.3, "parseval_beta": 0.1}
+
+
 def test_missing_data_dir_and_wrong_reference_are_clear_errors(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit, match="does not exist"):

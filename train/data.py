@@ -1,4 +1,5 @@
-"""Data for the training scripts: MNIST through torchvision, an embedded fallback, and the preprocessing.
+"""Data for the training scripts: MNIST and Fashion-MNIST through torchvision, an embedded MNIST fallback, and
+the preprocessing.
 
 ``load(dataset, data_dir)`` returns uint8 images ``(N, 1, 28, 28)`` and int64 labels for the training and test
 sets, plus a sentence saying where they came from. Preprocessing (``preprocess``) is x/255 minus the per-pixel
@@ -20,6 +21,8 @@ import torch
 from torch import Tensor
 
 EMBEDDED = Path(__file__).resolve().parent / "assets" / "mnist_subset_5k.npz"
+# where Debian's package puts the Fashion-MNIST files (`apt-get install dataset-fashion-mnist`)
+DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 DATASETS = ("mnist", "fashion-mnist")
 
 
@@ -88,9 +91,10 @@ def embedded_mnist() -> Splits:
 def load(dataset: str = "mnist", data_dir: Optional[str] = None, *, download: bool = True) -> Splits:
     """Load ``dataset`` from ``data_dir`` (torchvision layout: ``DIR/MNIST/raw/``), downloading it if missing.
 
-    ``data_dir=None``: try ``./data`` (and a download into it); if MNIST is neither there nor downloadable, fall
-    back to the embedded MNIST subset and say so loudly on stderr. An explicit ``data_dir`` that does not exist,
-    or that lacks the data when no download is possible, is an error.
+    ``data_dir=None``: try ``./data``; for Fashion-MNIST, then copy in the files of Debian's package
+    (``DEBIAN_FASHION_MNIST``) if it is installed; then a download into ``./data``. If MNIST is neither there nor
+    downloadable, fall back to the embedded MNIST subset and say so loudly on stderr. An explicit ``data_dir`` that
+    does not exist, or that lacks the data when no download is possible, is an error.
     """
     if dataset not in DATASETS:
         raise DataError(f"unknown dataset {dataset!r}; choose one of: {', '.join(DATASETS)}.")
@@ -105,8 +109,11 @@ def load(dataset: str = "mnist", data_dir: Optional[str] = None, *, download: bo
         return _from_torchvision(dataset, root, download=False)
     except RuntimeError:
         pass  # not on disk
+    raw = root / _folder(dataset) / "raw"
     try:
-        if _extract_idx(root / _folder(dataset) / "raw"):
+        if not explicit and dataset == "fashion-mnist":
+            _copy_debian_fashion_mnist(raw)
+        if _extract_idx(raw):
             return _from_torchvision(dataset, root, download=False)
         if not download:
             raise DataError("downloads are switched off (--no-download)")
@@ -114,8 +121,8 @@ def load(dataset: str = "mnist", data_dir: Optional[str] = None, *, download: bo
     except Exception as exc:  # noqa: BLE001 - offline: any network error
         if explicit or dataset != "mnist":
             hint = (
-                "apt-get install dataset-fashion-mnist, then copy /usr/share/datasets/fashion-mnist/*.gz into "
-                f"{root}/FashionMNIST/raw/"
+                f"apt-get install dataset-fashion-mnist (then omit --data-dir: its files in {DEBIAN_FASHION_MNIST} "
+                f"are copied into ./data), or copy {DEBIAN_FASHION_MNIST}/*.gz into {root}/FashionMNIST/raw/"
                 if dataset == "fashion-mnist"
                 else f"put the IDX files in {root}/MNIST/raw/"
             )
@@ -127,6 +134,22 @@ def load(dataset: str = "mnist", data_dir: Optional[str] = None, *, download: bo
         file=sys.stderr,
     )
     return splits
+
+
+def _copy_debian_fashion_mnist(raw: Path) -> None:
+    """Copy the compressed IDX files of Debian's ``dataset-fashion-mnist`` into ``raw`` (when the package is
+    installed and ``raw`` lacks them), saying so on stderr; ``_extract_idx`` then decompresses them there."""
+    archives = sorted(DEBIAN_FASHION_MNIST.glob("*-ubyte.gz"))
+    missing = [gz for gz in archives if not (raw / gz.name).is_file() and not (raw / gz.stem).is_file()]
+    if not missing:
+        return
+    print(f"Fashion-MNIST: copying {len(missing)} file(s) of Debian's dataset-fashion-mnist from "
+          f"{DEBIAN_FASHION_MNIST} into {raw}", file=sys.stderr, flush=True)
+    raw.mkdir(parents=True, exist_ok=True)
+    for gz in missing:
+        tmp = raw / f".{gz.name}.tmp"
+        shutil.copyfile(gz, tmp)
+        os.replace(tmp, raw / gz.name)
 
 
 def _extract_idx(raw: Path) -> bool:

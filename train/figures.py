@@ -8,6 +8,7 @@ test accuracy for the hyper-parameter studies of ``train/studies.py``)::
         --dataset fashion-mnist --out results/figures
     python train/figures.py figure3 --runs runs/studies --out results/figures
     python train/figures.py figure4 --runs runs/studies --out results/figures
+    python train/figures.py all    # every figure above, from the stored results (see below)
 
 One subcommand per figure. ``figure2`` reads ``<runs>/<model>-<method>-s<seed>/metrics.json`` for every method
 of ``finetune.py`` (missing runs are skipped with a note; with several ``--runs`` folders the first that holds a
@@ -22,6 +23,11 @@ accuracy of the runs with c = ``--cs`` (each point labelled with its c), the ref
 ``figure4`` does the same for ``<runs>/layers.json`` (``studies.py layers``), one curve per regularized layer, and
 records in its JSON which layer reaches the highest ρ₂ without losing accuracy against the reference (the paper:
 fc1). They write ``figure3.png``/``figure3.json`` and ``figure4.png``/``figure4.json`` to ``--out``.
+
+``all`` redraws every figure of the README without training: each ``results/figures/figure2-<dataset>.json``
+from the run directories it names when they are all still there, else from the plotted numbers stored in it
+(``figure2 --from-json``; run directories are not committed, so a fresh checkout takes this path), and
+figures 3 and 4 from the study summaries (``runs/studies`` when there, else the committed ``results/studies``).
 """
 
 from __future__ import annotations
@@ -48,11 +54,18 @@ def _add_figure2(sub: argparse._SubParsersAction, add_help: bool) -> None:
                        description="Figure 2: test accuracy (%) and DeepFool rho2 after every fine-tuning epoch "
                                    "(epoch 0 = the reference), one row per model, one line per method.",
                        add_help=add_help, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--runs", required=True, nargs="+", metavar="FOLDER",
-                   help="folder(s) holding the run directories <model>-<method>-s<seed>/ (each with metrics.json); "
-                        "with several folders, each run is taken from the first folder that has it (e.g. the MLP "
-                        "and the LeNet table of one dataset written to different --out folders)")
-    p.add_argument("--models", nargs="+", default=["mlp", "lenet"], help="architectures, one figure row each")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--runs", nargs="+", metavar="FOLDER",
+                        help="folder(s) holding the run directories <model>-<method>-s<seed>/ (each with "
+                             "metrics.json); with several folders, each run is taken from the first folder that has "
+                             "it (e.g. the MLP and the LeNet table of one dataset written to different --out folders)")
+    source.add_argument("--from-json", metavar="FILE",
+                        help="redraw from the plotted numbers of an earlier figure2-<dataset>.json (e.g. the "
+                             "committed results/figures/figure2-mnist.json) when its run directories are gone; the "
+                             "dataset and seed come from the file, --models/--methods select from it")
+    p.add_argument("--models", nargs="+", default=None,
+                   help="architectures, one figure row each; unset: mlp lenet (with --from-json: the file's, in "
+                        "its order)")
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS, metavar="METHOD",
                    help="fine-tuning methods to plot (runs that are missing are skipped)")
     p.add_argument("--seed", type=int, default=0, help="seed of the runs to plot (the s<seed> of the folder names)")
@@ -84,6 +97,21 @@ def _add_study_figure(sub: argparse._SubParsersAction, name: str, add_help: bool
     p.add_argument("--dpi", type=int, default=150, help="resolution of the PNG")
 
 
+def _add_all(sub: argparse._SubParsersAction, add_help: bool) -> None:
+    p = sub.add_parser("all", help="every figure of the README from the stored results, no training",
+                       description="Redraw every figure: each figure2-<dataset>.json in <results>/figures from its "
+                                   "run directories when they are all still there, else from the plotted numbers "
+                                   "stored in that JSON; figure3/figure4 from <studies>/cl.json and layers.json.",
+                       add_help=add_help, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--results", default="results",
+                   help="folder holding figures/figure2-<dataset>.json (the committed results/ of the repo)")
+    p.add_argument("--studies", default=None,
+                   help="folder holding cl.json and layers.json of studies.py; unset: runs/studies where it holds "
+                        "them, else <results>/studies")
+    p.add_argument("--out", default="results/figures", help="folder for every PNG and JSON")
+    p.add_argument("--dpi", type=int, default=150, help="resolution of the PNGs")
+
+
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Regenerate the paper's figures from stored run directories.",
                                 add_help=add_help, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -91,6 +119,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     _add_figure2(sub, add_help)
     for name in STUDY_FIGURES:
         _add_study_figure(sub, name, add_help)
+    _add_all(sub, add_help)
     return p
 
 
@@ -255,14 +284,63 @@ def plot_figure2(data: dict[str, dict[str, Any]], title: str, path: Path, dpi: i
 # ------------------------------------------------------------------------------------------------------------ main
 
 
+def read_figure2_json(path: Path) -> dict[str, Any]:
+    """A ``figure2-<dataset>.json`` written by ``figure2``, checked for what redrawing it needs."""
+    try:
+        stored = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise SystemExit(f"error: cannot read {path}: {exc}") from None
+    models = stored.get("models") if isinstance(stored, dict) else None
+    if stored.get("figure") != "figure2" or not isinstance(models, dict) or not models:
+        raise SystemExit(f"error: {path} is not a figure2 JSON with plotted curves (its 'figure' is "
+                         f"{stored.get('figure') if isinstance(stored, dict) else None!r}).")
+    for model, curves in models.items():
+        for method, c in curves.items():
+            if not isinstance(c, dict) or not all(isinstance(c.get(k), list) for k in ("epochs", "acc", "rho2", "n")):
+                raise SystemExit(f"error: {path}: the curve of {model}/{method} lacks epochs, acc, rho2 or n.")
+    runs = stored.get("runs")
+    stored["runs"] = [runs] if isinstance(runs, str) else list(runs or [])  # older files hold one folder as a str
+    return stored
+
+
+def stored_rows(stored: dict[str, Any]) -> list[str]:
+    """The models of a stored figure2 JSON in the order its rows were drawn (its ``config.models``)."""
+    config = stored.get("config") if isinstance(stored.get("config"), dict) else {}
+    return [m for m in config.get("models") or [] if m in stored["models"]] or list(stored["models"])
+
+
+def _from_json(args: argparse.Namespace) -> tuple[dict, dict, list[str]]:
+    """Curves, missing methods and run folders of ``--from-json``, restricted to ``--models``/``--methods``."""
+    path = Path(args.from_json)
+    stored = read_figure2_json(path)
+    args.dataset, args.seed = stored.get("dataset", args.dataset), stored.get("seed", args.seed)
+    if args.models is None:
+        args.models = stored_rows(stored)
+    models = [m for m in args.models if m in stored["models"]]
+    if not models:
+        raise SystemExit(f"error: {path} has no curves for --models {' '.join(args.models)} (it has "
+                         f"{', '.join(stored['models'])}).")
+    data = {m: {k: stored["models"][m][k] for k in args.methods if k in stored["models"][m]} for m in models}
+    missing = {m: [k for k in args.methods if k not in data[m]] for m in models}
+    print(f"redrawing from the plotted numbers in {path} (runs were {', '.join(stored['runs']) or 'not recorded'})",
+          flush=True)
+    return data, missing, stored["runs"]
+
+
 def figure2(args: argparse.Namespace) -> dict[str, Any]:
-    data, missing = collect([Path(r) for r in args.runs], args.models, args.methods, args.seed)
+    if args.from_json:
+        data, missing, runs = _from_json(args)
+    else:
+        args.models = args.models or ["mlp", "lenet"]
+        data, missing = collect([Path(r) for r in args.runs], args.models, args.methods, args.seed)
+        runs = [str(r) for r in args.runs]
     out = Path(args.out)
     png, json_path = out / f"figure2-{args.dataset}.png", out / f"figure2-{args.dataset}.json"
     title = f"{args.dataset.upper()}, seed {args.seed}: fine-tuning from the reference (epoch 0)"
     plot_figure2(data, title, png, args.dpi)
     utils.write_json(json_path, {
-        "figure": "figure2", "dataset": args.dataset, "seed": args.seed, "runs": [str(r) for r in args.runs],
+        "figure": "figure2", "dataset": args.dataset, "seed": args.seed, "runs": runs,
+        "redrawn_from": args.from_json,
         "units": {"acc": "fraction of the test images (plotted ×100)", "rho2": "DeepFool rho2",
                   "n": "test images behind each point", "epochs": "0 = the reference model"},
         "models": data, "missing": missing, "png": str(png), "config": vars(args), "environment": utils.environment(),
@@ -427,7 +505,45 @@ def study_figure(args: argparse.Namespace) -> dict[str, Any]:
     return {"png": str(png), "json": str(json_path), **{k: result[k] for k in result if k not in ("png", "config")}}
 
 
-FIGURES = {"figure2": figure2, "figure3": study_figure, "figure4": study_figure}
+def _runs_all_there(stored: dict[str, Any]) -> bool:
+    """Whether every curve of a stored figure2 JSON still has its run directory (``metrics.json``)."""
+    return all(c.get("run") and (Path(c["run"]) / "metrics.json").is_file()
+               for curves in stored["models"].values() for c in curves.values())
+
+
+def all_figures(args: argparse.Namespace) -> dict[str, Any]:
+    """Every figure2 JSON under ``<results>/figures`` (from its runs, else from its numbers), then figures 3, 4."""
+    common = {"out": args.out, "dpi": args.dpi}
+    done: dict[str, Any] = {}
+    stored_figure2 = sorted(Path(args.results, "figures").glob("figure2-*.json"))
+    for path in stored_figure2:
+        stored = read_figure2_json(path)
+        sub = argparse.Namespace(figure="figure2", models=stored_rows(stored), methods=list(METHODS),
+                                 seed=stored.get("seed", 0), dataset=stored.get("dataset", "mnist"),
+                                 runs=None, from_json=None, **common)
+        if _runs_all_there(stored):
+            sub.runs = stored["runs"]
+            print(f"== figure2 ({sub.dataset}) from the run directories in {', '.join(sub.runs)}", flush=True)
+        else:
+            sub.from_json = str(path)
+            print(f"== figure2 ({sub.dataset}): run directories gone, from the numbers in {path}", flush=True)
+        done[f"figure2-{sub.dataset}"] = figure2(sub)
+    for name, (study, _, _) in STUDY_FIGURES.items():
+        folders = [Path(args.studies)] if args.studies else [Path("runs/studies"), Path(args.results, "studies")]
+        runs = next((f for f in folders if (f / f"{study}.json").is_file()), None)
+        if runs is None:
+            print(f"note: skipping {name}: no {study}.json in {' or '.join(str(f) for f in folders)}", flush=True)
+            continue
+        print(f"== {name} from {runs / f'{study}.json'}", flush=True)
+        done[name] = study_figure(argparse.Namespace(figure=name, runs=str(runs), **common))
+    if not done:
+        raise SystemExit(f"error: nothing to draw: no {args.results}/figures/figure2-*.json and no study summaries "
+                         "(run table1.py and studies.py first, or pass --results / --studies).")
+    print(f"drew {len(done)} figures: {', '.join(done)}", flush=True)
+    return done
+
+
+FIGURES = {"figure2": figure2, "figure3": study_figure, "figure4": study_figure, "all": all_figures}
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
