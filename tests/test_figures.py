@@ -157,6 +157,8 @@ def test_figure2_redraws_from_its_own_json_when_the_runs_are_gone(runs, tmp_path
     with pytest.raises(SystemExit, match="not a figure2 JSON"):
         _main(["figure2", "--from-json", _write(tmp_path / "x.json", {"figure": "figure3"}),
                "--out", str(tmp_path / "d")])
+    with pytest.raises(SystemExit, match="not a figure2 JSON"):
+        _main(["figure2", "--from-json", _write(tmp_path / "list.json", [1, 2]), "--out", str(tmp_path / "d")])
     with pytest.raises(SystemExit) as exc:  # one source only
         figures.get_args_parser().parse_args(["figure2", "--runs", str(runs), "--from-json", str(stored)])
     assert exc.value.code == 2

@@ -290,10 +290,10 @@ def read_figure2_json(path: Path) -> dict[str, Any]:
         stored = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as exc:
         raise SystemExit(f"error: cannot read {path}: {exc}") from None
+    figure = stored.get("figure") if isinstance(stored, dict) else None
     models = stored.get("models") if isinstance(stored, dict) else None
-    if stored.get("figure") != "figure2" or not isinstance(models, dict) or not models:
-        raise SystemExit(f"error: {path} is not a figure2 JSON with plotted curves (its 'figure' is "
-                         f"{stored.get('figure') if isinstance(stored, dict) else None!r}).")
+    if figure != "figure2" or not isinstance(models, dict) or not models:
+        raise SystemExit(f"error: {path} is not a figure2 JSON with plotted curves (its 'figure' is {figure!r}).")
     for model, curves in models.items():
         for method, c in curves.items():
             if not isinstance(c, dict) or not all(isinstance(c.get(k), list) for k in ("epochs", "acc", "rho2", "n")):
