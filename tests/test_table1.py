@@ -36,6 +36,9 @@ def test_table1_and_figure2_end_to_end(tmp_path, monkeypatch, capsys):
         for col in table1.COLUMNS:
             assert len(row[col]) == 1 and 0.0 <= row[col][0] <= (10.0 if col == "rho2" else 1.0), (method, col)
     assert rows["deepdefense"]["fgs_acc@1.0"] == [pytest.approx(0.5, abs=1 / 60)]  # ε_ref is Deep Defense's
+    drawn = json.loads((tmp_path / "t1" / "figure2-mnist.json").read_text())  # Figure 2 of the same runs
+    assert (tmp_path / "t1" / "figure2-mnist.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert set(drawn["models"]["mlp"]) == set(METHODS) and drawn["runs"] == ["t1"]
     md = (tmp_path / "t1" / "table1.md").read_text()
     header = [line for line in md.splitlines() if line.startswith("| method")][0]
     for col in ["Acc. (%)", "ρ₂", "Acc. @0.2 ε_ref", "Acc. @0.5 ε_ref", "Acc. @1.0 ε_ref", "PGD-L2 acc. (%)",
@@ -82,5 +85,7 @@ def test_a_failing_baseline_is_reported_in_its_row_and_the_table_goes_on(tmp_pat
     table = run_table1(TINY, "--methods", "deepdefense", "parseval")
     assert table["mlp"]["rows"]["parseval"]["failed"] == ["error: the training loss is inf at a batch of epoch 1/2"]
     assert table["mlp"]["rows"]["deepdefense"]["acc"][0] > 0
+    drawn = json.loads((tmp_path / "t1" / "figure2-mnist.json").read_text())  # the failed run has no curve
+    assert list(drawn["models"]["mlp"]) == ["deepdefense"] and drawn["missing"]["mlp"] == ["parseval"]
     md = (tmp_path / "t1" / "table1.md").read_text()
     assert "| Par. Train | failed (1 of 1 seeds" in md

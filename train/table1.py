@@ -18,7 +18,8 @@ chosen on a validation split) from the same cached reference model. Runs that al
 
 Writes ``table1.md`` and ``table1.json`` to ``--out``: the paper's rows in its order (Reference, Par. Train,
 Adv. Train I, Ours), then Clean, Adv. Train II and Ours+FGS, which are not in the paper's Table 1; with several
-seeds, mean ± sd. The paper's numbers (MNIST) stand beside ours.
+seeds, mean ± sd. The paper's numbers (MNIST) stand beside ours. Then Figure 2 of the first seed's runs
+(``figure2-<dataset>.png``/``.json``, as ``figures.py figure2`` draws it) unless ``--no-figure``.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import data as data_lib  # noqa: E402
 import engine  # noqa: E402
+import figures  # noqa: E402
 import finetune  # noqa: E402
 import paper  # noqa: E402
 import utils  # noqa: E402
@@ -66,6 +68,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", default="runs/references", help="reference cache, as in finetune.py")
     p.add_argument("--pgd-samples", type=int, default=500, help="test images attacked with L2 PGD")
     p.add_argument("--pgd-steps", type=int, default=20, help="L2 PGD steps (step size 2.5·ε/steps)")
+    p.add_argument("--no-figure", action="store_true",
+                   help="do not draw Figure 2 (accuracy and rho2 per epoch, first seed) into --out at the end")
     p.add_argument("--extra", nargs=argparse.REMAINDER, default=[],
                    help="further finetune.py flags for every run, e.g. --epochs 3 (put last)")
     return p
@@ -273,6 +277,10 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     utils.write_json(out / "table1.json", {"table": table, "config": vars(args), **utils.environment(),
                                            "wall_seconds": time.perf_counter() - start})
     print(text, flush=True)
+    if not args.no_figure:
+        figures.figure2(argparse.Namespace(
+            figure="figure2", runs=[args.out], from_json=None, models=list(args.models), methods=methods,
+            seed=args.seeds[0], dataset=args.dataset, out=args.out, dpi=150))
     return table
 
 
