@@ -1,4 +1,5 @@
-"""Fine-tune an MNIST classifier with Deep Defense (or a baseline) and evaluate its robustness.
+"""Fine-tune an MNIST or Fashion-MNIST classifier with Deep Defense (or a baseline) and evaluate its
+robustness.
 
 Example::
 
