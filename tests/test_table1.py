@@ -89,3 +89,15 @@ def test_a_failing_baseline_is_reported_in_its_row_and_the_table_goes_on(tmp_pat
     assert list(drawn["models"]["mlp"]) == ["deepdefense"] and drawn["missing"]["mlp"] == ["parseval"]
     md = (tmp_path / "t1" / "table1.md").read_text()
     assert "| Par. Train | failed (1 of 1 seeds" in md
+
+
+def test_markdown_has_the_paper_column_only_for_the_paper_dataset():
+    row = {c: [0.5] for c in table1.COLUMNS} | {"wall_seconds": [12.0]}
+    table = {"lenet": {"rows": {"reference": row, "deepdefense": row}, "eps_ref": [0.1], "pgd_eps": [1.0],
+                       "n_test": 100}}
+    for dataset, cells in (("mnist", 9), ("fashion-mnist", 8)):
+        args = table1.get_args_parser().parse_args(["--dataset", dataset])
+        lines = [line for line in table1.markdown(table, args).splitlines() if line.startswith("|")]
+        assert all(line.count("|") == cells + 1 for line in lines), (dataset, lines)
+        assert ("paper: Acc." in lines[0]) == (dataset == "mnist")
+    assert "| Ours | 50.00 | 0.5000 | 50.00 | 50.00 | 50.00 | 50.00 | 12 |" in table1.markdown(table, args)

@@ -4,8 +4,7 @@ Examples (Figure 2: test accuracy and ρ₂ during fine-tuning, one row per mode
 test accuracy for the hyper-parameter studies of ``train/studies.py``)::
 
     python train/figures.py figure2 --runs runs/table1-mnist --models mlp lenet --seed 0 --out results/figures
-    python train/figures.py figure2 --runs runs/table1-fashion-mnist runs/table1-fashion-mnist-lenet-r20 \
-        --dataset fashion-mnist --out results/figures
+    python train/figures.py figure2 --runs runs/table1-fashion-mnist --dataset fashion-mnist --out results/figures
     python train/figures.py figure3 --runs runs/studies --out results/figures
     python train/figures.py figure4 --runs runs/studies --out results/figures
     python train/figures.py all    # every figure above, from the stored results (see below)
