@@ -26,7 +26,7 @@ fc1). They write ``figure3.png``/``figure3.json`` and ``figure4.png``/``figure4.
 ``all`` redraws every figure of the README without training: each ``results/figures/figure2-<dataset>.json``
 from the run directories it names when they are all still there, else from the plotted numbers stored in it
 (``figure2 --from-json``; run directories are not committed, so a fresh checkout takes this path), and
-figures 3 and 4 from the study summaries (``runs/studies`` when there, else the committed ``results/studies``).
+figures 3 and 4 from the committed study summaries in ``results/studies`` (``--studies`` for others).
 """
 
 from __future__ import annotations
@@ -105,8 +105,8 @@ def _add_all(sub: argparse._SubParsersAction, add_help: bool) -> None:
     p.add_argument("--results", default="results",
                    help="folder holding figures/figure2-<dataset>.json (the committed results/ of the repo)")
     p.add_argument("--studies", default=None,
-                   help="folder holding cl.json and layers.json of studies.py; unset: runs/studies where it holds "
-                        "them, else <results>/studies")
+                   help="folder holding cl.json and layers.json of studies.py (e.g. runs/studies); unset: "
+                        "<results>/studies, the committed summaries")
     p.add_argument("--out", default="results/figures", help="folder for every PNG and JSON")
     p.add_argument("--dpi", type=int, default=150, help="resolution of the PNGs")
 
@@ -528,10 +528,9 @@ def all_figures(args: argparse.Namespace) -> dict[str, Any]:
             print(f"== figure2 ({sub.dataset}): run directories gone, from the numbers in {path}", flush=True)
         done[f"figure2-{sub.dataset}"] = figure2(sub)
     for name, (study, _, _) in STUDY_FIGURES.items():
-        folders = [Path(args.studies)] if args.studies else [Path("runs/studies"), Path(args.results, "studies")]
-        runs = next((f for f in folders if (f / f"{study}.json").is_file()), None)
-        if runs is None:
-            print(f"note: skipping {name}: no {study}.json in {' or '.join(str(f) for f in folders)}", flush=True)
+        runs = Path(args.studies) if args.studies else Path(args.results, "studies")
+        if not (runs / f"{study}.json").is_file():
+            print(f"note: skipping {name}: no {study}.json in {runs}", flush=True)
             continue
         print(f"== {name} from {runs / f'{study}.json'}", flush=True)
         done[name] = study_figure(argparse.Namespace(figure=name, runs=str(runs), **common))
