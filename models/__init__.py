@@ -1,6 +1,33 @@
-"""Model architectures built from revnet layers (MNIST: ``mlp``, ``lenet``) and their checkpoint format."""
+"""Model architectures of the Deep Defense paper as reversible networks, and their checkpoint format.
 
-from .checkpoint import ARCHITECTURES, CheckpointError, build, load, save, save_atomic
+* MNIST (:mod:`models.mnist`): ``mlp``, ``lenet`` — ``revnet.Sequential``, inputs ``(N, 1, 28, 28)``.
+* CIFAR-10 (:mod:`models.cifar`): ``convnet``, ``nin`` — ``revnet.Sequential``, inputs ``(N, 3, 32, 32)``.
+* ImageNet (:mod:`models.imagenet`): ``alexnet``, ``resnet18`` — torchvision's models converted to
+  ``revnet.Graph``, inputs ``(N, 3, 224, 224)``, 1000 classes.
+
+``ARCHITECTURES`` maps each name to its builder, ``INPUT_SHAPES`` to its per-sample input shape and
+``NUM_CLASSES`` to its number of logits; ``build(arch)`` gives a fresh network, ``save``/``load`` the checkpoint.
+"""
+
+from .checkpoint import (ARCHITECTURES, INPUT_SHAPES, NUM_CLASSES, CheckpointError, build, load, save,
+                         save_atomic)
+from .cifar import convnet, nin
+from .imagenet import alexnet, resnet18
 from .mnist import lenet, mlp
 
-__all__ = ["ARCHITECTURES", "CheckpointError", "build", "lenet", "load", "mlp", "save", "save_atomic"]
+__all__ = [
+    "ARCHITECTURES",
+    "CheckpointError",
+    "INPUT_SHAPES",
+    "NUM_CLASSES",
+    "alexnet",
+    "build",
+    "convnet",
+    "lenet",
+    "load",
+    "mlp",
+    "nin",
+    "resnet18",
+    "save",
+    "save_atomic",
+]

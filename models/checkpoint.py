@@ -1,6 +1,6 @@
 """One checkpoint format for every model: architecture, weights, preprocessing, metrics, configuration.
 
-``{"arch": str, "state_dict": {...}, "preprocess": {"mean": Tensor (1, 28, 28), "scale": float},
+``{"arch": str, "state_dict": {...}, "preprocess": {"mean": Tensor INPUT_SHAPES[arch], "scale": float},
 "metrics": {...}, "config": {...}}`` holds tensors and Python builtins only, so ``torch.load(path,
 weights_only=True)`` reads it. Files are written atomically (temporary file, then ``os.replace``), so a
 killed process never leaves a truncated checkpoint behind.
@@ -14,21 +14,40 @@ from pathlib import Path
 from typing import Any, Optional
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
-import revnet
+from . import cifar, imagenet, mnist
 
-from . import mnist
+ARCHITECTURES = {
+    "mlp": mnist.mlp,
+    "lenet": mnist.lenet,
+    "convnet": cifar.convnet,
+    "nin": cifar.nin,
+    "alexnet": imagenet.alexnet,
+    "resnet18": imagenet.resnet18,
+}
+"""Architecture name -> a function returning a fresh reversible network (``revnet.Sequential`` or ``revnet.Graph``)."""
 
-ARCHITECTURES = {"mlp": mnist.mlp, "lenet": mnist.lenet}
+INPUT_SHAPES = {
+    "mlp": (1, 28, 28),
+    "lenet": (1, 28, 28),
+    "convnet": (3, 32, 32),
+    "nin": (3, 32, 32),
+    "alexnet": (3, 224, 224),
+    "resnet18": (3, 224, 224),
+}
+"""Architecture name -> the per-sample input shape ``(C, H, W)`` it was designed for (inputs are ``(N, C, H, W)``)."""
+
+NUM_CLASSES = {"mlp": 10, "lenet": 10, "convnet": 10, "nin": 10, "alexnet": 1000, "resnet18": 1000}
+"""Architecture name -> the number of logits it returns (MNIST and CIFAR-10: 10, ImageNet: 1000)."""
 
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be used: missing, unreadable, or of another architecture."""
 
 
-def build(arch: str) -> revnet.Sequential:
-    """A fresh network of the named architecture (``mlp`` or ``lenet``)."""
+def build(arch: str) -> nn.Module:
+    """A fresh reversible network of the named architecture (a key of ``ARCHITECTURES``)."""
     if arch not in ARCHITECTURES:
         raise ValueError(f"unknown model {arch!r}; choose one of: {', '.join(sorted(ARCHITECTURES))}.")
     return ARCHITECTURES[arch]()
@@ -69,7 +88,7 @@ def save(
 
 def load(
     path: str | os.PathLike, *, arch: Optional[str] = None, map_location: str | torch.device = "cpu"
-) -> tuple[revnet.Sequential, dict[str, Any]]:
+) -> tuple[nn.Module, dict[str, Any]]:
     """Read a checkpoint with ``weights_only=True``; return ``(net, checkpoint)`` with ``net`` in eval mode.
 
     ``arch``, if given, must match the checkpoint's architecture.

@@ -3,10 +3,10 @@
 Every supported layer has a hand-written reverse that shares its weights, so a network's input gradients
 ``vᵀ·∂y/∂x`` are computed by an ordinary differentiable network of their own (no ``torch.autograd.grad``)::
 
-    net = revnet.Sequential(nn.Linear(784, 100), nn.ReLU(), nn.Linear(100, 10))
-    y, tape = net.trace(x)                                  # x (N, 784) -> y (N, 10)
+    net = revnet.convert(torchvision.models.resnet18(num_classes=10))   # or revnet.Sequential(...)
+    y, tape = net.trace(x)                                  # x (N, 3, 32, 32) -> y (N, 10)
     eye = torch.eye(10).expand(len(x), 10, 10)              # one cotangent per class
-    grads = net.reverse(eye, tape)                          # (N, 10, 784): ∂y_k/∂x for every class k
+    grads = net.reverse(eye, tape)                          # (N, 10, 3, 32, 32): ∂y_k/∂x for every class k
 """
 
 from . import attacks, baselines, errors, layers, losses, metrics
@@ -22,23 +22,34 @@ from .layers import (
     TORCH_COUNTERPARTS,
     AdaptiveAvgPool2d,
     AvgPool2d,
+    ELU,
+    GELU,
     BatchNorm1d,
     BatchNorm2d,
     Conv2d,
     Dropout,
     Flatten,
+    Hardtanh,
     Identity,
     LeakyReLU,
     Linear,
     MaxPool2d,
     PReLU,
     ReLU,
+    ReLU6,
     Reversible,
+    Sigmoid,
+    SiLU,
+    Softplus,
+    Tanh,
     Unflatten,
     is_reversible,
 )
 from .losses import DeepDefenseInfo, deep_defense_loss
-from .registry import convert, register, supported
+from .convert import convert
+from .graph import Graph, GraphTape
+from .layers.protocol import noise_of, select_noise
+from .registry import register, register_function, supported, supported_functions
 from .sequential import Reversed, ReverseLayer, Sequential, SequentialTape
 
 __version__ = "0.1.0"
@@ -61,13 +72,19 @@ __all__ = [
     "BatchNormTrainingError",
     "Conv2d",
     "Dropout",
+    "ELU",
     "Flatten",
+    "GELU",
+    "Graph",
+    "GraphTape",
+    "Hardtanh",
     "Identity",
     "LeakyReLU",
     "Linear",
     "MaxPool2d",
     "PReLU",
     "ReLU",
+    "ReLU6",
     "ReverseLayer",
     "ReverseShapeError",
     "Reversed",
@@ -75,6 +92,10 @@ __all__ = [
     "RevnetError",
     "Sequential",
     "SequentialTape",
+    "SiLU",
+    "Sigmoid",
+    "Softplus",
+    "Tanh",
     "TORCH_COUNTERPARTS",
     "TapeMismatchError",
     "Unflatten",
@@ -83,6 +104,10 @@ __all__ = [
     "errors",
     "is_reversible",
     "layers",
+    "noise_of",
     "register",
+    "register_function",
+    "select_noise",
     "supported",
+    "supported_functions",
 ]

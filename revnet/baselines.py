@@ -21,7 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .attacks.deepfool import check_batch, check_network, deepfool
+from ._checks import check_batch, check_network
+from .attacks.deepfool import deepfool
 from .attacks.fgs import _check_clip, fgs_perturb
 
 

@@ -24,7 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .attacks.deepfool import check_batch, check_labels, check_network, deepfool, deepfool_from_trace, norm_floor
+from ._checks import check_batch, check_labels, check_network, norm_floor
+from .attacks.deepfool import deepfool, deepfool_from_trace
+from .layers.protocol import noise_of
 
 
 class DeepDefenseInfo(NamedTuple):
@@ -44,20 +46,30 @@ class _DeepFoolCall(nn.Module):
         self.net = net
 
     def forward(self, x: Tensor, target: Tensor, max_iter: int, overshoot: float, early_stop: bool,
-                class_chunk: Optional[int]):
+                class_chunk: Optional[int], noise: object):
         return deepfool(self.net, x, target=target, max_iter=max_iter, overshoot=overshoot, differentiable=True,
-                        early_stop=early_stop, class_chunk=class_chunk)
+                        early_stop=early_stop, class_chunk=class_chunk, noise=noise)
 
 
 def _check_reg_layers(net: nn.Module, reg_layers: Sequence[str]) -> set[str]:
     if isinstance(reg_layers, str):
-        raise ValueError(f"reg_layers must be a list of child names such as ['0', '3'], got the string {reg_layers!r}.")
-    names = [name for name, _ in net.named_children()]
+        raise ValueError(
+            f"reg_layers must be a list of module names such as ['0', '3'] or ['layer3.1.conv2'], got the string "
+            f"{reg_layers!r}.")
+    with_params = [name for name, m in net.named_modules() if name and any(True for _ in m.parameters(recurse=False))]
+    names = {name for name, _ in net.named_modules() if name}
     chosen = {str(name) for name in reg_layers}
-    unknown = sorted(chosen - set(names))
+    unknown = sorted(chosen - names)
     if unknown:
-        raise ValueError(f"reg_layers {unknown} are not children of the network; its children are {names}.")
+        raise ValueError(
+            f"reg_layers {unknown} are not modules of the network; its modules with parameters are {with_params}.")
     return chosen
+
+
+def _in_chosen(param_name: str, chosen: set[str]) -> bool:
+    """True if the parameter ``a.b.weight`` belongs to a chosen module (``a.b`` or ``a``)."""
+    parts = param_name.split(".")[:-1]
+    return any(".".join(parts[:i]) in chosen for i in range(1, len(parts) + 1))
 
 
 def deep_defense_loss(
@@ -82,8 +94,8 @@ def deep_defense_loss(
         x, y: inputs ``(N, *in)`` (float32/float64) and integer labels ``(N,)``.
         lmbd, c, d: λ, c and d of eq. 6 (the paper's MNIST values by default).
         max_iter, overshoot: DeepFool's settings during training.
-        reg_layers: names of the children of ``net`` (e.g. ``["0", "3"]``) whose parameters receive the
-            regularizer's gradient; ``None``: all of them.
+        reg_layers: dotted names of modules of ``net`` (children such as ``["0", "3"]`` or nested ones such
+            as ``["layer3.1.conv2"]``) whose parameters receive the regularizer's gradient; ``None``: all.
         ce_weight: weight of the clean cross-entropy (1 in eq. 6; ``α`` when another term, e.g. the FGS
             examples' cross-entropy in :mod:`revnet.baselines`, is added by the caller).
     """
@@ -103,13 +115,11 @@ def deep_defense_loss(
             early_stop=early_stop, class_chunk=class_chunk,
         )
     else:
-        logits = net(x)
+        logits, tape = net.trace(x)  # the clean trace: its Dropout masks are DeepFool's too
         correct, target = _check_classes(logits, y)
-        params = {
-            "net." + name: p if name.split(".")[0] in chosen else p.detach() for name, p in net.named_parameters()
-        }
+        params = {"net." + name: p if _in_chosen(name, chosen) else p.detach() for name, p in net.named_parameters()}
         delta, info = torch.func.functional_call(
-            _DeepFoolCall(net), params, (x, target, max_iter, overshoot, early_stop, class_chunk))
+            _DeepFoolCall(net), params, (x, target, max_iter, overshoot, early_stop, class_chunk, noise_of(net, tape)))
     ce = F.cross_entropy(logits, y)
     ratio = torch.linalg.vector_norm(delta.flatten(1), dim=1) / torch.linalg.vector_norm(
         x.flatten(1), dim=1

@@ -25,7 +25,8 @@ from typing import Iterator, Optional, Sequence
 import torch
 from torch import Tensor, nn
 
-from .attacks.deepfool import check_batch, check_labels, check_network, deepfool, norm_floor
+from ._checks import check_batch, check_labels, check_network, norm_floor
+from .attacks.deepfool import deepfool
 from .attacks.fgs import _check_clip, _check_eps, ce_input_gradient, fgs_perturb
 from .attacks.pgd import pgd_l2
 

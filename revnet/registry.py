@@ -1,11 +1,19 @@
-"""Conversion of plain ``torch.nn`` modules into reversible ones, through one explicit registry.
+"""The conversion registry: two tables, data only.
 
-The registry maps an exact ``torch.nn`` class to a reversible class. Conversion keeps the module's
-parameters, buffers and settings (the *same* tensor objects, so the two modules share weights) and only
-changes the class. Lookup is by exact type: a subclass of ``nn.ReLU`` with its own ``forward`` is not
-silently treated as a ReLU; register it explicitly.
+* ``MODULES``: an exact ``torch.nn`` class → its reversible class (a subclass sharing the attributes and
+  ``state_dict`` keys). Lookup is by exact type: a subclass of ``nn.ReLU`` with its own ``forward`` is not
+  silently treated as a ReLU; register it explicitly.
+* ``FUNCTIONS``: a function (``torch.flatten``, ``operator.add``, ``F.relu``, …) or a tensor method name
+  (``"view"``, ``"mean"``) → its reverse rule (the protocol is in :mod:`revnet.layers.functional`).
+
+:func:`convert_leaf` re-classes a registered module, sharing its tensors. This module imports the layers
+only; :mod:`revnet.convert` (the entry point) sits above it.
 
 Example: a user's own activation::
+
+    import torch
+    from torch import nn
+    import revnet
 
     class Square(nn.Module):
         def forward(self, x):
@@ -17,34 +25,36 @@ Example: a user's own activation::
         def trace(self, x):
             return x * x, (x,)          # the tape: what reverse needs
 
-        def reverse(self, v, tape):
-            (x,) = tape                 # v: (N·K, *s) rows, sample-major; x: (N, *s)
+        def reverse(self, v, tape):     # v: (N·K, *s) folded rows, sample-major; x: (N, *s)
+            (x,) = tape
             n = x.shape[0]
             return (v.reshape(n, -1, *x.shape[1:]) * 2 * x.unsqueeze(1)).reshape(v.shape)
 
     revnet.register(Square, ReversibleSquare)
-    net = revnet.Sequential(nn.Linear(4, 3), Square(), nn.Linear(3, 2))
+    net = revnet.convert(nn.Sequential(nn.Linear(4, 3), Square(), nn.Linear(3, 2)))
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
+from typing import Any, Callable, Optional, Union
 
 from torch import nn
 
 from .errors import UnsupportedLayerError
-from .layers import TORCH_COUNTERPARTS, is_reversible
+from .layers import FUNCTION_RULES, METHOD_RULES, TORCH_COUNTERPARTS, is_reversible
 
-_REGISTRY: dict[type[nn.Module], type[nn.Module]] = {torch_cls: rev for rev, torch_cls in TORCH_COUNTERPARTS.items()}
-_CONTAINERS: set[type[nn.Module]] = {nn.Sequential}
+MODULES: dict[type[nn.Module], type[nn.Module]] = {torch_cls: rev for rev, torch_cls in TORCH_COUNTERPARTS.items()}
+FUNCTIONS: dict[Union[Callable, str], Any] = {**FUNCTION_RULES, **METHOD_RULES}
+RULE_METHODS = ("inputs", "forward", "trace", "reverse")
 
 
 def register(torch_cls: type[nn.Module], reversible_cls: type[nn.Module]) -> None:
-    """Make :func:`convert` (and so ``revnet.Sequential``) turn ``torch_cls`` instances into ``reversible_cls``.
+    """Make :func:`revnet.convert` turn ``torch_cls`` instances into ``reversible_cls`` (in chains and graphs).
 
     ``reversible_cls`` must subclass ``torch_cls`` (so it shares its attributes and ``state_dict`` keys) and
-    define ``trace(x) -> (y, tape)`` and ``reverse(v, tape) -> g`` (see :mod:`revnet.layers.protocol`).
-    Registering a class again replaces the earlier entry.
+    define ``trace(x) -> (y, tape)`` and ``reverse(v, tape) -> g`` on folded rows (see
+    :mod:`revnet.layers.protocol`). Registering a class again replaces the earlier entry.
     """
     if not (isinstance(torch_cls, type) and issubclass(torch_cls, nn.Module)):
         raise TypeError(f"register() needs an nn.Module subclass as its first argument, got {torch_cls!r}.")
@@ -58,32 +68,59 @@ def register(torch_cls: type[nn.Module], reversible_cls: type[nn.Module]) -> Non
             f"register({torch_cls.__name__}, {reversible_cls.__name__}): the reversible class must define "
             "trace(x) -> (y, tape) and reverse(v, tape) -> g."
         )
-    _REGISTRY[torch_cls] = reversible_cls
+    MODULES[torch_cls] = reversible_cls
+
+
+def register_function(target: Union[Callable, str], rule: Any) -> None:
+    """Give a function (e.g. ``torch.clamp``) or a tensor method name (e.g. ``"clamp"``) a reverse rule in traced
+    graphs. ``rule`` implements ``inputs``, ``forward``, ``trace`` and ``reverse`` as described in
+    :mod:`revnet.layers.functional`. Registering a target again replaces the earlier rule."""
+    if not (callable(target) or isinstance(target, str)):
+        raise TypeError(f"register_function() needs a function or a method name, got {target!r}.")
+    missing = [name for name in RULE_METHODS if not callable(getattr(rule, name, None))]
+    if missing:
+        raise TypeError(f"register_function({target!r}, ...): the rule lacks {', '.join(missing)}.")
+    FUNCTIONS[target] = rule
+
+
+def rule_for(target: Union[Callable, str]) -> Optional[Any]:
+    """The reverse rule of a function or method name, or ``None``."""
+    try:
+        return FUNCTIONS.get(target)
+    except TypeError:  # an unhashable target
+        return None
+
+
+def is_registered(module: nn.Module) -> bool:
+    return type(module) in MODULES
 
 
 def supported() -> list[str]:
-    """Names of the ``torch.nn`` classes that :func:`convert` accepts."""
-    return sorted(cls.__name__ for cls in [*_REGISTRY, *_CONTAINERS])
+    """Names of the ``torch.nn`` classes that convert as leaves (``nn.Sequential`` and any traceable model too)."""
+    return sorted(cls.__name__ for cls in [*MODULES, nn.Sequential])
 
 
-def convert(module: nn.Module) -> nn.Module:
-    """Return a reversible module computing what ``module`` computes, sharing its parameters.
+def supported_functions() -> list[str]:
+    """Names of the functions and tensor methods that traced graphs may use."""
+    names = {t if isinstance(t, str) else f"{getattr(t, '__module__', '') or ''}.{t.__name__}".lstrip(".")
+             for t in FUNCTIONS}
+    return sorted(n.replace("torch._C._nn.", "torch.nn.functional.").replace("_operator.", "operator.") for n in names)
 
-    Reversible modules are returned unchanged; ``nn.Sequential`` becomes ``revnet.Sequential`` (converted
-    recursively); registered classes are re-classed. Anything else raises :class:`UnsupportedLayerError`.
-    """
+
+def unsupported_module_message(module: nn.Module) -> str:
+    name = type(module).__name__
+    return (f"{name} has no reverse in revnet. Supported torch.nn modules: {', '.join(supported())}. "
+            f"Add your own with revnet.register({name}, Reversible{name}).")
+
+
+def convert_leaf(module: nn.Module) -> nn.Module:
+    """Re-class a registered module to its reversible class, sharing its parameters and buffers (the same
+    tensor objects); a reversible module comes back as it is."""
     if is_reversible(module):
         return module
-    if type(module) in _CONTAINERS:
-        from .sequential import Sequential
-
-        return Sequential(OrderedDict(module.named_children()))
-    reversible_cls = _REGISTRY.get(type(module))
+    reversible_cls = MODULES.get(type(module))
     if reversible_cls is None:
-        raise UnsupportedLayerError(
-            f"{type(module).__name__} has no reverse in revnet. Supported torch.nn modules: {', '.join(supported())}. "
-            f"Add your own with revnet.register({type(module).__name__}, Reversible{type(module).__name__})."
-        )
+        raise UnsupportedLayerError(unsupported_module_message(module))
     converted = reversible_cls.__new__(reversible_cls)
     state = dict(module.__dict__)
     for key, value in state.items():  # own dicts (same tensors inside) so later re-assignments stay separate

@@ -2,19 +2,35 @@
 
 ``trace`` runs the layers in order and collects their tapes into one :class:`SequentialTape`; ``reverse``
 runs the layers' reverses in the opposite order. A ``Sequential`` is itself reversible, so it nests inside
-another one (and so will residual blocks, whose reverse sums the reverses of their branches).
+another one or inside a :class:`revnet.Graph`. Children are converted on the way in: registered layers are
+re-classed, an ``nn.Sequential`` becomes a ``Sequential``, any other model a ``Graph``.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import Any, NamedTuple, Optional
 
 import torch
 from torch import Tensor, nn
 
-from .errors import ReverseShapeError, TapeMismatchError, UnsupportedLayerError
+from . import registry
+from ._checks import fold_class_rows
+from .errors import TapeMismatchError, UnsupportedLayerError
+from .graph import Graph
 from .layers import is_reversible
-from .registry import convert, supported
+from .layers.protocol import nested_noise, reverse_rows, trace_with
+
+
+def _as_child(module: nn.Module) -> nn.Module:
+    """A reversible module sharing ``module``'s tensors (see :func:`revnet.convert`)."""
+    if is_reversible(module):
+        return module
+    if type(module) is nn.Sequential:
+        return Sequential(OrderedDict(module.named_children()))
+    if registry.is_registered(module) or not module._modules and type(module).__module__.startswith("torch.nn"):
+        return registry.convert_leaf(module)  # a torch.nn leaf without a rule raises UnsupportedLayerError
+    return Graph(module)
 
 
 class SequentialTape(NamedTuple):
@@ -41,24 +57,25 @@ class Sequential(nn.Sequential):
     reverse_label = "Reversed"
 
     def add_module(self, name: str, module: Optional[nn.Module]) -> None:  # used by __init__ and append
-        super().add_module(name, None if module is None else convert(module))
+        super().add_module(name, None if module is None else _as_child(module))
 
     def insert(self, index: int, module: nn.Module) -> "Sequential":
-        return super().insert(index, convert(module))
+        return super().insert(index, _as_child(module))
 
     def __setitem__(self, idx: int, module: nn.Module) -> None:
-        super().__setitem__(idx, convert(module))
+        super().__setitem__(idx, _as_child(module))
 
     @classmethod
     def from_torch(cls, module: nn.Sequential) -> "Sequential":
         """Convert a plain ``nn.Sequential`` (recursively), sharing its parameters."""
-        converted = convert(module)
+        converted = _as_child(module)
         if not isinstance(converted, cls):
             raise TypeError(f"Sequential.from_torch expects an nn.Sequential, got {type(module).__name__}.")
         return converted
 
-    def trace(self, x: Tensor) -> tuple[Tensor, SequentialTape]:
-        """Forward pass recording a tape. ``x (N, *in) -> y (N, *out)``."""
+    def trace(self, x: Tensor, noise: Optional[dict[str, Any]] = None) -> tuple[Tensor, SequentialTape]:
+        """Forward pass recording a tape. ``x (N, *in) -> y (N, *out)``. ``noise``: the random draws (Dropout
+        masks) of an earlier tape's samples to reuse, from :meth:`noise`."""
         if x.dim() == 0:
             raise ValueError("Sequential.trace expects a batch x of shape (N, *in), got a 0-dim tensor.")
         in_shape, layers, entries = x.shape, [], []
@@ -66,9 +83,9 @@ class Sequential(nn.Sequential):
             if not is_reversible(layer):  # e.g. put in place by insert(), which bypasses conversion
                 raise UnsupportedLayerError(
                     f"layer {name} ({type(layer).__name__}) has no reverse. Supported torch.nn modules: "
-                    f"{', '.join(supported())}; add your own with revnet.register()."
+                    f"{', '.join(registry.supported())}; add your own with revnet.register()."
                 )
-            x, entry = layer.trace(x)
+            x, entry = trace_with(layer, x, (noise or {}).get(name))
             layers.append(id(layer))
             entries.append(entry)
         return x, SequentialTape(id(self), tuple(layers), tuple(entries), in_shape, x.shape, x.dtype, x.device)
@@ -88,30 +105,25 @@ class Sequential(nn.Sequential):
                 "the network's layers changed since this tape was recorded; trace(x) again before reverse."
             )
 
-    def _rows(self, v: Tensor, tape: SequentialTape) -> tuple[Tensor, Optional[int]]:
-        """Fold ``v`` into rows ``(N·K, *out)``; also return ``K`` if ``v`` came with a class axis."""
-        if v.dtype != tape.dtype or v.device != tape.device:
-            raise ReverseShapeError(
-                f"v has dtype {v.dtype} on {v.device}, but the traced output has dtype {tape.dtype} on "
-                f"{tape.device}; create v with y.new_zeros(...)/torch.zeros_like(y) or cast it."
-            )
-        n, out = tape.out_shape[0], tuple(tape.out_shape[1:])
-        if v.dim() == len(tape.out_shape) + 1 and v.shape[0] == n and tuple(v.shape[2:]) == out:
-            return v.reshape(n * v.shape[1], *out), v.shape[1]
-        if v.dim() == len(tape.out_shape) and tuple(v.shape[1:]) == out and n and v.shape[0] % n == 0:
-            return v, None
-        raise ReverseShapeError(
-            f"v has shape {tuple(v.shape)}, but the tape recorded an output of shape {tuple(tape.out_shape)}; "
-            f"pass v of shape (N, *out) = {tuple(tape.out_shape)} or, for K vectors per sample, "
-            f"(N, K, *out) = ({n}, K, {', '.join(map(str, out))})."
-        )
+    def noise(self, tape: SequentialTape) -> Optional[dict[str, Any]]:
+        """The random draws of ``tape`` by child name (``None`` if none were drawn)."""
+        self._check_tape(tape)
+        return nested_noise([(name, layer, entry) for (name, layer), entry in zip(self.named_children(), tape.entries)])
+
+    def reverse_rows(self, v: Tensor, tape: SequentialTape) -> Tensor:
+        """The VJP on folded rows ``(N·K, *out) -> (N·K, *in)`` (for containers; see ``reverse``)."""
+        self._check_tape(tape)
+        g = v
+        for layer, entry in zip(reversed(list(self.children())), reversed(tape.entries)):
+            g = reverse_rows(layer, g, entry)
+        return g
 
     def reverse(self, v: Tensor, tape: SequentialTape) -> Tensor:
-        """Input gradients ``vᵀ·∂y/∂x``: ``(N, *out) -> (N, *in)`` or ``(N, K, *out) -> (N, K, *in)``."""
+        """Input gradients ``vᵀ·∂y/∂x``: ``(N, *out) -> (N, *in)`` or ``(N, K, *out) -> (N, K, *in)``; any other
+        shape of ``v`` is refused."""
         self._check_tape(tape)
-        g, k = self._rows(v, tape)
-        for layer, entry in zip(reversed(list(self.children())), reversed(tape.entries)):
-            g = layer.reverse(g, entry)
+        rows, k = fold_class_rows(v, tape, "Sequential")
+        g = self.reverse_rows(rows, tape)
         in_rest = tuple(tape.in_shape[1:])
         return g.reshape(tape.in_shape[0], k, *in_rest) if k is not None else g
 

@@ -244,3 +244,23 @@ def dropout_cases(draw) -> Case:
     train = draw(st.booleans())
     shape = (draw(st.integers(1, 3)), *draw(st.lists(st.integers(1, 5), min_size=1, max_size=3)))
     return _case(draw, Make(revnet.Dropout, p), shape, train=train)
+
+
+@st.composite
+def smooth_and_clamp_cases(draw, ties: bool = False) -> Case:
+    """The smooth activations (with their options drawn) and the clamps Hardtanh/ReLU6; ``ties`` puts inputs on
+    the kinks (ELU at 0, Hardtanh at ±1 with the default range, Softplus' threshold at 0 when drawn so)."""
+    kind = draw(st.sampled_from(["sigmoid", "tanh", "gelu", "silu", "elu", "softplus", "hardtanh", "relu6"]))
+    if kind == "gelu":
+        make = Make(revnet.GELU, approximate=draw(st.sampled_from(["none", "tanh"])))
+    elif kind == "elu":
+        make = Make(revnet.ELU, alpha=draw(st.floats(0.1, 2.0)))
+    elif kind == "softplus":
+        make = Make(revnet.Softplus, beta=draw(st.sampled_from([0.5, 1.0, 2.0])),
+                    threshold=draw(st.sampled_from([0.0, 1.0, 20.0])))
+    elif kind == "hardtanh":
+        lo = draw(st.sampled_from([-1.0, -0.5, 0.0]))
+        make = Make(revnet.Hardtanh, lo, lo + draw(st.sampled_from([0.5, 1.0, 2.0])))
+    else:
+        make = Make({"sigmoid": revnet.Sigmoid, "tanh": revnet.Tanh, "silu": revnet.SiLU, "relu6": revnet.ReLU6}[kind])
+    return _case(draw, make, _activation_shape(draw, ties), ties=ties)

@@ -296,7 +296,7 @@ def test_bad_inputs_raise_clear_errors():
         deepfool(net, x, overshoot=-0.1)
     with pytest.raises(ValueError, match="batch"):
         deepfool(net, x[0, 0, 0])
-    with pytest.raises(TypeError, match="from_torch"):
+    with pytest.raises(TypeError, match="revnet.convert"):
         deepfool(plain_copy(net), x)
 
 

@@ -376,6 +376,13 @@ def test_relu_property(case: Case):
     check_all(case)
 
 
+@covers(revnet.Sigmoid, revnet.Tanh, revnet.GELU, revnet.SiLU, revnet.ELU, revnet.Softplus, revnet.Hardtanh,
+        revnet.ReLU6)
+@given(case=st.one_of(strategies.smooth_and_clamp_cases(), strategies.smooth_and_clamp_cases(ties=True)))
+def test_smooth_and_clamp_property(case: Case):
+    check_all(case)
+
+
 @covers(revnet.LeakyReLU)
 @given(case=st.one_of(strategies.leaky_relu_cases(), strategies.leaky_relu_cases(ties=True)))
 def test_leaky_relu_property(case: Case):

@@ -148,5 +148,5 @@ def test_bad_inputs_raise_clear_errors():
         deep_defense_loss(net, x, y + 10)
     with pytest.raises(ValueError, match="integer"):
         deep_defense_loss(net, x, y.double())
-    with pytest.raises(ValueError, match="not children"):
+    with pytest.raises(ValueError, match="not modules of the network"):
         deep_defense_loss(net, x, y, reg_layers=["fc1"])

@@ -22,6 +22,15 @@ class NonFiniteLossError(RuntimeError):
     """The training loss became NaN or infinite."""
 
 
+def set_train_mode(net: nn.Module, *, freeze_bn: bool) -> None:
+    """``net.train()``, then BatchNorm layers back to eval mode (frozen statistics) if ``freeze_bn``."""
+    net.train()
+    if freeze_bn:
+        for module in net.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.eval()
+
+
 def batches(n: int, batch_size: int, generator: Optional[torch.Generator]) -> list[Tensor]:
     """Index batches over ``n`` items; shuffled when a generator is given."""
     order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
@@ -81,14 +90,19 @@ def train_one_epoch(
     parseval_fraction: float = 0.3,
     desc: str = "train",
     progress: bool = True,
+    freeze_bn: bool = True,
 ) -> dict[str, float]:
     """One epoch over ``(x, y)`` (preprocessed, on the training device) with ``method`` (see :func:`batch_loss`).
 
     Parseval training retracts the weights after every optimizer step, drawing its rows from ``generator``.
     Returns the epoch's mean loss, training accuracy (on the clean inputs) and, for the Deep Defense methods,
     the mean ‖Δx‖/‖x‖. Raises :class:`NonFiniteLossError` at the first NaN/inf loss (before the optimizer step).
+
+    ``freeze_bn`` (fine-tuning, every method): BatchNorm layers stay in eval mode, with frozen running statistics,
+    while the rest trains (Dropout included); BatchNorm reverses only with frozen statistics. Reference training
+    from scratch passes ``False`` (train-mode BatchNorm, as usual).
     """
-    net.train()
+    set_train_mode(net, freeze_bn=freeze_bn)
     hp = dict(lmbd=lmbd, c=c, d=d, max_iter=max_iter, overshoot=overshoot, reg_layers=reg_layers,
               fgs_eps=fgs_eps, alpha=alpha, clip=clip)
     dd = method in ("deepdefense", "deepdefense+fgs")
@@ -176,7 +190,7 @@ def train_reference(
         gen = torch.Generator().manual_seed(seed * 1000 + epoch)
         stats = train_one_epoch(
             net, optimizer, x, y, method="clean", batch_size=batch_size, generator=gen,
-            desc=f"reference {epoch + 1}/{epochs}", progress=progress,
+            desc=f"reference {epoch + 1}/{epochs}", progress=progress, freeze_bn=False,
         )
         scheduler.step()
         log.append({"epoch": epoch + 1, **stats})

@@ -86,9 +86,10 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--d", type=float, default=5.0, help="d: exp(d·‖Δx‖/‖x‖) for misclassified samples")
     p.add_argument("--max-iter", type=int, default=5, help="DeepFool iterations inside the training loss")
     p.add_argument("--overshoot", type=float, default=0.02, help="DeepFool overshoot (training and evaluation)")
-    p.add_argument("--reg-layers", nargs="+", default=None, metavar="CHILD",
-                   help="Deep Defense: only these children of the network (names as in print(model), e.g. 0 for "
-                        "LeNet's conv1; lenet: conv1 0, conv2 2, fc1 5, fc2 7) receive the regularizer's gradient "
+    p.add_argument("--reg-layers", nargs="+", default=None, metavar="MODULE",
+                   help="Deep Defense: only these modules of the network (dotted names as in "
+                        "net.named_modules(), e.g. 0 for LeNet's conv1 or layer3.1.conv2 in a ResNet; lenet: conv1 0, "
+                        "conv2 2, fc1 5, fc2 7) receive the regularizer's gradient "
                         "(the paper's Figure 4); the CE gradient reaches every layer. Default: all layers")
     p.add_argument("--alpha", type=float, default=0.5,
                    help="advtrain-fgs, deepdefense+fgs: weight of the clean CE (Goodfellow et al.: 0.5)")
@@ -149,6 +150,10 @@ def default_settings(model: str, method: str, dataset: str) -> dict[str, float]:
 def check_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
     if args.model not in models.ARCHITECTURES:
         parser.error(f"unknown model {args.model!r}; choose one of: {', '.join(models.ARCHITECTURES)}")
+    if tuple(models.INPUT_SHAPES[args.model]) != (1, 28, 28):
+        mnist_models = [a for a, shape in models.INPUT_SHAPES.items() if tuple(shape) == (1, 28, 28)]
+        parser.error(f"model {args.model!r} takes {tuple(models.INPUT_SHAPES[args.model])} inputs, but this script loads "
+            f"MNIST/Fashion-MNIST (1, 28, 28) only; choose one of: {', '.join(mnist_models)}")
     for key, value in default_settings(args.model, args.method, args.dataset).items():
         if getattr(args, key) is None:
             setattr(args, key, value)
@@ -298,10 +303,11 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                          float(prep(torch.full((1, 1, 28, 28), 255, dtype=torch.uint8)).max())) if args.clip else None)
 
     net = models.build(args.model).to(device)
-    children = [name for name, _ in net.named_children()]
-    if args.reg_layers and not set(args.reg_layers) <= set(children):
-        raise SystemExit(f"error: --reg-layers {args.reg_layers}: {args.model}'s children are {children} "
-                         f"(print(models.build({args.model!r})) shows them).")
+    modules_with_params = [name for name, m in net.named_modules() if name and any(True for _ in m.parameters(False))]
+    all_modules = {name for name, _ in net.named_modules() if name}
+    if args.reg_layers and not set(args.reg_layers) <= all_modules:
+        raise SystemExit(f"error: --reg-layers {args.reg_layers}: {args.model}'s modules with parameters are "
+                         f"{modules_with_params} (print(models.build({args.model!r})) shows them).")
     if args.reg_layers and args.method not in ("deepdefense", "deepdefense+fgs"):
         raise SystemExit("error: --reg-layers applies to the Deep Defense methods only.")
     optimizer = torch.optim.SGD(net.parameters(), lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)

@@ -308,6 +308,10 @@ def _rate(m: dict[str, Any]) -> str:
 def check_args(args: argparse.Namespace) -> None:
     if args.model not in models.ARCHITECTURES:
         raise SystemExit(f"error: unknown model {args.model!r}; choose one of: {', '.join(models.ARCHITECTURES)}.")
+    if tuple(models.INPUT_SHAPES[args.model]) != (1, 28, 28):
+        mnist_models = [a for a, shape in models.INPUT_SHAPES.items() if tuple(shape) == (1, 28, 28)]
+        raise SystemExit("error: " + f"model {args.model!r} takes {tuple(models.INPUT_SHAPES[args.model])} inputs, but this script loads "
+            f"MNIST/Fashion-MNIST (1, 28, 28) only; choose one of: {', '.join(mnist_models)}")
     if args.cs is None:
         args.cs = list(FULL_CS if args.full else QUICK_CS)
     if args.eval_samples is None:

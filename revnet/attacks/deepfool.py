@@ -55,7 +55,8 @@ from typing import NamedTuple, Optional
 import torch
 from torch import Tensor, nn
 
-from ..layers import is_reversible
+from .._checks import check_batch, check_labels, check_network, norm_floor  # noqa: F401 (re-exported)
+from ..layers.protocol import noise_of, select_noise, trace_with
 
 
 class DeepFoolInfo(NamedTuple):
@@ -63,41 +64,6 @@ class DeepFoolInfo(NamedTuple):
     iterations: Tensor  # (N,) int64: steps taken (0 only for a targeted sample already at its target)
     label: Tensor  # (N,) int64: prediction at the returned point x + Δx
     original_label: Tensor  # (N,) int64: prediction at the clean input
-
-
-def norm_floor(dtype: torch.dtype) -> float:
-    """The smallest norm a division uses: ``finfo(dtype).eps²``, far below any meaningful gradient norm and
-    large enough that ``1 / floor²`` (the scale of the step's derivative at a zero gradient) is finite."""
-    return torch.finfo(dtype).eps ** 2
-
-
-def check_batch(x: Tensor, name: str = "x") -> None:
-    """Raise ``ValueError`` unless ``x`` is a non-empty floating batch ``(N, *in)`` of finite values."""
-    if not isinstance(x, Tensor):
-        raise ValueError(f"{name} must be a tensor of shape (N, *in), got {type(x).__name__}.")
-    if x.dim() < 2 or x.shape[0] == 0:
-        raise ValueError(f"{name} must be a non-empty batch of shape (N, *in), got shape {tuple(x.shape)}.")
-    if not x.is_floating_point():
-        raise ValueError(f"{name} must be a floating-point tensor (float32 or float64), got {x.dtype}.")
-    if not torch.isfinite(x).all():
-        raise ValueError(f"{name} contains NaN or infinite values; clean the input before attacking it.")
-
-
-def check_labels(y: Tensor, x: Tensor, name: str = "y") -> None:
-    """Raise ``ValueError`` unless ``y`` is an integer vector with one entry per sample of ``x``."""
-    if not isinstance(y, Tensor) or y.dim() != 1 or y.shape[0] != x.shape[0]:
-        shape = tuple(y.shape) if isinstance(y, Tensor) else type(y).__name__
-        raise ValueError(f"{name} must have shape (N,) = ({x.shape[0]},), one label per sample of x; got {shape}.")
-    if y.dtype.is_floating_point or y.dtype == torch.bool or y.is_complex():
-        raise ValueError(f"{name} must hold integer class indices (torch.long), got {y.dtype}.")
-
-
-def check_network(net: nn.Module) -> None:
-    if not is_reversible(net):
-        raise TypeError(
-            f"expected a revnet network with trace() and reverse(), got {type(net).__name__}; "
-            "convert a torch.nn.Sequential with revnet.Sequential.from_torch(module)."
-        )
 
 
 def _check_max_iter(max_iter: int) -> None:
@@ -121,6 +87,7 @@ def deepfool(
     differentiable: bool = False,
     early_stop: bool = True,
     class_chunk: Optional[int] = None,
+    noise: object = None,
 ) -> tuple[Tensor, DeepFoolInfo]:
     """DeepFool perturbations ``Δx`` (same shape as ``x``) and a :class:`DeepFoolInfo`.
 
@@ -140,13 +107,16 @@ def deepfool(
         class_chunk: reverse the candidate classes for the choice of ``k`` in groups of this many (less peak
             memory, same result); ``None``: at most 256 rows per reverse on the CPU, all classes at once
             elsewhere (see above); a value ≥ ``Q − 1``: all in one batched reverse.
+        noise: the random draws (Dropout masks in training mode) to use for ``x``, from
+            ``revnet.noise_of(net, tape)`` of an earlier trace of ``x``; ``None``: drawn by the first trace.
+            Either way every re-trace reuses each sample's draws (see :func:`deepfool_from_trace`).
     """
     check_network(net)
     check_batch(x)
     _check_max_iter(max_iter)
     _check_overshoot(overshoot)
     with contextlib.nullcontext() if differentiable else torch.no_grad():
-        logits, tape = net.trace(x)
+        logits, tape = trace_with(net, x, noise)
         return deepfool_from_trace(
             net, x, logits, tape, target=target, max_iter=max_iter, overshoot=overshoot,
             candidates=candidates, differentiable=differentiable, early_stop=early_stop, class_chunk=class_chunk,
@@ -200,7 +170,12 @@ def deepfool_from_trace(
 ) -> tuple[Tensor, DeepFoolInfo]:
     """:func:`deepfool` continuing from a trace of the clean input that the caller already has
     (``logits, tape = net.trace(x)``), e.g. the one whose logits feed a cross-entropy. Runs in the caller's
-    grad mode: wrap it in ``torch.no_grad()`` unless ``differentiable``."""
+    grad mode: wrap it in ``torch.no_grad()`` unless ``differentiable``.
+
+    Random layers: a network in training mode with Dropout draws its masks in that first trace; every re-trace
+    here passes the rows of those masks that belong to the samples still running (``noise_of`` and
+    ``select_noise``), so each sample keeps one mask for the whole recursion, in every forward and reverse,
+    however many samples leave the batch."""
     check_batch(x)
     _check_max_iter(max_iter)
     _check_overshoot(overshoot)
@@ -222,9 +197,10 @@ def deepfool_from_trace(
     total = torch.zeros_like(x)  # Σr, one row per sample
     scale = 1.0 + overshoot
 
+    noise = noise_of(net, tape)  # per-sample random draws (Dropout masks) of the clean trace, or None
     active = (~success).nonzero().squeeze(1)
     if 0 < len(active) < n:  # targeted samples already at their target never enter the batch
-        logits, tape = net.trace(x[active])
+        logits, tape = trace_with(net, x[active], select_noise(noise, active))
     for it in range(1, max_iter + 1):
         if len(active) == 0:
             break
@@ -236,9 +212,10 @@ def deepfool_from_trace(
         point = x[active] + scale * total[active]
         if it == max_iter:
             with torch.no_grad():
-                now = net(point).argmax(1)
+                now = (trace_with(net, point, select_noise(noise, active))[0] if noise is not None
+                       else net(point)).argmax(1)
         else:
-            logits, tape = net.trace(point)
+            logits, tape = trace_with(net, point, select_noise(noise, active))
             now = logits.detach().argmax(1)
         done = torch.where(targeted[active], now == target[active], now != original[active])
         label[active] = now
@@ -246,7 +223,7 @@ def deepfool_from_trace(
         if early_stop and done.any():
             active = active[~done]
             if 0 < len(active) and it < max_iter:
-                logits, tape = net.trace(point[~done])
+                logits, tape = trace_with(net, point[~done], select_noise(noise, active))
     return scale * total, DeepFoolInfo(success, iterations, label, original)
 
 

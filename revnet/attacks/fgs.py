@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .deepfool import check_batch, check_labels, check_network
+from .._checks import check_batch, check_labels, check_network
 
 
 def ce_input_gradient(net: nn.Module, x: Tensor, y: Tensor) -> Tensor:

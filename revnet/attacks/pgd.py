@@ -23,7 +23,7 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from .deepfool import check_batch, check_labels, check_network, norm_floor
+from .._checks import check_batch, check_labels, check_network, norm_floor
 from .fgs import _check_clip, _check_eps, ce_input_gradient
 
 

@@ -1,19 +1,23 @@
 """revnet's layers: each is a ``torch.nn`` layer plus ``trace`` (forward + tape) and ``reverse`` (VJP).
 
-``TORCH_COUNTERPARTS`` maps every revnet layer to the ``torch.nn`` class it subclasses; the conversion
-registry (:mod:`revnet.registry`) is built from it, and the tests check every entry against autograd.
+``TORCH_COUNTERPARTS`` maps every revnet layer to the ``torch.nn`` class it subclasses; ``FUNCTION_RULES`` and
+``METHOD_RULES`` map the functions and tensor methods of traced models to their reverse rules. The conversion
+registry (:mod:`revnet.registry`) is built from these tables, and the tests check every entry against autograd.
 """
 
 from torch import nn
 
-from .activation import LeakyReLU, PReLU, ReLU
+from .activation import Hardtanh, LeakyReLU, PReLU, ReLU, ReLU6
 from .conv import Conv2d
 from .dropout import Dropout
+from .functional import LAYER_METHOD_RULES, LAYER_RULES, REDUCE_RULES, RESHAPE_METHOD_RULES, RESHAPE_RULES
 from .linear import Linear
+from .merge import MERGE_METHOD_RULES, MERGE_RULES
 from .norm import BatchNorm1d, BatchNorm2d
 from .pooling import AdaptiveAvgPool2d, AvgPool2d, MaxPool2d
 from .protocol import Reversible, is_reversible
 from .shape import Flatten, Identity, Unflatten
+from .smooth import ELU, GELU, Sigmoid, SiLU, Softplus, Tanh
 
 TORCH_COUNTERPARTS: dict[type, type[nn.Module]] = {
     Linear: nn.Linear,
@@ -21,6 +25,14 @@ TORCH_COUNTERPARTS: dict[type, type[nn.Module]] = {
     ReLU: nn.ReLU,
     LeakyReLU: nn.LeakyReLU,
     PReLU: nn.PReLU,
+    Hardtanh: nn.Hardtanh,
+    ReLU6: nn.ReLU6,
+    Sigmoid: nn.Sigmoid,
+    Tanh: nn.Tanh,
+    GELU: nn.GELU,
+    SiLU: nn.SiLU,
+    ELU: nn.ELU,
+    Softplus: nn.Softplus,
     MaxPool2d: nn.MaxPool2d,
     AvgPool2d: nn.AvgPool2d,
     AdaptiveAvgPool2d: nn.AdaptiveAvgPool2d,
@@ -32,4 +44,9 @@ TORCH_COUNTERPARTS: dict[type, type[nn.Module]] = {
     Identity: nn.Identity,
 }
 
-__all__ = [cls.__name__ for cls in TORCH_COUNTERPARTS] + ["TORCH_COUNTERPARTS", "Reversible", "is_reversible"]
+# fx function nodes (by the function object) and method nodes (by name) -> reverse rule
+FUNCTION_RULES: dict = {**LAYER_RULES, **RESHAPE_RULES, **REDUCE_RULES, **MERGE_RULES}
+METHOD_RULES: dict = {**LAYER_METHOD_RULES, **RESHAPE_METHOD_RULES, **MERGE_METHOD_RULES}
+
+__all__ = [cls.__name__ for cls in TORCH_COUNTERPARTS] + [
+    "FUNCTION_RULES", "METHOD_RULES", "TORCH_COUNTERPARTS", "Reversible", "is_reversible"]

@@ -71,3 +71,32 @@ class PReLU(nn.PReLU):
             slope = slope.reshape(1, 1, -1, *([1] * (v.dim() - 2)))
         g = torch.where(tape.positive.unsqueeze(1), rows, rows * slope)
         return g.reshape(v.shape)
+
+
+class ClampTape(NamedTuple):
+    inside: Tensor  # (N, *s) bool: min_val < x < max_val (where the slope is 1)
+
+
+class Hardtanh(nn.Hardtanh):
+    """``y = clamp(x, min_val, max_val)``; reverse ``g = v · [min_val < x < max_val]`` (torch's convention: the
+    slope is 0 at both kinks). ``inplace=True`` is accepted; ``trace`` never overwrites its input."""
+
+    reverse_label = "ClampMask"
+
+    def trace(self, x: Tensor) -> tuple[Tensor, ClampTape]:
+        return F.hardtanh(x, self.min_val, self.max_val), ClampTape((x > self.min_val) & (x < self.max_val))
+
+    def reverse(self, v: Tensor, tape: ClampTape) -> Tensor:
+        return times_per_sample(v, tape.inside.to(v.dtype))
+
+
+class ReLU6(nn.ReLU6):
+    """``y = clamp(x, 0, 6)``; reverse ``g = v · [0 < x < 6]``. ``inplace=True`` is accepted (see Hardtanh)."""
+
+    reverse_label = "ClampMask"
+
+    def trace(self, x: Tensor) -> tuple[Tensor, ClampTape]:
+        return F.hardtanh(x, 0.0, 6.0), ClampTape((x > 0) & (x < 6))
+
+    def reverse(self, v: Tensor, tape: ClampTape) -> Tensor:
+        return times_per_sample(v, tape.inside.to(v.dtype))

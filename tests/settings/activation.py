@@ -1,4 +1,4 @@
-"""ReLU, LeakyReLU, PReLU: random inputs and inputs from {-1, 0, 1} (exact zeros at the kink, where the
+"""ReLU, LeakyReLU, PReLU, Hardtanh, ReLU6 and the smooth activations: random inputs and inputs from {-1, 0, 1} (exact zeros at the kink, where the
 strict mask ``x > 0`` must match autograd). PReLU slopes are random (one shared, or one per channel)."""
 
 import revnet
@@ -31,4 +31,15 @@ SETTINGS = [
         "values": "ties",
     },
     {"id": "prelu-c4", "make_layer": lambda: randomized(revnet.PReLU(4)), "input_shape": (3, 4), "seed": 12},
+    {"id": "hardtanh", "make_layer": lambda: revnet.Hardtanh(), "input_shape": (2, 3, 4, 4), "seed": 13, "values": "ties"},
+    {"id": "hardtanh-0-2", "make_layer": lambda: revnet.Hardtanh(0.0, 2.0, inplace=True), "input_shape": (3, 5),
+     "seed": 14},
+    {"id": "relu6", "make_layer": lambda: revnet.ReLU6(), "input_shape": (2, 6), "seed": 15, "values": "ties"},
+    {"id": "sigmoid", "make_layer": lambda: revnet.Sigmoid(), "input_shape": (2, 3, 4), "seed": 16},
+    {"id": "tanh", "make_layer": lambda: revnet.Tanh(), "input_shape": (3, 4), "seed": 17},
+    {"id": "gelu", "make_layer": lambda: revnet.GELU(), "input_shape": (2, 3, 4, 4), "seed": 18},
+    {"id": "gelu-tanh", "make_layer": lambda: revnet.GELU(approximate="tanh"), "input_shape": (3, 4), "seed": 19},
+    {"id": "silu", "make_layer": lambda: revnet.SiLU(inplace=True), "input_shape": (2, 5), "seed": 20},
+    {"id": "elu-0.5", "make_layer": lambda: revnet.ELU(0.5), "input_shape": (2, 3, 3), "seed": 21, "values": "ties"},
+    {"id": "softplus-b2-t1", "make_layer": lambda: revnet.Softplus(2.0, 1.0), "input_shape": (3, 6), "seed": 22},
 ]
