@@ -6,33 +6,62 @@ Example::
     python benchmarks/step.py --no-early-stop      # worst case: every sample runs all --max-iter iterations
     python benchmarks/step.py --full               # adds batch 1000
     python benchmarks/step.py --device cuda --amp  # GPU, mixed precision (untested here: no GPU was lent)
+    python benchmarks/step.py --graph-vs-sequential  # LeNet batch 100: revnet.Graph vs revnet.Sequential, interleaved
+    python benchmarks/step.py --models resnet18-32 --variants revnet autograd-loop autograd-batched torch-func \
+        autograd-shortcut --warmup 1 --repeats 5 --time-budget 30    # ResNet-18, 32×32, batch 32 (step-resnet18-32.*)
 
 One step = forward, DeepFool with ``--max-iter`` iterations kept in the graph, the regularized loss of
 ``revnet.losses.deep_defense_loss``, backward to every weight, ``optimizer.step()`` (SGD, momentum 0.9). The
 five variants are described in ``benchmarks/variants.py``: (1) revnet, (2) autograd ``grad()`` per class,
 (3) autograd ``is_grads_batched``, (4) ``torch.func`` vmap over vjp, (5) autograd with revnet's algorithmic
-shortcuts (the ablation). Before timing, every variant's loss, weight gradients and DeepFool iterations
-are checked against revnet's in float64 on a small batch (``--check-batch``), so the benchmark never
-compares different computations.
+shortcuts (the ablation); (1g) ``revnet-graph`` is variant 1 on ``revnet.Graph(<plain torch.nn copy>)``
+instead of the ``revnet.Sequential`` (the same loss; only the network container differs). Before timing,
+every variant's loss, weight gradients and DeepFool iterations are checked against revnet's in float64 on a
+small batch (``--check-batch``), so the benchmark never compares different computations.
 
 Measurement: each (model, batch size, variant) runs in a fresh subprocess (``--isolation subprocess``) on
 identical weights (a reference model: ``--reference``, or one trained on the embedded MNIST subset and
 cached in ``--cache-dir``) and the identical batch (the first N images of the embedded training split, true
 labels). Timing is an explicit loop: ``--warmup`` untimed steps, then ``--repeats`` timed steps (fewer if
-``--time-budget`` runs out, at least 3), each from the same weights (restored outside the timed region, so
-DeepFool does the same work every step), synchronised on CUDA; the median and the interquartile range are
-reported. Peak memory is above the process's baseline taken just before the first step (after one untimed
-1-image step, so the libraries' one-time initialisation is not counted, and glibc's ``malloc_trim``): on CUDA
+``--time-budget`` runs out, at least ``--min-repeats``, 3 by default), each from the same weights (restored
+outside the timed region, so DeepFool does the same work every step), synchronised on CUDA; the median and
+the interquartile range are reported, and the loss and DeepFool iterations of the last timed step. Peak
+memory is above the process's baseline taken just before the first step (after one untimed 1-image step, so
+the libraries' one-time initialisation is not counted, and glibc's ``malloc_trim``): on CUDA
 ``torch.cuda.max_memory_allocated()`` after ``reset_peak_memory_stats()``; on the CPU the peak resident set
 size (VmHWM, reset through ``/proc/self/clear_refs`` just before the first step) minus the resident set size
 (VmRSS) at that moment, which excludes the import and loading overhead.
 
 ``--no-early-stop``: every variant runs all ``--max-iter`` DeepFool iterations for every sample (variant 1
 through ``deep_defense_loss(early_stop=False)``). ``--class-chunk K``: variant 1 reverses the candidate classes
-for DeepFool's choice in groups of K (less peak memory, the same step). Results and the Markdown table go to ``--output`` (``step[-cuda][-amp]
+for DeepFool's choice in groups of K (less peak memory, the same step). Results and the Markdown table go to ``--output`` (``step[-resnet18-32][-cuda][-amp]
 [-no-early-stop].{json,md,png}``); the target of issue 5 (LeNet, batch 100, ``--max-iter 5``, reference
 weights: revnet <= 0.5x the time of the fastest of variants 2-4, <= 0.8x its peak memory, no slower than
 variant 5) is evaluated and stated, never asserted.
+
+``--graph-vs-sequential``: a separate mode for the Graph target (a ``revnet.Graph`` built from a chain within
+10% of the ``revnet.Sequential`` step): LeNet, batch 100, reference weights, ``--max-iter`` 5 by default
+(``--models``/``--batch-sizes`` override), variant 1 and variant 1g in **one process, interleaved**: after
+``--warmup`` untimed steps of each, ``--pairs`` pairs of timed steps in ABBA order (pair i runs Sequential
+then Graph for even i, Graph then Sequential for odd i, so drift and the order within a pair cancel),
+stopping early after ``--time-budget`` seconds of pairs (at least 4). One process, not alternating
+subprocesses: both networks see the same machine state (the other load on a shared CPU, the allocator, the
+thread pool) within a fraction of a second of each other, which is what a ratio needs; peak memory is
+therefore not measured in this mode (the plain run measures it per subprocess). Reported: the median (and
+IQR) of each, the ratio of the medians, and the spread of the per-pair ratios Graph/Sequential (median,
+IQR, min/max, by order); the target holds if the ratio of the medians is <= 1.10 (also stated: whether the
+upper quartile of the pair ratios is). Both are first checked equal in float64 (``--check-batch``), and
+their float32 loss and DeepFool iterations at the timed batch are compared. Written to
+``--output``/``graph-vs-sequential[-cuda].{json,md}``.
+
+``--models resnet18-32``: torchvision's ``resnet18(num_classes=10)`` with random weights (``torch.manual_seed(
+--seed)``, no CIFAR-10 offline), BatchNorm in eval mode (running statistics 0/1), on random N(0, 1) inputs
+of shape (N, 3, 32, 32) from ``torch.Generator().manual_seed(--seed)`` (batch 32 unless ``--batch-sizes``);
+labels are the network's own clean predictions with every 4th shifted by one class, so about 3/4 of the
+samples take DeepFool's untargeted branch (as when fine-tuning a trained network) and 1/4 the targeted one.
+Variant 1 runs on ``revnet.convert(model)`` (a ``revnet.Graph``), variants 2-5 on the plain torchvision
+model; variant 1g is skipped (``revnet.Graph`` of the plain model is exactly variant 1's network). Results go
+to ``step-resnet18-32[...]``; the issue-5 target does not apply.
 """
 
 from __future__ import annotations
@@ -62,6 +91,11 @@ import data as data_lib  # noqa: E402  (train/data.py)
 import models  # noqa: E402
 from benchmarks.variants import VARIANTS, StepConfig, check_equivalence  # noqa: E402
 
+MNIST_MODELS = ["lenet", "mlp"]  # models.build(arch) + checkpoints, embedded MNIST batches
+RANDOM_MODELS = ("resnet18-32",)  # torchvision resnet18(num_classes=10), random init, random 3×32×32 batches
+GRAPH_VARIANT = "revnet-graph"
+GRAPH_TARGET = 1.10  # a Graph built from a chain: within 10% of the Sequential step (ratio of the medians)
+
 RESULT_MARKER = "@@BENCHMARK-RESULT@@ "
 MASKED = ("autograd-loop", "autograd-batched", "torch-func")  # variants 2-4
 TARGET = {"model": "lenet", "batch_size": 100, "max_iter": 5, "early_stop": True,
@@ -73,16 +107,29 @@ MiB = 2**20
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         description="Time one Deep Defense training step (forward, DeepFool, loss, backward, optimizer step) "
-                    "five ways: revnet's explicit reverse vs autograd.",
+                    "five ways: revnet's explicit reverse vs autograd (and revnet on a revnet.Graph).",
         add_help=add_help, formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--models", nargs="+", default=["mlp", "lenet"], choices=sorted(models.ARCHITECTURES),
-                   help="architectures (models.mlp(), models.lenet())")
-    p.add_argument("--batch-sizes", nargs="+", type=int, default=[10, 100], help="batch sizes to time")
-    p.add_argument("--full", action="store_true", help="add batch size 1000")
+    p.add_argument("--models", nargs="+", default=None, choices=MNIST_MODELS + list(RANDOM_MODELS),
+                   help="architectures: models.mlp(), models.lenet() (MNIST reference weights); resnet18-32: "
+                        "torchvision.models.resnet18(num_classes=10) on 3×32×32 inputs, random init and random data "
+                        "(no CIFAR-10 offline; see the docstring). Default: mlp lenet; lenet with "
+                        "--graph-vs-sequential")
+    p.add_argument("--batch-sizes", nargs="+", type=int, default=None,
+                   help="batch sizes to time. Default: 10 100 for mlp/lenet, 32 for resnet18-32; 100 with "
+                        "--graph-vs-sequential")
+    p.add_argument("--full", action="store_true", help="add batch size 1000 (mlp/lenet only)")
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS),
-                   help="variants to run (1 revnet, 2 autograd-loop, 3 autograd-batched, 4 torch-func, "
-                        "5 autograd-shortcut)")
+                   help="variants to run (1 revnet, 1g revnet-graph, 2 autograd-loop, 3 autograd-batched, "
+                        "4 torch-func, 5 autograd-shortcut); revnet-graph is skipped for resnet18-32 (the same "
+                        "network as revnet there)")
+    p.add_argument("--graph-vs-sequential", action="store_true",
+                   help="instead of the variant table: time variant 1 (revnet.Sequential) and 1g (revnet.Graph "
+                        "of the plain copy) interleaved in one process (ABBA pairs), LeNet batch 100 by default, "
+                        f"and state whether Graph <= {GRAPH_TARGET}x Sequential (graph-vs-sequential.{{json,md}})")
+    p.add_argument("--pairs", type=int, default=200,
+                   help="--graph-vs-sequential: timed (Sequential, Graph) pairs (fewer if --time-budget runs out, "
+                        "at least 4)")
     p.add_argument("--max-iter", type=int, default=5, help="DeepFool iterations inside the loss")
     p.add_argument("--overshoot", type=float, default=0.02, help="DeepFool overshoot")
     p.add_argument("--lmbda", type=float, default=15.0, help="λ, weight of the regularizer")
@@ -97,7 +144,11 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=2, help="untimed steps before timing")
     p.add_argument("--repeats", type=int, default=10, help="timed steps per (model, batch size, variant)")
     p.add_argument("--time-budget", type=float, default=120.0,
-                   help="seconds of timed steps per (model, batch size, variant); stops early (>= 3 repeats)")
+                   help="seconds of timed steps per (model, batch size, variant); stops early (>= --min-repeats). "
+                        "With --graph-vs-sequential: seconds of timed pairs per (model, batch size) (>= 4 pairs)")
+    p.add_argument("--min-repeats", type=int, default=3,
+                   help="timed steps per (model, batch size, variant) even past --time-budget (1 caps a hopeless "
+                        "variant, e.g. autograd on ResNet-18, at one timed step; its IQR is then 0)")
     p.add_argument("--reference", action="append", default=[], metavar="PATH",
                    help="reference checkpoint (models.load format; its arch says which model it is for); "
                         "repeat for several models. Default: train one on the embedded MNIST subset, cached")
@@ -123,7 +174,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--profile", action="store_true",
                    help="also profile one step per (model, batch size, variant) with torch.profiler "
                         "(top operators, written to <output>/<name>-profile.md)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the reference training")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the reference training; for resnet18-32 the seed of its random init and random batch")
     p.add_argument("--output", default="benchmarks/results", help="folder for the JSON, Markdown and PNG results")
     p.add_argument("--worker", default=None, metavar="JSON",
                    help="internal: run one measurement described by a JSON object and print its result "
@@ -308,6 +360,34 @@ def load_batch(ckpt_path: str, batch_size: int, device: torch.device, dtype: tor
     return net.to(device=device, dtype=dtype), x.to(device=device, dtype=dtype), labels[:batch_size].to(device)
 
 
+RESNET_ORIGIN = ("random init: torch.manual_seed({seed}), torchvision.models.resnet18(num_classes=10), eval mode "
+                 "(BatchNorm running statistics 0/1); no CIFAR-10 offline")
+
+
+def resnet18_batch(batch_size: int, device: torch.device, dtype: torch.dtype, seed: int = 0):
+    """``(net, x, y)`` for ``resnet18-32``: torchvision's ResNet-18 (10 classes) with random weights from
+    ``torch.manual_seed(seed)``, eval mode; ``x`` random N(0, 1) images (N, 3, 32, 32) from
+    ``torch.Generator().manual_seed(seed)``; ``y`` the clean predictions with every 4th label shifted by one
+    class (about 3/4 untargeted and 1/4 targeted DeepFool, as when fine-tuning a trained network)."""
+    import torchvision
+
+    torch.manual_seed(seed)
+    net = torchvision.models.resnet18(num_classes=10).eval()
+    x = torch.randn(batch_size, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        y = net(x).argmax(1)
+    y[::4] = (y[::4] + 1) % 10
+    return net.to(device=device, dtype=dtype), x.to(device=device, dtype=dtype), y.to(device)
+
+
+def model_batch(arch: str, ckpt_path: Optional[str], batch_size: int, device: torch.device, dtype: torch.dtype,
+                seed: int = 0):
+    """``(net, x, y)`` of one configuration: :func:`load_batch` for the MNIST models, :func:`resnet18_batch`."""
+    if arch == "resnet18-32":
+        return resnet18_batch(batch_size, device, dtype, seed)
+    return load_batch(ckpt_path, batch_size, device, dtype)
+
+
 def amp_context(device: torch.device, amp_dtype: Optional[str]):
     """A factory of autocast contexts, or ``None`` without mixed precision."""
     if amp_dtype is None:
@@ -348,7 +428,8 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
     cfg = StepConfig(**spec["cfg"])
     variant = VARIANTS[spec["variant"]]
     VARIANTS["autograd-shortcut"].choose_engine = spec["shortcut_engine"]
-    base_net, x, y = load_batch(spec["checkpoint"], spec["batch_size"], device, dtype)
+    base_net, x, y = model_batch(spec["model"], spec["checkpoint"], spec["batch_size"], device, dtype,
+                                 spec.get("seed", 0))
     net = variant.prepare(base_net)
     del base_net
     optimizer = torch.optim.SGD(net.parameters(), lr=spec["lr"], momentum=0.9)
@@ -361,11 +442,13 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
             for p, s in zip(net.parameters(), saved):
                 p.copy_(s)
 
-    def one_step_on(xb, yb) -> None:
-        variant.step(net, optimizer, xb, yb, cfg, autocast=autocast, scaler=scaler)
+    last: list[Any] = []  # the LossOutput of the latest full-batch step (all start from the same weights)
+
+    def one_step_on(xb, yb) -> Any:
+        return variant.train_step(net, optimizer, xb, yb, cfg, autocast=autocast, scaler=scaler)
 
     def one_step() -> None:
-        one_step_on(x, y)
+        last[:] = [one_step_on(x, y)]
 
     # prime the libraries (thread pools, oneDNN/cuDNN primitives, autograd workers) with one 1-image step, so
     # their one-time allocations are not counted as the step's memory; then give freed heap back to the OS
@@ -386,13 +469,11 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
         one_step()
         synchronize(device)
         times.append(time.perf_counter() - t0)
-        if len(times) >= 3 and time.perf_counter() - budget_start > spec["time_budget"]:
+        if len(times) >= spec.get("min_repeats", 3) and time.perf_counter() - budget_start > spec["time_budget"]:
             break
     peak = memory.peak_bytes()
 
-    restore()  # what the step computed, at the benchmark's weights
-    with autocast() if autocast is not None else contextlib.nullcontext():
-        out = variant.loss(net, x, y, cfg)
+    out = last[0]  # what the (last timed) step computed, at the benchmark's weights
     result = {
         **{k: spec[k] for k in ("model", "batch_size", "variant")},
         **summarize(times),
@@ -470,28 +551,64 @@ def run_worker(spec: dict[str, Any], isolation: str) -> dict[str, Any]:
 
 
 def _run_name(args: argparse.Namespace, device: torch.device) -> str:
-    return "step" + ("-cuda" if device.type == "cuda" else "") + ("-amp" if args.amp else "") + (
+    extra = "".join(f"-{m}" for m in args.models if m in RANDOM_MODELS)  # never overwrites the MNIST step.*
+    return "step" + extra + ("-cuda" if device.type == "cuda" else "") + ("-amp" if args.amp else "") + (
         "-no-early-stop" if args.no_early_stop else "") + (
         f"-class-chunk{args.class_chunk}" if args.class_chunk else "")
 
 
+def resolve_models(args: argparse.Namespace) -> None:
+    """Fill in the defaults of ``--models`` and ``--batch-sizes`` that depend on the mode."""
+    if args.models is None:
+        args.models = ["lenet"] if args.graph_vs_sequential else ["mlp", "lenet"]
+    args.models = list(dict.fromkeys(args.models))
+
+
+def batch_sizes_for(args: argparse.Namespace, arch: str) -> list[int]:
+    if args.batch_sizes is not None:
+        sizes = list(args.batch_sizes)
+    elif args.graph_vs_sequential:
+        sizes = [TARGET["batch_size"]]
+    else:
+        sizes = [32] if arch in RANDOM_MODELS else [10, 100]
+    if args.full and arch not in RANDOM_MODELS:
+        sizes.append(1000)
+    return sorted(set(sizes))
+
+
+def variants_for(args: argparse.Namespace, arch: str) -> list[str]:
+    """``--variants`` for one model: revnet-graph only for Sequential models (for resnet18-32 it is variant 1)."""
+    return [k for k in args.variants if not (k == GRAPH_VARIANT and arch in RANDOM_MODELS)]
+
+
 def check_args(args: argparse.Namespace) -> None:
-    for name in ("max_iter", "repeats", "check_batch", "ref_epochs"):
+    for name in ("max_iter", "repeats", "check_batch", "ref_epochs", "pairs", "min_repeats"):
         if getattr(args, name) < 1:
             raise SystemExit(f"error: --{name.replace('_', '-')} must be at least 1")
-    if args.warmup < 0 or any(b < 1 for b in args.batch_sizes):
+    if args.warmup < 0 or any(b < 1 for b in args.batch_sizes or []):
         raise SystemExit("error: --warmup must be >= 0 and every batch size >= 1")
     if args.amp and args.dtype != "float32":
         raise SystemExit("error: --amp needs --dtype float32")
 
 
-def equivalence_batch(ckpt_path: str, n: int, device: torch.device):
+def equivalence_batch(ckpt_path: Optional[str], n: int, device: torch.device, arch: str = "lenet", seed: int = 0):
+    if arch in RANDOM_MODELS:  # its labels already hold every 4th sample misclassified
+        return model_batch(arch, ckpt_path, n, device, torch.float64, seed)
     net, x, y = load_batch(ckpt_path, n, device, torch.float64)
     with torch.no_grad():
         pred = net(x).argmax(1)
     y = y.clone()
     y[::4] = (pred[::4] + 1) % net(x[:1]).shape[1]  # misclassified on purpose: exercises targeted DeepFool
     return net, x, y
+
+
+def model_references(args: argparse.Namespace, archs: list[str]) -> dict[str, dict[str, Any]]:
+    """:func:`reference_checkpoints` for the MNIST models; the random init's description for resnet18-32."""
+    refs = reference_checkpoints(args, [a for a in archs if a not in RANDOM_MODELS])
+    for arch in archs:
+        if arch in RANDOM_MODELS:
+            refs[arch] = {"path": None, "origin": RESNET_ORIGIN.format(seed=args.seed)}
+    return {arch: refs[arch] for arch in archs}
 
 
 def ratios_for(results: list[dict[str, Any]], model: str, batch: int) -> Optional[dict[str, Any]]:
@@ -512,6 +629,8 @@ def ratios_for(results: list[dict[str, Any]], model: str, batch: int) -> Optiona
         out["time_vs_shortcut"] = rev["median_s"] / rows["autograd-shortcut"]["median_s"]
         sc = rows["autograd-shortcut"]["peak_mib"]
         out["memory_vs_shortcut"] = rev["peak_mib"] / sc if sc > 0 else None
+    if GRAPH_VARIANT in rows:  # revnet-graph ÷ revnet (separate subprocesses: see --graph-vs-sequential)
+        out["graph_vs_sequential"] = rows[GRAPH_VARIANT]["median_s"] / rev["median_s"]
     return out
 
 
@@ -541,11 +660,15 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         result = measure(json.loads(args.worker))
         print(RESULT_MARKER + json.dumps(result), flush=True)
         return result
+    started = time.perf_counter()
     check_args(args)
+    resolve_models(args)
+    if args.graph_vs_sequential:
+        return graph_vs_sequential(args)
     device = resolve_device(args.device)
     threads = args.threads or torch.get_num_threads()
     torch.set_num_threads(threads)
-    batch_sizes = sorted(set(args.batch_sizes + ([1000] if args.full else [])))
+    batch_sizes = {arch: batch_sizes_for(args, arch) for arch in args.models}
     amp_dtype = (args.amp_dtype or ("float16" if device.type == "cuda" else "bfloat16")) if args.amp else None
     cfg = StepConfig(lmbd=args.lmbda, c=args.c, d=args.d, max_iter=args.max_iter, overshoot=args.overshoot,
                      early_stop=not args.no_early_stop, class_chunk=args.class_chunk)
@@ -558,7 +681,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     machine = machine_info(device, threads)
     out_dir = Path(args.output)
 
-    refs = reference_checkpoints(args, args.models)
+    refs = model_references(args, args.models)
     for arch, ref in refs.items():
         print(f"reference {arch}: {ref['origin']}", flush=True)
 
@@ -566,22 +689,22 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     VARIANTS["autograd-shortcut"].choose_engine = shortcut_engine
     equivalence: dict[str, Any] = {}
     for arch in args.models:
-        net, x, y = equivalence_batch(refs[arch]["path"], args.check_batch, device)
+        net, x, y = equivalence_batch(refs[arch]["path"], args.check_batch, device, arch, args.seed)
         start = time.perf_counter()
-        equivalence[arch] = check_equivalence(net, x, y, cfg, keys=args.variants)
+        equivalence[arch] = check_equivalence(net, x, y, cfg, keys=variants_for(args, arch))
         print(f"equivalence {arch}: every variant's loss and weight gradients equal revnet's (float64, "
               f"{len(y)} images, {time.perf_counter() - start:.1f} s)", flush=True)
 
     # 2. the measurements
     results = []
     for arch in args.models:
-        for batch in batch_sizes:
-            for key in args.variants:
+        for batch in batch_sizes[arch]:
+            for key in variants_for(args, arch):
                 spec = {"model": arch, "batch_size": batch, "variant": key, "checkpoint": refs[arch]["path"],
                         "cfg": cfg.as_dict(), "device": str(device), "dtype": args.dtype, "amp_dtype": amp_dtype,
                         "lr": args.lr, "warmup": args.warmup, "repeats": args.repeats,
                         "time_budget": args.time_budget, "threads": threads, "shortcut_engine": shortcut_engine,
-                        "profile": args.profile}
+                        "profile": args.profile, "seed": args.seed, "min_repeats": args.min_repeats}
                 res = run_worker(spec, args.isolation)
                 results.append(res)
                 if "error" in res:
@@ -591,15 +714,17 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                           f"(IQR {res['iqr_s'] * 1e3:.1f}, n={res['repeats']})  peak {res['peak_mib']:8.1f} MiB  "
                           f"DeepFool iters {res['mean_iterations']:.2f}", flush=True)
 
-    ratios = [r for arch in args.models for b in batch_sizes if (r := ratios_for(results, arch, b)) is not None]
+    ratios = [r for arch in args.models for b in batch_sizes[arch] if (r := ratios_for(results, arch, b)) is not None]
     target = evaluate_target(ratios, cfg)
     report = {
         "name": name,
-        "description": "one Deep Defense training step (forward, DeepFool, loss, backward, SGD step), five ways",
+        "description": "one Deep Defense training step (forward, DeepFool, loss, backward, SGD step), five ways "
+                       "(and variant 1 on a revnet.Graph)",
         "config": {**resolved, "step": cfg.as_dict()},
         "machine": machine,
         "timing_method": (f"explicit loop: {args.warmup} warm-up steps, then up to {args.repeats} timed steps "
-                          f"(time budget {args.time_budget:g} s, at least 3), weights restored before each step "
+                          f"(time budget {args.time_budget:g} s, at least {min(args.min_repeats, args.repeats)}), "
+                          "weights restored before each step "
                           "outside the timed region" + ("; torch.cuda.synchronize() around each step"
                                                         if device.type == "cuda" else "")),
         "isolation": args.isolation,
@@ -609,6 +734,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         "results": [{k: v for k, v in r.items() if k != "profile"} for r in results],
         "ratios": ratios,
         "target": target,
+        "wall_s": time.perf_counter() - started,
     }
     out_dir.mkdir(parents=True, exist_ok=True)
     write_text(out_dir / f"{name}.json", json.dumps(report, indent=2, default=str) + "\n")
@@ -619,6 +745,227 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     print(f"wrote {out_dir / name}.json, .md, .png", flush=True)
     print(target_sentence(target), flush=True)
     return report
+
+
+# ---------------------------------------------------------------------------------------------------------
+# --graph-vs-sequential: variant 1 (revnet.Sequential) against 1g (revnet.Graph of the chain), interleaved.
+
+
+def _quartiles(values: list[float]) -> tuple[float, float]:
+    if len(values) == 1:
+        return values[0], values[0]
+    q1, _, q3 = statistics.quantiles(values, n=4, method="inclusive")
+    return q1, q3
+
+
+def interleaved_pairs(arch: str, ref_path: Optional[str], batch: int, cfg: StepConfig, args: argparse.Namespace,
+                      device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
+    """Time variant 1 and variant 1g in ABBA pairs in this process (see the module docstring)."""
+    base, x, y = model_batch(arch, ref_path, batch, device, dtype, args.seed)
+    runs = {}
+    for key in ("revnet", GRAPH_VARIANT):
+        variant = VARIANTS[key]
+        net = variant.prepare(base)  # independent copies of the same weights
+        runs[key] = (variant, net, torch.optim.SGD(net.parameters(), lr=args.lr, momentum=0.9),
+                     [p.detach().clone() for p in net.parameters()])
+
+    def restore(key: str) -> None:
+        _, net, _, saved = runs[key]
+        with torch.no_grad():
+            for p, s in zip(net.parameters(), saved):
+                p.copy_(s)
+
+    def step(key: str, xb=x, yb=y) -> float:
+        variant, net, optimizer, _ = runs[key]
+        restore(key)  # outside the timed region: every step does the same DeepFool work
+        synchronize(device)
+        t0 = time.perf_counter()
+        variant.step(net, optimizer, xb, yb, cfg)
+        synchronize(device)
+        return time.perf_counter() - t0
+
+    for key in runs:  # prime the libraries, then warm up both
+        step(key, x[:1], y[:1])
+    for _ in range(args.warmup):
+        for key in runs:
+            step(key)
+    times: dict[str, list[float]] = {key: [] for key in runs}
+    pair_ratios: list[float] = []
+    graph_first: list[bool] = []
+    start = time.perf_counter()
+    for i in range(args.pairs):
+        order = ("revnet", GRAPH_VARIANT) if i % 2 == 0 else (GRAPH_VARIANT, "revnet")  # ABBA
+        pair = {key: step(key) for key in order}
+        for key, t in pair.items():
+            times[key].append(t)
+        pair_ratios.append(pair[GRAPH_VARIANT] / pair["revnet"])
+        graph_first.append(order[0] == GRAPH_VARIANT)
+        if i + 1 >= 4 and time.perf_counter() - start > args.time_budget:
+            break
+    timed_s = time.perf_counter() - start
+
+    outs = {}
+    for key, (variant, net, _, _) in runs.items():  # what each computed, at the benchmark's weights
+        restore(key)
+        out = variant.loss(net, x, y, cfg)
+        outs[key] = out
+    seq, graph = outs["revnet"], outs[GRAPH_VARIANT]
+    q1, q3 = _quartiles(pair_ratios)
+    seq_sum, graph_sum = summarize(times["revnet"]), summarize(times[GRAPH_VARIANT])
+    by_order = {
+        "sequential_first": statistics.median([r for r, g in zip(pair_ratios, graph_first) if not g]),
+        "graph_first": statistics.median([r for r, g in zip(pair_ratios, graph_first) if g]),
+    }
+    ratio = graph_sum["median_s"] / seq_sum["median_s"]
+    return {
+        "model": arch, "batch_size": batch, "pairs": len(pair_ratios), "timed_s": timed_s,
+        "sequential": seq_sum, "graph": graph_sum,
+        "ratio_of_medians": ratio,
+        "pair_ratio": {"median": statistics.median(pair_ratios), "q25": q1, "q75": q3, "iqr": q3 - q1,
+                       "min": min(pair_ratios), "max": max(pair_ratios), "by_order": by_order,
+                       "values": pair_ratios},
+        "target": GRAPH_TARGET,
+        "target_met": bool(ratio <= GRAPH_TARGET),
+        "q75_within_target": bool(q3 <= GRAPH_TARGET),
+        "same_step": {
+            "loss_sequential": seq.loss.item(), "loss_graph": graph.loss.item(),
+            "loss_rel_diff": abs(graph.loss.item() - seq.loss.item()) / max(abs(seq.loss.item()), 1e-30),
+            "iterations_equal": bool(torch.equal(seq.iterations, graph.iterations)),
+            "mean_iterations": seq.iterations.double().mean().item(),
+            "max_iterations": int(seq.iterations.max()), "correct": int(seq.correct.sum()),
+        },
+        "input_shape": list(x.shape), "dtype": str(x.dtype).replace("torch.", ""),
+    }
+
+
+def graph_vs_sequential(args: argparse.Namespace) -> dict[str, Any]:
+    """``--graph-vs-sequential``: the interleaved measurement, its report and its Markdown."""
+    started = time.perf_counter()
+    if args.amp:
+        raise SystemExit("error: --graph-vs-sequential times float32/float64 steps; drop --amp")
+    chains = [a for a in args.models if a in RANDOM_MODELS]
+    if chains:
+        raise SystemExit(f"error: --graph-vs-sequential needs Sequential models (mlp, lenet); {chains[0]} is a Graph "
+                         "already (variant 1 is revnet.convert of it)")
+    device = resolve_device(args.device)
+    threads = args.threads or torch.get_num_threads()
+    torch.set_num_threads(threads)
+    dtype = getattr(torch, args.dtype)
+    cfg = StepConfig(lmbd=args.lmbda, c=args.c, d=args.d, max_iter=args.max_iter, overshoot=args.overshoot,
+                     early_stop=not args.no_early_stop, class_chunk=args.class_chunk)
+    name = "graph-vs-sequential" + ("-cuda" if device.type == "cuda" else "") + (
+        "-no-early-stop" if args.no_early_stop else "") + (f"-class-chunk{args.class_chunk}" if args.class_chunk else "")
+    batch_sizes = {arch: batch_sizes_for(args, arch) for arch in args.models}
+    resolved = {**vars(args), "device": str(device), "threads": threads, "batch_sizes": batch_sizes, "run_name": name}
+    resolved.pop("worker")
+    print("configuration:\n" + "\n".join(f"  {k}: {v}" for k, v in sorted(resolved.items())), flush=True)
+    machine = machine_info(device, threads)
+    refs = model_references(args, args.models)
+    for arch, ref in refs.items():
+        print(f"reference {arch}: {ref['origin']}", flush=True)
+
+    equivalence: dict[str, Any] = {}
+    for arch in args.models:
+        net, x, y = equivalence_batch(refs[arch]["path"], args.check_batch, device, arch, args.seed)
+        t0 = time.perf_counter()
+        equivalence[arch] = check_equivalence(net, x, y, cfg, keys=["revnet", GRAPH_VARIANT])
+        print(f"equivalence {arch}: revnet-graph's loss and weight gradients equal revnet's (float64, {len(y)} "
+              f"images, {time.perf_counter() - t0:.1f} s)", flush=True)
+
+    results = []
+    for arch in args.models:
+        for batch in batch_sizes[arch]:
+            r = interleaved_pairs(arch, refs[arch]["path"], batch, cfg, args, device, dtype)
+            r["target_configuration"] = bool(arch == TARGET["model"] and batch == TARGET["batch_size"]
+                                             and cfg.max_iter == TARGET["max_iter"] and cfg.early_stop)
+            results.append(r)
+            print(graph_sentence(r), flush=True)
+    report = {
+        "name": name,
+        "description": ("one Deep Defense training step, variant 1 (revnet.Sequential) vs variant 1g (revnet.Graph "
+                        "built from the plain nn.Sequential copy), interleaved in one process"),
+        "config": {**resolved, "step": cfg.as_dict()},
+        "machine": machine,
+        "timing_method": (f"one process; prime each with a 1-image step, {args.warmup} warm-up step(s) of each, "
+                          f"then up to {args.pairs} pairs in ABBA order (even pairs Sequential then Graph, odd "
+                          f"pairs Graph then Sequential), stopping after {args.time_budget:g} s of pairs (at least "
+                          "4); weights restored before each step outside the timed region"
+                          + ("; torch.cuda.synchronize() around each step" if device.type == "cuda" else "")),
+        "target": (f"a Graph built from a chain within 10% of the Sequential step (ratio of the medians ≤ "
+                   f"{GRAPH_TARGET:.2f}) at the issue-5 configuration: LeNet, batch {TARGET['batch_size']}, max_iter "
+                   f"{TARGET['max_iter']}, reference weights, early stopping"),
+        "references": refs,
+        "equivalence": equivalence,
+        "results": results,
+        "wall_s": time.perf_counter() - started,
+    }
+    out_dir = Path(args.output)
+    write_text(out_dir / f"{name}.json", json.dumps(report, indent=2, default=str) + "\n")
+    write_text(out_dir / f"{name}.md", graph_markdown(report))
+    print(f"wrote {out_dir / name}.json, .md", flush=True)
+    return report
+
+
+def graph_sentence(r: dict[str, Any]) -> str:
+    pr = r["pair_ratio"]
+    met = "met" if r["target_met"] else "MISSED"
+    where = "" if r.get("target_configuration", True) else " (not the target configuration)"
+    return (f"{r['model']} batch {r['batch_size']}{where}: Graph {r['graph']['median_s'] * 1e3:.1f} ms vs Sequential "
+            f"{r['sequential']['median_s'] * 1e3:.1f} ms (medians of {r['pairs']} interleaved pairs): ratio "
+            f"{r['ratio_of_medians']:.3f}× (target ≤ {r['target']:.2f}×: {met}); per-pair ratios median "
+            f"{pr['median']:.3f}, IQR {pr['q25']:.3f}–{pr['q75']:.3f}, min–max {pr['min']:.3f}–{pr['max']:.3f}"
+            + ("" if r["q75_within_target"] else f" (upper quartile above {r['target']:.2f})"))
+
+
+def graph_markdown(report: dict[str, Any]) -> str:
+    cfg, m, step = report["config"], report["machine"], report["config"]["step"]
+    lines = [
+        "# revnet.Graph vs revnet.Sequential: one Deep Defense training step, interleaved", "",
+        f"- machine: {m['platform']}, CPU {m['cpu']} ({m['cpu_count']} logical cores), device {m['device']} "
+        f"({m['device_name']}), torch {m['torch']}, {m['threads']} threads, git {m['git_commit']}",
+        "- networks: variant 1 on the `revnet.Sequential` (models.lenet()), variant 1g on `revnet.Graph(nn.Sequential)` "
+        "built from its plain torch.nn copy (`benchmarks/variants.py` `to_torch`); independent copies of the same "
+        "weights",
+        f"- step: forward, DeepFool (max_iter {step['max_iter']}, overshoot {step['overshoot']}"
+        + ("" if step["early_stop"] else ", no early stop") + f"), loss CE + {step['lmbd']:g}/N·Σexp(∓c·‖Δx‖/‖x‖) "
+        f"(c {step['c']:g}, d {step['d']:g}), backward to all weights, SGD step (lr {cfg['lr']:g}, momentum 0.9); "
+        f"dtype {cfg['dtype']}",
+        *input_lines(report),
+        f"- timing: {report['timing_method']}",
+        "- why one process: both networks run within a fraction of a second of each other, under the same other "
+        "load (a shared 2-core CPU here), allocator and thread pool; the ABBA order cancels drift and any "
+        "first-in-pair effect. Peak memory is not measured in this mode (see step.md: one subprocess per variant)",
+        f"- command: `{m['command']}` (wall time {report['wall_s']:.0f} s)", "",
+        f"## Result (target: {report['target']})", "",
+        "| model | batch | pairs | Sequential median ms (IQR) | Graph median ms (IQR) | ratio of medians | "
+        "pair ratio median | pair ratio IQR | pair ratio min–max | median, S first / G first | ≤ 1.10 |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+    ]
+    for r in report["results"]:
+        pr, s, g = r["pair_ratio"], r["sequential"], r["graph"]
+        lines.append(
+            f"| {r['model']} | {r['batch_size']} | {r['pairs']} | {s['median_s'] * 1e3:.1f} ({s['iqr_s'] * 1e3:.1f}) | "
+            f"{g['median_s'] * 1e3:.1f} ({g['iqr_s'] * 1e3:.1f}) | {r['ratio_of_medians']:.3f} | {pr['median']:.3f} | "
+            f"{pr['q25']:.3f}–{pr['q75']:.3f} | {pr['min']:.3f}–{pr['max']:.3f} | "
+            f"{pr['by_order']['sequential_first']:.3f} / {pr['by_order']['graph_first']:.3f} | "
+            f"{'met' if r['target_met'] else 'MISSED'} |")
+    lines += [""] + [graph_sentence(r) + "." for r in report["results"]]
+    lines += ["", "## The same step", "",
+              "Float64 check before timing (`--check-batch` images, every 4th mislabelled): worst scaled error of "
+              "revnet-graph's loss and weight gradients against revnet's (≤ 1 passes; DeepFool iterations equal).", "",
+              "| model | loss | gradients | mean DeepFool iterations |", "| --- | ---: | ---: | ---: |"]
+    for arch, checks in report["equivalence"].items():
+        c = checks[GRAPH_VARIANT]
+        lines.append(f"| {arch} | {c['loss_error']:.2g} | {c['grad_error']:.2g} | {c['mean_iterations']:.2f} |")
+    lines += ["", f"At the timed batch ({cfg['dtype']}):", "",
+              "| model | batch | loss Sequential | loss Graph | relative difference | iterations equal | "
+              "DeepFool iters (mean / max) | correct |", "| --- | ---: | ---: | ---: | ---: | --- | ---: | ---: |"]
+    for r in report["results"]:
+        same = r["same_step"]
+        lines.append(f"| {r['model']} | {r['batch_size']} | {same['loss_sequential']:.7g} | {same['loss_graph']:.7g} | "
+                     f"{same['loss_rel_diff']:.1e} | {'yes' if same['iterations_equal'] else 'NO'} | "
+                     f"{same['mean_iterations']:.2f} / {same['max_iterations']} | {same['correct']}/{r['batch_size']} |")
+    return "\n".join(lines) + "\n"
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -646,24 +993,28 @@ def target_sentence(target: dict[str, Any]) -> str:
 
 def markdown(report: dict[str, Any]) -> str:
     cfg, m, step = report["config"], report["machine"], report["config"]["step"]
+    archs = list(report["references"])
+    random_only = all(a in RANDOM_MODELS for a in archs)
+    weights = "random-init weights" if random_only else "reference weights"
     mode = "every sample runs all iterations (--no-early-stop)" if not step["early_stop"] else \
-        "reference weights, DeepFool stops early per sample"
+        f"{weights}, DeepFool stops early per sample"
+    title = "ResNet-18 (32×32) " if random_only else ""
     lines = [
-        f"# Deep Defense training step: revnet vs autograd ({mode})", "",
+        f"# {title}Deep Defense training step: revnet vs autograd ({mode})", "",
         f"- machine: {m['platform']}, CPU {m['cpu']} ({m['cpu_count']} logical cores), device {m['device']} "
         f"({m['device_name']}), torch {m['torch']}, {m['threads']} threads, git {m['git_commit']}",
         f"- step: forward, DeepFool (max_iter {step['max_iter']}, overshoot {step['overshoot']}), loss "
         f"CE + {step['lmbd']:g}/N·Σexp(∓c·‖Δx‖/‖x‖) (c {step['c']:g}, d {step['d']:g}), backward to all weights, "
         f"SGD step (lr {cfg['lr']:g}, momentum 0.9); dtype {cfg['dtype']}"
         + (f", autocast {cfg['amp_dtype']}" if cfg["amp_dtype"] else ""),
-        "- inputs: the first N images of the embedded MNIST training split, shape (N, 1, 28, 28), true labels; "
-        "weights: " + "; ".join(f"{a} {r['origin']}" for a, r in report["references"].items()),
+        *input_lines(report),
         f"- timing: {report['timing_method']}; median and interquartile range (IQR) in ms",
         f"- peak memory: above the baseline just before the first step (after a 1-image priming step), "
         + ("fresh subprocess per variant" if report["isolation"] == "subprocess" else
            "all variants in one process (allocator reuse: indicative only)")
         + (f"; {report['results'][0].get('memory_method', '')}" if report["results"] else ""),
-        f"- command: `{m['command']}`", "",
+        f"- command: `{m['command']}`" + (f" (wall time {report['wall_s']:.0f} s)" if "wall_s" in report else ""),
+        "",
         "## Time per step", "",
         "| model | batch | variant | median ms | IQR ms | × revnet | peak MiB | DeepFool iters (mean / max) | "
         "correct | loss |",
@@ -683,16 +1034,21 @@ def markdown(report: dict[str, Any]) -> str:
             f"| {r['model']} | {r['batch_size']} | {label} | {r['median_s'] * 1e3:.1f} | {r['iqr_s'] * 1e3:.1f} | "
             f"{fmt(rel)} | {r['peak_mib']:.1f} | {r['mean_iterations']:.2f} / {r['max_iterations']} | "
             f"{r['correct']}/{r['batch_size']} | {r['loss']:.4g} |")
-    lines += ["", "## Against the target", "", target_sentence(report["target"]), "",
+    lines += ["", "## Ratios (revnet ÷ the other)" if random_only else "## Against the target", "",
+              target_sentence(report["target"]), "",
               "Target (issue 5): LeNet, batch 100, max_iter 5, reference weights: revnet ≤ 0.5× the time of the "
               "fastest of variants 2-4, ≤ 0.8× its peak memory, and no slower than variant 5. Ratios for every "
               "configuration of this run (revnet ÷ the other):", "",
               "| model | batch | fastest of 2-4 | time ratio (≤ 0.5) | memory ratio (≤ 0.8) | time vs 5 (≤ 1) | "
-              "memory vs 5 |", "| --- | ---: | --- | ---: | ---: | ---: | ---: |"]
+              "memory vs 5 | time 1g ÷ 1 |", "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |"]
     for r in report["ratios"]:
         lines.append(f"| {r['model']} | {r['batch_size']} | {r.get('fastest_autograd', '–')} | "
                      f"{fmt(r.get('time_vs_fastest_autograd'))} | {fmt(r.get('memory_vs_fastest_autograd'))} | "
-                     f"{fmt(r.get('time_vs_shortcut'))} | {fmt(r.get('memory_vs_shortcut'))} |")
+                     f"{fmt(r.get('time_vs_shortcut'))} | {fmt(r.get('memory_vs_shortcut'))} | "
+                     f"{fmt(r.get('graph_vs_sequential'))} |")
+    if any("graph_vs_sequential" in r for r in report["ratios"]):
+        lines += ["", "Time 1g ÷ 1 compares medians of separate subprocesses; the interleaved measurement with "
+                      "its spread is `--graph-vs-sequential` (graph-vs-sequential.md)."]
     amp_rows = [r for r in report["results"] if "amp_vs_fp32" in r]
     if amp_rows:
         lines += ["", f"## Mixed precision ({cfg['amp_dtype']}) against {cfg['dtype']}", "",
@@ -716,12 +1072,34 @@ def markdown(report: dict[str, Any]) -> str:
     lines += ["", "## Variants", ""]
     lines += [f"{v['number']}. **{k}**: {v['summary']}." for k, v in variants.items()]
     lines += ["", "Variants 2-4 run the whole batch every DeepFool iteration until every sample has stopped "
-                  "(finished samples masked); variants 1 and 5 drop finished samples from the batch."]
+                  "(finished samples masked); variants 1, 1g and 5 drop finished samples from the batch."]
+    if any(a in RANDOM_MODELS for a in archs):
+        lines += ["", "resnet18-32: variant 1 is `revnet.convert(torchvision.models.resnet18(num_classes=10))`, a "
+                      "`revnet.Graph` (so variant 1g, the same network, is not run); variants 2-5 run on the plain "
+                      "torchvision model."]
     if not step["early_stop"]:
         lines += ["", "**--no-early-stop**: every variant runs all max_iter iterations for every sample (samples "
                       "keep stepping after their label flipped); variant 1 through "
                       "`deep_defense_loss(early_stop=False)`."]
     return "\n".join(lines) + "\n"
+
+
+def input_lines(report: dict[str, Any]) -> list[str]:
+    """The Markdown lines describing the inputs and weights of each model of a run."""
+    refs = report["references"]
+    lines = []
+    mnist = [a for a in refs if a not in RANDOM_MODELS]
+    if mnist:
+        lines.append("- inputs (" + ", ".join(mnist) + "): the first N images of the embedded MNIST training split, "
+                     "shape (N, 1, 28, 28), true labels; weights: " + "; ".join(f"{a} {refs[a]['origin']}"
+                                                                               for a in mnist))
+    if "resnet18-32" in refs:
+        seed = report["config"].get("seed", 0)
+        lines.append(f"- inputs (resnet18-32): **random data** (no CIFAR-10 offline): N(0, 1) images of shape (N, 3, 32, "
+                     f"32) from torch.Generator().manual_seed({seed}); labels = the network's clean predictions "
+                     "with every 4th shifted by one class (≈3/4 untargeted, 1/4 targeted DeepFool); weights: "
+                     + refs["resnet18-32"]["origin"])
+    return lines
 
 
 def plot(report: dict[str, Any], path: Path) -> None:
@@ -752,8 +1130,9 @@ def plot(report: dict[str, Any], path: Path) -> None:
         ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
         ax.set_xlabel("batch size")
         ax.set_ylabel("time per step (ms, median; bars: IQR)")
+        weights = "random init, random data" if arch in RANDOM_MODELS else "reference weights"
         ax.set_title(f"{arch}, max_iter {report['config']['step']['max_iter']}, "
-                     + ("reference weights" if report["config"]["step"]["early_stop"] else "no early stop"))
+                     + (weights if report["config"]["step"]["early_stop"] else "no early stop"))
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
     fig.suptitle(f"Deep Defense step on {report['machine']['device_name']} ({report['machine']['threads']} threads)",

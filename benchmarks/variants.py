@@ -1,4 +1,5 @@
-"""Five implementations of one Deep Defense training step, and the check that they compute the same thing.
+"""Five implementations of one Deep Defense training step (plus variant 1 on a ``revnet.Graph``), and the check
+that they compute the same thing.
 
 Every variant computes the loss of ``revnet.losses.deep_defense_loss`` (eq. 6 of Yan, Guo & Zhang 2018)::
 
@@ -41,8 +42,14 @@ worst case). ``revnet.attacks.deepfool`` has no switch for it, so variant 1 then
 revnet's public ``trace``/``reverse`` with the stop removed; with ``early_stop=True`` that copy equals the
 library (checked by :func:`check_equivalence` and the tests).
 
-Networks: variant 1 runs on the ``revnet.Sequential``; variants 2-5 on :func:`to_torch`'s plain
-``torch.nn`` copy (the same ``state_dict``), so autograd never pays for revnet's tapes.
+``1g. revnet-graph``: variant 1's loss (``revnet.losses.deep_defense_loss``, the same algorithm) on a
+``revnet.Graph`` built from the plain ``torch.nn`` copy of the network (``revnet.Graph(to_torch(net))``: the
+``torch.fx`` interpreter with one tape entry per node instead of ``Sequential``'s layer loop). It is checked
+against variant 1 like the others; ``benchmarks/step.py --graph-vs-sequential`` times the two interleaved.
+
+Networks: variant 1 runs on the revnet network (a ``revnet.Sequential``, or :func:`revnet.convert` of a plain
+``torch.nn`` model such as torchvision's ResNet-18, which gives a ``revnet.Graph``); variants 2-5 on
+:func:`to_torch`'s plain ``torch.nn`` copy (the same ``state_dict``), so autograd never pays for revnet's tapes.
 """
 
 from __future__ import annotations
@@ -100,17 +107,37 @@ def _one_hot(index: Tensor, num_classes: int, dtype: torch.dtype) -> Tensor:
 
 
 def to_torch(net: nn.Module) -> nn.Module:
-    """An independent copy of a revnet network made of the plain ``torch.nn`` classes it subclasses (same
-    settings and ``state_dict``), for the autograd variants."""
-    plain = copy.deepcopy(net)
-    for module in plain.modules():
-        if isinstance(module, revnet.Sequential):
-            module.__class__ = nn.Sequential
-        elif type(module) in revnet.TORCH_COUNTERPARTS:
-            module.__class__ = revnet.TORCH_COUNTERPARTS[type(module)]
-        elif type(module).__module__.startswith("revnet"):
-            raise TypeError(f"no plain torch.nn counterpart for {type(module).__name__}")
-    return plain
+    """An independent copy of a network made of plain ``torch.nn`` modules (same settings and ``state_dict``),
+    for the autograd variants: revnet layers become the ``torch.nn`` classes they subclass, a
+    ``revnet.Sequential`` an ``nn.Sequential``, a ``revnet.Graph`` a ``torch.fx.GraphModule`` running the
+    model's traced code (in-place calls as the model wrote them); a plain ``torch.nn`` model is just copied."""
+    return _plain(copy.deepcopy(net))
+
+
+def _plain(module: nn.Module) -> nn.Module:
+    """Re-class ``module`` (an independent copy) and its children to plain ``torch.nn`` in place; a ``Graph``
+    is replaced, so the (possibly new) module is returned."""
+    if isinstance(module, revnet.Graph):
+        graph_module = torch.fx.GraphModule(module, module.graph, class_name=f"Plain{module.source_name}")
+        graph_module.train(module.training)
+        module = graph_module
+    elif isinstance(module, revnet.Sequential):
+        module.__class__ = nn.Sequential
+    elif type(module) in revnet.TORCH_COUNTERPARTS:
+        module.__class__ = revnet.TORCH_COUNTERPARTS[type(module)]
+    elif type(module).__module__.startswith("revnet"):
+        raise TypeError(f"no plain torch.nn counterpart for {type(module).__name__}")
+    for name, child in list(module._modules.items()):
+        if child is not None:
+            module._modules[name] = _plain(child)
+    return module
+
+
+def to_revnet(net: nn.Module) -> nn.Module:
+    """An independent reversible copy of ``net``: a copy of a revnet network, else :func:`revnet.convert` of a
+    copy of the plain ``torch.nn`` model (a ``revnet.Graph`` unless it is an ``nn.Sequential``)."""
+    twin = copy.deepcopy(net)
+    return twin if revnet.is_reversible(twin) else revnet.convert(twin)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -377,12 +404,13 @@ class Variant:
     """One way to compute the Deep Defense step: ``prepare`` the network, ``loss``, ``step``."""
 
     key: str = ""
-    number: int = 0
+    number: int | str = 0
     title: str = ""
     summary: str = ""
 
     def prepare(self, net: nn.Module) -> nn.Module:
-        """The network this variant runs on, from a ``revnet.Sequential`` (an independent copy for 2-5)."""
+        """The network this variant runs on, an independent copy of ``net`` (a revnet network or a plain
+        ``torch.nn`` model): plain ``torch.nn`` for 2-5."""
         return to_torch(net)
 
     def loss(self, net: nn.Module, x: Tensor, y: Tensor, cfg: StepConfig) -> LossOutput:
@@ -402,6 +430,21 @@ class Variant:
         """One training step: forward, DeepFool, loss, backward to every weight, ``optimizer.step()``.
         ``autocast``: a context-manager factory (mixed precision); ``scaler``: a ``torch.amp.GradScaler``.
         Returns the (detached) loss."""
+        return self.train_step(net, optimizer, x, y, cfg, autocast=autocast, scaler=scaler).loss
+
+    def train_step(
+        self,
+        net: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        x: Tensor,
+        y: Tensor,
+        cfg: StepConfig = StepConfig(),
+        *,
+        autocast: Optional[Callable[[], Any]] = None,
+        scaler: Optional[Any] = None,
+    ) -> LossOutput:
+        """:meth:`step`, returning the whole (detached) :class:`LossOutput` of the step's loss (at the weights
+        before the update)."""
         optimizer.zero_grad(set_to_none=True)
         with autocast() if autocast is not None else contextlib.nullcontext():
             out = self.loss(net, x, y, cfg)
@@ -413,7 +456,7 @@ class Variant:
         else:
             out.loss.backward(inputs=weights)
             optimizer.step()
-        return out.loss.detach()
+        return LossOutput(out.loss.detach(), out.iterations, out.success, out.correct)
 
 
 class RevnetVariant(Variant):
@@ -423,7 +466,7 @@ class RevnetVariant(Variant):
                "row per sample, early-stopped samples leave the batch")
 
     def prepare(self, net: nn.Module) -> nn.Module:
-        return copy.deepcopy(net)
+        return to_revnet(net)
 
     def loss(self, net: nn.Module, x: Tensor, y: Tensor, cfg: StepConfig) -> LossOutput:
         loss, info = revnet.losses.deep_defense_loss(  # the library's own training path
@@ -431,6 +474,17 @@ class RevnetVariant(Variant):
             early_stop=cfg.early_stop, class_chunk=cfg.class_chunk,
         )
         return LossOutput(loss, info.iterations, info.success, info.correct)
+
+
+class RevnetGraphVariant(RevnetVariant):
+    """Variant 1 on a ``revnet.Graph`` of the plain ``torch.nn`` copy (``Graph(nn.Sequential)`` for a chain)."""
+
+    key, number, title = "revnet-graph", "1g", "revnet on revnet.Graph"
+    summary = ("variant 1's loss (revnet.losses.deep_defense_loss, the same algorithm) on revnet.Graph(plain "
+               "torch.nn copy): the torch.fx node interpreter, one tape entry per node, instead of Sequential")
+
+    def prepare(self, net: nn.Module) -> nn.Module:
+        return revnet.Graph(to_torch(net))
 
 
 def _shortcut_loss(engine, net: nn.Module, x: Tensor, y: Tensor, cfg: StepConfig) -> LossOutput:
@@ -494,8 +548,8 @@ class AutogradShortcutVariant(Variant):
 
 VARIANTS: dict[str, Variant] = {
     v.key: v
-    for v in (RevnetVariant(), AutogradLoopVariant(), AutogradBatchedVariant(), TorchFuncVariant(),
-              AutogradShortcutVariant())
+    for v in (RevnetVariant(), RevnetGraphVariant(), AutogradLoopVariant(), AutogradBatchedVariant(),
+              TorchFuncVariant(), AutogradShortcutVariant())
 }
 
 

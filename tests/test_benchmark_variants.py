@@ -1,5 +1,6 @@
-"""benchmarks/: the five Deep Defense step variants compute revnet's step (float64), the evaluation DeepFool
-engines compute revnet's attack, and the two benchmark scripts run end to end at tiny sizes.
+"""benchmarks/: the Deep Defense step variants (five, plus revnet on a revnet.Graph) compute revnet's step
+(float64), the evaluation DeepFool engines compute revnet's attack, and the two benchmark scripts run end to
+end at tiny sizes.
 
 No test asserts on speed."""
 
@@ -12,6 +13,8 @@ from pathlib import Path
 
 import pytest
 import torch
+
+import revnet
 
 from autograd_reference import NETS, mixed_batch
 
@@ -77,6 +80,37 @@ def test_variant_gradients_are_not_trivially_equal(key):
     ce_grads = torch.autograd.grad(ce, list(ce_net.parameters()))
     assert all(g.abs().sum() > 0 for g in grads.values())
     assert not all(torch.allclose(g, c) for g, c in zip(grads.values(), ce_grads))
+
+
+def test_graph_variant_runs_revnets_loss_on_a_graph_of_the_chain():
+    """Variant 1g: revnet.Graph(plain nn.Sequential copy), the same step as variant 1 in float64; to_torch of a
+    Graph gives a plain torch.fx.GraphModule with the same parameters and outputs."""
+    net, x, y = _batch("lenet")
+    graph = V.VARIANTS["revnet-graph"].prepare(net)
+    assert isinstance(graph, revnet.Graph) and not any(p is q for p, q in zip(graph.parameters(), net.parameters()))
+    report = V.check_equivalence(net, x, y, V.StepConfig(max_iter=MAX_ITER), keys=["revnet-graph"])
+    assert report["revnet-graph"]["loss_error"] <= 1 and report["revnet-graph"]["grad_error"] <= 1
+    plain = V.to_torch(graph)
+    assert isinstance(plain, torch.fx.GraphModule) and not plain.training
+    assert not any(type(m).__module__.startswith("revnet") for m in plain.modules())
+    assert [n for n, _ in plain.named_parameters()] == [n for n, _ in net.named_parameters()]
+    assert torch.equal(plain(x), net(x))
+
+
+def test_to_torch_and_to_revnet_of_a_residual_model():
+    """A plain torchvision ResNet-18 (residual adds, in-place ReLU): to_revnet converts a copy to a Graph,
+    to_torch of that Graph runs the plain torch code again, all with the model's parameter names."""
+    torchvision = pytest.importorskip("torchvision")
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=10).eval()
+    x = torch.randn(2, 3, 32, 32)
+    graph = V.to_revnet(model)
+    plain = V.to_torch(graph)
+    assert isinstance(graph, revnet.Graph) and isinstance(plain, torch.fx.GraphModule)
+    assert list(plain.state_dict()) == list(model.state_dict()) == list(graph.state_dict())
+    with torch.no_grad():
+        expected = model(x)
+        assert torch.allclose(graph(x), expected, atol=1e-6) and torch.allclose(plain(x), expected, atol=1e-6)
 
 
 def test_the_checker_rejects_a_different_computation():
@@ -173,12 +207,39 @@ def test_step_script_runs_end_to_end(tmp_path, checkpoints):
     for suffix in ("json", "md", "png"):
         assert (tmp_path / f"step.{suffix}").stat().st_size > 0
     saved = json.loads((tmp_path / "step.json").read_text())
-    assert len(saved["results"]) == 2 * 2 * 5 and not any("error" in r for r in saved["results"])
+    assert len(saved["results"]) == 2 * 2 * len(V.VARIANTS) and not any("error" in r for r in saved["results"])
     assert set(saved["equivalence"]) == {"mlp", "lenet"} and saved["machine"]["torch"] == torch.__version__
     assert all(r["repeats"] == 2 and r["median_s"] > 0 for r in saved["results"])
     assert len(report["ratios"]) == 4 and not report["target"]["in_run"]
     md = (tmp_path / "step.md").read_text()
-    assert "| lenet | 3 | 5. autograd-shortcut |" in md and "not measured in this run" in md
+    assert "| lenet | 3 | 5. autograd-shortcut |" in md and "| lenet | 3 | 1g. revnet-graph |" in md
+    assert "not measured in this run" in md
+    assert all(r["graph_vs_sequential"] > 0 for r in report["ratios"])
+
+
+def test_min_repeats_caps_a_slow_variant(tmp_path, checkpoints):
+    report = _step_main(["--models", "mlp", "--batch-sizes", "2", "--variants", "revnet", "revnet-graph",
+                         "--repeats", "5", "--min-repeats", "1", "--time-budget", "0", "--warmup", "0",
+                         "--max-iter", "2", "--isolation", "inprocess", "--threads", "1", "--output", str(tmp_path),
+                         "--reference", checkpoints["mlp"]])
+    assert [r["repeats"] for r in report["results"]] == [1, 1]
+    assert "at least 1" in report["timing_method"]
+
+
+def test_graph_vs_sequential_mode_runs_interleaved(tmp_path, checkpoints):
+    report = _step_main(["--graph-vs-sequential", "--batch-sizes", "3", "--pairs", "4", "--warmup", "0",
+                         "--max-iter", "2", "--check-batch", "4", "--threads", "1", "--output", str(tmp_path),
+                         "--reference", checkpoints["lenet"]])
+    saved = json.loads((tmp_path / "graph-vs-sequential.json").read_text())
+    (r,) = saved["results"]
+    assert r["model"] == "lenet" and r["batch_size"] == 3 and r["pairs"] == 4 and not r["target_configuration"]
+    assert r["sequential"]["repeats"] == r["graph"]["repeats"] == 4 and len(r["pair_ratio"]["values"]) == 4
+    assert r["pair_ratio"]["min"] <= r["pair_ratio"]["median"] <= r["pair_ratio"]["max"]
+    assert r["same_step"]["iterations_equal"] and r["same_step"]["loss_rel_diff"] <= 1e-6
+    assert saved["equivalence"]["lenet"]["revnet-graph"]["grad_error"] <= 1
+    assert report["results"][0]["ratio_of_medians"] == pytest.approx(r["ratio_of_medians"])
+    md = (tmp_path / "graph-vs-sequential.md").read_text()
+    assert "| lenet | 3 | 4 |" in md and "ratio of medians" in md and "not the target configuration" in md
 
 
 def test_step_script_subprocess_memory_amp_and_no_early_stop(tmp_path, checkpoints):
