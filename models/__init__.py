@@ -9,8 +9,8 @@
 ``NUM_CLASSES`` to its number of logits; ``build(arch)`` gives a fresh network, ``save``/``load`` the checkpoint.
 """
 
-from .checkpoint import (ARCHITECTURES, INPUT_SHAPES, NUM_CLASSES, CheckpointError, build, load, save,
-                         save_atomic)
+from .checkpoint import (ARCHITECTURES, INPUT_SHAPES, NUM_CLASSES, CheckpointError, WriteError, build,
+                         clean_stale_temp, load, load_state, save, save_atomic, write_atomic)
 from .cifar import convnet, nin
 from .imagenet import alexnet, resnet18
 from .mnist import lenet, mlp
@@ -21,13 +21,17 @@ __all__ = [
     "INPUT_SHAPES",
     "NUM_CLASSES",
     "alexnet",
+    "WriteError",
     "build",
+    "clean_stale_temp",
     "convnet",
     "lenet",
     "load",
+    "load_state",
     "mlp",
     "nin",
     "resnet18",
     "save",
     "save_atomic",
+    "write_atomic",
 ]

@@ -3,15 +3,24 @@
 ``{"arch": str, "state_dict": {...}, "preprocess": {"mean": Tensor INPUT_SHAPES[arch], "scale": float},
 "metrics": {...}, "config": {...}}`` holds tensors and Python builtins only, so ``torch.load(path,
 weights_only=True)`` reads it. Files are written atomically (temporary file, then ``os.replace``), so a
-killed process never leaves a truncated checkpoint behind.
+killed process never leaves a truncated checkpoint behind; the temporary file's name holds the writer's PID
+(``.NAME.pidPID.XXXX.tmp``) so ``clean_stale_temp`` can delete those of dead processes. Files get the usual
+umask-respecting mode (0644 under umask 022).
+
+``load`` and ``load_state`` check what they read (keys, architecture, tensor shapes, preprocessing) and raise
+``CheckpointError`` with one line; a failed write raises ``WriteError`` (an ``OSError``) with one line naming the path.
 """
 
 from __future__ import annotations
 
+import errno
 import os
+import pickle
+import re
 import tempfile
+import zipfile
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Iterable, Mapping, Optional, Union
 
 import torch
 from torch import Tensor, nn
@@ -46,6 +55,11 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be used: missing, unreadable, or of another architecture."""
 
 
+class WriteError(OSError):
+    """A file could not be written (read-only folder, a file where a folder should be, full disk); one line that
+    names the path. The previous file at that path, if any, is left intact."""
+
+
 def build(arch: str) -> nn.Module:
     """A fresh reversible network of the named architecture (a key of ``ARCHITECTURES``)."""
     if arch not in ARCHITECTURES:
@@ -53,21 +67,169 @@ def build(arch: str) -> nn.Module:
     return ARCHITECTURES[arch]()
 
 
-def save_atomic(obj: Any, path: str | os.PathLike) -> None:
-    """``torch.save`` to a temporary file in the same folder, then rename it into place."""
+_TEMP = re.compile(r"^\..+\.pid(\d+)\.[^.]+\.tmp$")
+
+
+def _file_mode() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def write_error(path: Path, exc: OSError) -> WriteError:
+    """A one-line ``WriteError`` for a failed write of ``path``."""
+    what = exc.strerror or exc.__class__.__name__
+    hint = {errno.ENOSPC: "free some space", errno.EDQUOT: "free some space",
+            errno.EROFS: "choose a writable folder", errno.EACCES: "choose a writable folder",
+            errno.EPERM: "choose a writable folder"}.get(exc.errno, "check the folder")
+    if exc.errno in (errno.EEXIST, errno.ENOTDIR) or (path.parent.exists() and not path.parent.is_dir()):
+        what, hint = f"{_first_file(path.parent)} is a file, not a folder", "choose another path"
+    err = WriteError(f"cannot write {path}: {what}; {hint} (the previous file, if any, is intact).")
+    err.errno = exc.errno
+    return err
+
+
+def _first_file(folder: Path) -> Path:
+    for p in [folder, *folder.parents]:
+        if p.exists():
+            return p
+    return folder
+
+
+def write_atomic(path: str | os.PathLike, write: Callable[[Any], None], *, binary: bool = True) -> None:
+    """Call ``write(file)`` on a temporary file next to ``path`` (named ``.NAME.pidPID.XXXX.tmp``), fsync it and
+    rename it into place; on any failure the temporary file is removed and an ``OSError`` becomes ``WriteError``."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = None
     try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.pid{os.getpid()}.", suffix=".tmp", dir=path.parent)
+        os.fchmod(fd, _file_mode())
+        with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as f:
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
+    except BaseException as exc:
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(exc, OSError) and not isinstance(exc, WriteError):
+            raise write_error(path, exc) from exc
         raise
+
+
+def save_atomic(obj: Any, path: str | os.PathLike) -> None:
+    """``torch.save`` to a temporary file in the same folder, then rename it into place (see ``write_atomic``)."""
+    write_atomic(path, lambda f: torch.save(obj, f))
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's live process
+    except OSError:
+        return True
+    return True
+
+
+def clean_stale_temp(folder: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files of ``write_atomic`` in ``folder`` whose writing process is dead (a killed run);
+    those of live processes (another job sharing the folder) are kept. Returns the deleted paths."""
+    folder = Path(folder)
+    removed = []
+    if not folder.is_dir():
+        return removed
+    for p in folder.iterdir():
+        m = _TEMP.match(p.name)
+        if m and p.is_file() and not _alive(int(m.group(1))):
+            try:
+                p.unlink()
+                removed.append(p)
+            except OSError:
+                pass
+    return removed
+
+
+def _shape(t: Any) -> Optional[tuple]:
+    return tuple(t.shape) if isinstance(t, Tensor) else None
+
+
+def check_state_dict(path: Path, state: Any, expected: Mapping[str, Any], what: str) -> None:
+    """``state`` must hold exactly the keys of ``expected`` (a state dict) with tensors of the same shapes."""
+    if not isinstance(state, Mapping):
+        raise CheckpointError(f"{path}: {what} is a {type(state).__name__}, not a state dict; it is not a checkpoint of this model.")
+    missing = [k for k in expected if k not in state]
+    extra = [k for k in state if k not in expected]
+    if missing or extra:
+        parts = ([f"missing {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}"] if missing else []) + (
+            [f"unexpected {', '.join(extra[:3])}{' ...' if len(extra) > 3 else ''}"] if extra else [])
+        raise CheckpointError(f"{path} does not fit {what}: {'; '.join(parts)} in its state dict; "
+                              "pass a checkpoint of this architecture.")
+    for k, v in expected.items():
+        if _shape(state[k]) != _shape(v):
+            raise CheckpointError(f"{path} does not fit {what}: {k} has shape {_shape(state[k])}, expected "
+                                  f"{_shape(v)}; pass a checkpoint of this architecture.")
+
+
+def load_state(
+    path: str | os.PathLike,
+    required_keys: Iterable[str] = (),
+    *,
+    map_location: str | torch.device = "cpu",
+    shapes: Optional[Mapping[str, Union[tuple, nn.Module, Mapping[str, Any]]]] = None,
+    what: str = "checkpoint",
+) -> dict:
+    """``torch.load(path, weights_only=True)`` of a dict, checked: every key of ``required_keys`` present, and for
+    each ``shapes[key]``: a tuple is the tensor's shape, a module or state dict is the nested state dict's keys and
+    shapes. Anything else (no file, not a torch.save file, truncated, wrong keys or shapes) is a one-line
+    ``CheckpointError`` naming the path."""
+    path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a folder, not a {what} file; pass the path of the .pt file.")
+    if not path.is_file():
+        raise CheckpointError(f"no {what} at {path}; pass the path of a .pt file written by train/finetune.py.")
+    try:
+        with open(path, "rb") as f:
+            head = f.read(2)
+        is_torch = zipfile.is_zipfile(path) or head[:1] == b"\x80"
+    except OSError as exc:
+        raise CheckpointError(f"cannot read {what} {path}: {exc.strerror}.") from exc
+    if not is_torch:
+        raise CheckpointError(f"cannot read {path}: it is not a {what} (not a file written by torch.save, or "
+                              "truncated); pass a .pt file written by train/finetune.py.")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+        raise CheckpointError(f"cannot read {what} {path}: it holds objects other than tensors and Python builtins "
+                              f"({first[:160]}); re-create it with train/finetune.py.") from exc
+    except Exception as exc:  # noqa: BLE001 - truncated/corrupt archives raise various errors
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+        raise CheckpointError(f"cannot read {what} {path}: it is truncated or corrupt ({first[:160]}); "
+                              "delete it or pass another file.") from exc
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path} holds a {type(state).__name__}, not a {what} dict; pass a file written by "
+                              "train/finetune.py.")
+    missing = [k for k in required_keys if k not in state]
+    if missing:
+        raise CheckpointError(f"{path} is not a usable {what}: it lacks {', '.join(map(repr, missing))}; "
+                              "pass a file written by train/finetune.py.")
+    for key, expected in (shapes or {}).items():
+        if key not in state:
+            raise CheckpointError(f"{path} is not a usable {what}: it lacks {key!r}.")
+        if isinstance(expected, nn.Module):
+            expected = expected.state_dict()
+        if isinstance(expected, Mapping):
+            check_state_dict(path, state[key], expected, f"{what} {key!r}")
+        elif _shape(state[key]) != tuple(expected):
+            raise CheckpointError(f"{path} does not fit: {key!r} has shape {_shape(state[key])}, expected "
+                                  f"{tuple(expected)}; delete it or pass a matching file.")
+    return state
 
 
 def save(
@@ -94,16 +256,27 @@ def load(
     ``arch``, if given, must match the checkpoint's architecture.
     """
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"no checkpoint at {path}; pass the path of a .pt file written by train/finetune.py.")
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - report any unreadable file the same way
-        raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from exc
-    if not isinstance(ckpt, dict) or not {"arch", "state_dict", "preprocess"} <= ckpt.keys():
-        raise CheckpointError(f"{path} is not a revnet checkpoint (needs arch, state_dict and preprocess).")
+    ckpt = load_state(path, ("arch", "state_dict", "preprocess"), map_location=map_location)
     if arch is not None and ckpt["arch"] != arch:
         raise CheckpointError(f"{path} holds a {ckpt['arch']!r} model, not {arch!r}; pass a {arch} checkpoint.")
+    if ckpt["arch"] not in ARCHITECTURES:
+        raise CheckpointError(f"{path} holds an unknown architecture {ckpt['arch']!r}; known: "
+                              f"{', '.join(sorted(ARCHITECTURES))}.")
     net = build(ckpt["arch"])
+    check_state_dict(path, ckpt["state_dict"], net.state_dict(), f"a {ckpt['arch']!r} model")
+    pre = ckpt["preprocess"]
+    shape = (1, *INPUT_SHAPES[ckpt["arch"]])
+    if not isinstance(pre, dict) or not isinstance(pre.get("mean"), Tensor) or not isinstance(
+            pre.get("scale"), (int, float)):
+        raise CheckpointError(f"{path} has no preprocessing (preprocess needs a tensor 'mean' and a number 'scale'); "
+                              "pass a checkpoint written by train/finetune.py.")
+    if _shape(pre["mean"]) not in (shape[1:], shape):
+        raise CheckpointError(f"{path}: preprocess mean has shape {_shape(pre['mean'])}, expected {shape[1:]} for "
+                              f"{ckpt['arch']!r}; pass a checkpoint written by train/finetune.py.")
+    bad = [k for k, v in ckpt["state_dict"].items() if isinstance(v, Tensor) and v.is_floating_point()
+           and not torch.isfinite(v).all()]
+    if bad:
+        raise CheckpointError(f"{path} holds NaN or infinite weights ({', '.join(bad[:3])}{', …' if len(bad) > 3 else ''}): "
+                              "its training diverged; evaluate an earlier checkpoint.")
     net.load_state_dict(ckpt["state_dict"])
     return net.to(map_location).eval(), ckpt

@@ -66,8 +66,8 @@ def deepfool_adversarial_set(
     whether DeepFool changed the prediction within ``max_iter`` (the others keep their last iterate). The
     labels of the set are the true labels of ``x`` (the caller's ``y``).
     """
-    check_network(net)
     check_batch(x)
+    check_network(net, x)
     clip = _check_clip(clip)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}.")

@@ -32,3 +32,10 @@ class BatchNormTrainingError(RevnetError, RuntimeError):
     In training mode BatchNorm normalises with batch statistics, so its Jacobian is not the
     per-channel scale the reverse implements. Fix: freeze the statistics with ``net.eval()``.
     """
+
+
+class InputMismatchError(RevnetError, ValueError):
+    """The input does not fit a layer of the network (channels, feature size, rank or dtype).
+
+    Raised by ``trace`` with the layer's name and the shape it got, instead of torch's raw error.
+    """

@@ -32,8 +32,8 @@ import torch.fx as fx
 from torch import Tensor, nn
 
 from . import registry
-from ._checks import fold_class_rows
-from .errors import ReverseShapeError, TapeMismatchError, UnsupportedLayerError
+from ._checks import fold_class_rows, layer_input_error
+from .errors import ReverseShapeError, RevnetError, TapeMismatchError, UnsupportedLayerError
 from .layers import is_reversible
 from .layers.protocol import nested_noise, reverse_rows, takes_noise, trace_with
 
@@ -290,42 +290,33 @@ class Graph(nn.Module):
     # -- forward and tape -------------------------------------------------------------------------------------
 
     def _run(self, x: Tensor, record: bool, noise: Optional[dict[str, Any]] = None):
+        try:
+            return self._run_nodes(x, record, noise)
+        except (RuntimeError, ValueError, TypeError) as exc:
+            if isinstance(exc, RevnetError) or not hasattr(exc, "revnet_node"):
+                raise
+            node, value = exc.revnet_node
+            target = self.get_submodule(node.target) if node.op == "call_module" else _target_name(node)
+            raise layer_input_error(f"{self.source_name}: node '{node.name}'{_where(node)}", target, value,
+                                    exc) from None
+
+    def _run_nodes(self, x: Tensor, record: bool, noise: Optional[dict[str, Any]] = None):
         env: list[Any] = [None] * len(self._steps)
         entries: list[Any] = [None] * len(self._steps)
         modules: list[int] = []
         load = lambda arg: fx.node.map_arg(arg, lambda n: env[n.meta["revnet_index"]])  # noqa: E731
         for i, step in enumerate(self._steps):
             node = step.node
-            if step.kind == "input":
-                value = x
-            elif step.kind == "default":
-                value = node.args[0]
-            elif step.kind == "attr":
-                value = _fetch(self, node.target)
-            elif step.kind == "output":
-                return env[step.sources[0]], entries, modules
-            elif step.kind == "const":
-                call = step.call if step.call is not None else self.get_submodule(node.target)
-                value = call(*load(node.args), **load(node.kwargs))
-            elif step.kind == "module":
-                module = self.get_submodule(node.target)
-                if not is_reversible(module):
-                    raise UnsupportedLayerError(
-                        f"{self.source_name}: module '{node.target}' ({type(module).__name__}) was replaced by a module "
-                        "without a reverse; call revnet.convert(model) again after changing its modules.")
-                modules.append(id(module))
-                arg = env[step.sources[0]]
-                if record:
-                    value, entries[i] = trace_with(module, arg, (noise or {}).get(node.name))
-                else:
-                    value = module(arg)
-            else:
-                args, kwargs = load(node.args), load(node.kwargs)
-                if record:
-                    live = tuple(s is not None for s in step.sources)
-                    value, entries[i] = step.rule.trace(step.call, args, kwargs, live)
-                else:
-                    value = step.rule.forward(step.call, args, kwargs)
+            try:
+                value = self._run_step(i, step, x, env, entries, modules, record, noise, load)
+            except (RuntimeError, ValueError, TypeError) as exc:
+                if not isinstance(exc, RevnetError):
+                    first = next((env[n.meta["revnet_index"]] for n in node.all_input_nodes
+                                  if isinstance(env[n.meta["revnet_index"]], Tensor)), x)
+                    exc.revnet_node = (node, first)
+                raise
+            if step.kind == "output":
+                return value, entries, modules
             if record and step.live and (not isinstance(value, Tensor) or value.dim() == 0
                                          or value.shape[0] != x.shape[0]):
                 shape = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
@@ -335,14 +326,47 @@ class Graph(nn.Module):
             env[i] = value
         raise RuntimeError("the graph has no output node")  # pragma: no cover - fx graphs always end in one
 
+    def _run_step(self, i, step, x, env, entries, modules, record, noise, load) -> Any:
+        """The value of node ``i`` (and its tape entry in ``entries[i]`` when ``record``)."""
+        node = step.node
+        if step.kind == "input":
+            return x
+        if step.kind == "default":
+            return node.args[0]
+        if step.kind == "attr":
+            return _fetch(self, node.target)
+        if step.kind == "output":
+            return env[step.sources[0]]
+        if step.kind == "const":
+            call = step.call if step.call is not None else self.get_submodule(node.target)
+            return call(*load(node.args), **load(node.kwargs))
+        if step.kind == "module":
+            module = self.get_submodule(node.target)
+            if not is_reversible(module):
+                raise UnsupportedLayerError(
+                    f"{self.source_name}: module '{node.target}' ({type(module).__name__}) was replaced by a module "
+                    "without a reverse; call revnet.convert(model) again after changing its modules.")
+            modules.append(id(module))
+            arg = env[step.sources[0]]
+            if not record:
+                return module(arg)
+            value, entries[i] = trace_with(module, arg, (noise or {}).get(node.name))
+            return value
+        args, kwargs = load(node.args), load(node.kwargs)
+        if not record:
+            return step.rule.forward(step.call, args, kwargs)
+        live = tuple(s is not None for s in step.sources)
+        value, entries[i] = step.rule.trace(step.call, args, kwargs, live)
+        return value
+
     def forward(self, x: Tensor) -> Tensor:
         return self._run(x, record=False)[0]
 
     def trace(self, x: Tensor, noise: Optional[dict[str, Any]] = None) -> tuple[Tensor, GraphTape]:
         """Forward pass recording one tape entry per node. ``x (N, *in) -> y (N, *out)``. ``noise``: the random
         draws (Dropout masks) of an earlier tape's samples to reuse, from :meth:`noise`."""
-        if not isinstance(x, Tensor) or x.dim() == 0:
-            raise ValueError("Graph.trace expects a batch x of shape (N, *in).")
+        if not isinstance(x, Tensor) or x.dim() == 0 or x.shape[0] == 0:
+            raise ValueError("Graph.trace expects a non-empty batch x of shape (N, *in).")
         y, entries, modules = self._run(x, record=True, noise=noise)
         return y, GraphTape(id(self), tuple(modules), tuple(entries), x.shape, y.shape, y.dtype, y.device)
 

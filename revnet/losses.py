@@ -4,6 +4,9 @@
 
     L = CE(f(x), y) + λ/N · [ Σ_{correct} exp(−c·‖Δx‖₂/‖x‖₂) + Σ_{wrong} exp(d·‖Δx‖₂/‖x‖₂) ]
 
+(the one departure: an exponent above 20 is bounded smoothly by 30, see :func:`bounded_exponent`, so the loss
+and its gradients stay finite for every finite input; ‖x‖ is floored at ``finfo(dtype).eps²``)
+
 * ``CE`` is the cross-entropy averaged over the batch of ``N`` samples.
 * "correct": the prediction at the clean ``x`` equals ``y``; ``Δx`` is the untargeted DeepFool perturbation.
   "wrong": ``Δx`` is the targeted DeepFool perturbation that moves ``x`` to its ground-truth class ``y``.
@@ -24,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._checks import check_batch, check_labels, check_network, norm_floor
+from ._checks import check_batch, check_classes, check_label_range, check_labels, check_network, norm_floor
 from .attacks.deepfool import deepfool, deepfool_from_trace
 from .layers.protocol import noise_of
 
@@ -99,8 +102,8 @@ def deep_defense_loss(
         ce_weight: weight of the clean cross-entropy (1 in eq. 6; ``α`` when another term, e.g. the FGS
             examples' cross-entropy in :mod:`revnet.baselines`, is added by the caller).
     """
-    check_network(net)
     check_batch(x)
+    check_network(net, x)
     check_labels(y, x)
     if max_iter is None or isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
         raise ValueError(f"max_iter must be an integer >= 1, got {max_iter!r}.")
@@ -126,16 +129,33 @@ def deep_defense_loss(
     ).clamp_min(norm_floor(x.dtype))
     # one exp of a signed exponent (torch.where over two exps would give NaN gradients where one overflows)
     sign = torch.where(correct, torch.full_like(ratio, -c), torch.full_like(ratio, d))
-    reg = torch.exp(sign * ratio).sum() / len(x)
+    reg = torch.exp(bounded_exponent(sign * ratio)).sum() / len(x)
     loss = ce_weight * ce + lmbd * reg
     return loss, DeepDefenseInfo(ce.detach(), reg.detach(), ratio.detach(), correct, info.success, info.iterations)
 
 
+EXPONENT_KNEE = 20.0  # exp(20) ≈ 4.9e8: eq. 6 holds exactly below this exponent
+EXPONENT_MAX = 30.0  # exp(30) ≈ 1.1e13: the bound, finite with its gradients in float32 and float64
+
+
+def bounded_exponent(e: Tensor) -> Tensor:
+    """``e`` up to ``EXPONENT_KNEE``; above it ``knee + (max − knee)·tanh((e − knee)/(max − knee))``, which
+    joins smoothly (same value and slope at the knee) and never exceeds ``EXPONENT_MAX``.
+
+    The exponent of a misclassified sample, ``d·‖Δx‖/‖x‖``, is unbounded: an input near the training mean has a
+    tiny ‖x‖ (0 for a one-image training set), and ``exp`` then overflows to inf with NaN gradients. With the
+    bound the loss and its gradients stay finite for every finite input; its gradient fades where the bound
+    takes over. It departs from eq. 6 only where ``d·‖Δx‖/‖x‖ > 20`` (with d = 5: a perturbation over 4× the
+    input's norm), far beyond anything the committed runs reach.
+    """
+    span = EXPONENT_MAX - EXPONENT_KNEE
+    above = EXPONENT_KNEE + span * torch.tanh((e - EXPONENT_KNEE).clamp_min(0) / span)
+    return torch.where(e > EXPONENT_KNEE, above, e)
+
+
 def _check_classes(logits: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
     """The correct mask and DeepFool's targets (−1: untargeted; y for misclassified samples)."""
-    if logits.dim() != 2:
-        raise ValueError(f"the network must output logits of shape (N, C), got {tuple(logits.shape)}.")
-    if ((y < 0) | (y >= logits.shape[1])).any():
-        raise ValueError(f"y must hold class indices in [0, {logits.shape[1]}).")
+    check_classes(logits)
+    check_label_range(y, logits.shape[1])
     correct = logits.detach().argmax(1) == y
     return correct, torch.where(correct, torch.full_like(y, -1), y)

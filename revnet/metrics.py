@@ -25,7 +25,7 @@ from typing import Iterator, Optional, Sequence
 import torch
 from torch import Tensor, nn
 
-from ._checks import check_batch, check_labels, check_network, norm_floor
+from ._checks import check_batch, check_finite_parameters, check_label_range, check_labels, check_network, norm_floor
 from .attacks.deepfool import deepfool
 from .attacks.fgs import _check_clip, _check_eps, ce_input_gradient, fgs_perturb
 from .attacks.pgd import pgd_l2
@@ -45,12 +45,14 @@ def accuracy(logits: Tensor, y: Tensor) -> float:
     if logits.dim() != 2 or logits.shape[0] == 0:
         raise ValueError(f"logits must have shape (N, C) with N >= 1, got {tuple(logits.shape)}.")
     check_labels(y, logits)
+    check_label_range(y, logits.shape[1])
     return (logits.argmax(1) == y.to(logits.device)).double().mean().item()
 
 
 def _checked(net: nn.Module, x: Tensor, y: Optional[Tensor] = None) -> None:
-    check_network(net)
     check_batch(x)
+    check_network(net, x)
+    check_finite_parameters(net)
     if y is not None:
         check_labels(y, x)
 
@@ -61,7 +63,10 @@ def network_accuracy(net: nn.Module, x: Tensor, y: Tensor, *, batch_size: int = 
     correct = 0
     with torch.no_grad():
         for s in _chunks(len(x), batch_size):
-            correct += int((net(x[s]).argmax(1) == y[s].to(x.device)).sum())
+            logits = net(x[s])
+            if s.start == 0:
+                check_label_range(y, logits.shape[1])
+            correct += int((logits.argmax(1) == y[s].to(x.device)).sum())
     return correct / len(x)
 
 

@@ -15,8 +15,8 @@ import torch
 from torch import Tensor, nn
 
 from . import registry
-from ._checks import fold_class_rows
-from .errors import TapeMismatchError, UnsupportedLayerError
+from ._checks import fold_class_rows, layer_input_error
+from .errors import RevnetError, TapeMismatchError, UnsupportedLayerError
 from .graph import Graph
 from .layers import is_reversible
 from .layers.protocol import nested_noise, reverse_rows, trace_with
@@ -73,11 +73,22 @@ class Sequential(nn.Sequential):
             raise TypeError(f"Sequential.from_torch expects an nn.Sequential, got {type(module).__name__}.")
         return converted
 
+    def forward(self, x: Tensor) -> Tensor:
+        """``nn.Sequential``'s forward; a layer that cannot take its input fails with one line naming it."""
+        for name, layer in self.named_children():
+            try:
+                x = layer(x)
+            except (RuntimeError, ValueError) as exc:
+                if isinstance(exc, RevnetError):
+                    raise
+                raise layer_input_error(f"layer {name}", layer, x, exc) from None
+        return x
+
     def trace(self, x: Tensor, noise: Optional[dict[str, Any]] = None) -> tuple[Tensor, SequentialTape]:
         """Forward pass recording a tape. ``x (N, *in) -> y (N, *out)``. ``noise``: the random draws (Dropout
         masks) of an earlier tape's samples to reuse, from :meth:`noise`."""
-        if x.dim() == 0:
-            raise ValueError("Sequential.trace expects a batch x of shape (N, *in), got a 0-dim tensor.")
+        if not isinstance(x, Tensor) or x.dim() == 0 or x.shape[0] == 0:
+            raise ValueError("Sequential.trace expects a non-empty batch x of shape (N, *in).")
         in_shape, layers, entries = x.shape, [], []
         for name, layer in self.named_children():
             if not is_reversible(layer):  # e.g. put in place by insert(), which bypasses conversion
@@ -85,7 +96,12 @@ class Sequential(nn.Sequential):
                     f"layer {name} ({type(layer).__name__}) has no reverse. Supported torch.nn modules: "
                     f"{', '.join(registry.supported())}; add your own with revnet.register()."
                 )
-            x, entry = trace_with(layer, x, (noise or {}).get(name))
+            try:
+                x, entry = trace_with(layer, x, (noise or {}).get(name))
+            except (RuntimeError, ValueError) as exc:
+                if isinstance(exc, RevnetError):
+                    raise
+                raise layer_input_error(f"layer {name}", layer, x, exc) from None
             layers.append(id(layer))
             entries.append(entry)
         return x, SequentialTape(id(self), tuple(layers), tuple(entries), in_shape, x.shape, x.dtype, x.device)

@@ -127,7 +127,7 @@ def test_deepdefense_plus_fgs_batch_loss_is_alpha_ce_plus_fgs_ce_plus_regularize
     net = small_net()
     x, y = batch()
     hp = dict(lmbd=15.0, c=25.0, d=5.0, max_iter=3, overshoot=0.02, fgs_eps=0.05, alpha=0.3, clip=None)
-    loss, _, _ = engine.batch_loss(net, x, y, "deepdefense+fgs", hp)
+    loss, _, _, _ = engine.batch_loss(net, x, y, "deepdefense+fgs", hp)
     _, info = deep_defense_loss(net, x, y, max_iter=3)
     x_fgs = autograd_fgs(net, x, y, 0.05)
     expected = 0.3 * F.cross_entropy(net(x), y) + 0.7 * F.cross_entropy(net(x_fgs), y) + 15.0 * info.reg

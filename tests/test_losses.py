@@ -144,7 +144,7 @@ def test_bad_inputs_raise_clear_errors():
         deep_defense_loss(net, bad, y)
     with pytest.raises(ValueError, match="max_iter"):
         deep_defense_loss(net, x, y, max_iter=0)
-    with pytest.raises(ValueError, match="class indices"):
+    with pytest.raises(ValueError, match="valid labels 0..4"):
         deep_defense_loss(net, x, y + 10)
     with pytest.raises(ValueError, match="integer"):
         deep_defense_loss(net, x, y.double())

@@ -11,7 +11,9 @@ from __future__ import annotations
 import gzip
 import os
 import shutil
+import struct
 import sys
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -100,24 +102,40 @@ def load(dataset: str = "mnist", data_dir: Optional[str] = None, *, download: bo
         raise DataError(f"unknown dataset {dataset!r}; choose one of: {', '.join(DATASETS)}.")
     explicit = data_dir is not None
     root = Path(data_dir if explicit else "data")
+    if explicit and root.exists() and not root.is_dir():
+        raise DataError(
+            f"--data-dir {root} is a file, not a folder; pass the folder that holds {_folder(dataset)}/raw/ "
+            "(e.g. --data-dir ../shared/data), or omit --data-dir to use ./data or the embedded MNIST subset."
+        )
     if explicit and not root.is_dir():
         raise DataError(
             f"--data-dir {root} does not exist; pass the folder that holds {_folder(dataset)}/raw/ "
             "(e.g. --data-dir ../shared/data), or omit --data-dir to use ./data or the embedded MNIST subset."
         )
+    raw = root / _folder(dataset) / "raw"
+    splits = _from_raw(dataset, raw)  # a DataError if a file is there but truncated or corrupt
+    if splits is not None:
+        return splits
     try:
-        return _from_torchvision(dataset, root, download=False)
+        return _from_torchvision(dataset, root, download=False)  # torchvision's legacy processed/ files
     except RuntimeError:
         pass  # not on disk
-    raw = root / _folder(dataset) / "raw"
     try:
         if not explicit and dataset == "fashion-mnist":
             _copy_debian_fashion_mnist(raw)
         if _extract_idx(raw):
-            return _from_torchvision(dataset, root, download=False)
+            splits = _from_raw(dataset, raw)
+            if splits is not None:
+                return splits
         if not download:
-            raise DataError("downloads are switched off (--no-download)")
-        return _from_torchvision(dataset, root, download=True)
+            raise _NotFound("downloads are switched off (--no-download)")
+        _download(dataset, root)
+        splits = _from_raw(dataset, raw)
+        if splits is None:
+            raise _NotFound("the download did not produce the IDX files")
+        return splits
+    except DataError:
+        raise  # a file on disk is corrupt: say so, do not fall back
     except Exception as exc:  # noqa: BLE001 - offline: any network error
         if explicit or dataset != "mnist":
             hint = (
@@ -126,7 +144,9 @@ def load(dataset: str = "mnist", data_dir: Optional[str] = None, *, download: bo
                 if dataset == "fashion-mnist"
                 else f"put the IDX files in {root}/MNIST/raw/"
             )
-            raise DataError(f"{dataset} is not in {root} and could not be downloaded ({exc.__class__.__name__}); {hint}.")
+            why = "downloads are switched off" if isinstance(exc, _NotFound) and not download else (
+                f"could not be downloaded ({exc.__class__.__name__})")
+            raise DataError(f"{dataset} is not in {root} and {why}; {hint}.")
     splits = embedded_mnist()
     print(
         "\n" + "!" * 78 + f"\n!! MNIST is not in ./data and was not downloaded: using the {splits.source}.\n"
@@ -134,6 +154,81 @@ def load(dataset: str = "mnist", data_dir: Optional[str] = None, *, download: bo
         file=sys.stderr,
     )
     return splits
+
+
+class _NotFound(Exception):
+    """The data is not on disk and was not downloaded (internal: becomes a DataError or the embedded fallback)."""
+
+
+def _download(dataset: str, root: Path) -> None:
+    """torchvision's download into ``root``; the folders it created are removed again if it fails and they are
+    empty (a failed download leaves no ``MNIST/raw/`` behind)."""
+    folders = [root, root / _folder(dataset), root / _folder(dataset) / "raw"]
+    created = [f for f in folders if not f.exists()]
+    try:
+        _from_torchvision(dataset, root, download=True)
+    except BaseException:
+        for f in reversed(created):
+            try:
+                f.rmdir()
+            except OSError:
+                pass  # not empty (a partial download) or already gone
+        raise
+
+
+IDX_FILES = {"train-images-idx3-ubyte": 3, "train-labels-idx1-ubyte": 1,
+             "t10k-images-idx3-ubyte": 3, "t10k-labels-idx1-ubyte": 1}
+"""The four IDX files of MNIST/Fashion-MNIST in ``DIR/<Folder>/raw/`` and their number of dimensions."""
+
+
+def _from_raw(dataset: str, raw: Path) -> Optional[Splits]:
+    """The four IDX files in ``raw``, checked (header, size, 28×28 images, labels 0..9, as many labels as images);
+    ``None`` if any is missing; a ``DataError`` naming the file if one is truncated or corrupt."""
+    paths = {name: raw / name for name in IDX_FILES}
+    if not all(p.is_file() for p in paths.values()):
+        return None
+    arrays = {name: read_idx(p, IDX_FILES[name]) for name, p in paths.items()}
+    out = []
+    for split in ("train", "t10k"):
+        images, labels = arrays[f"{split}-images-idx3-ubyte"], arrays[f"{split}-labels-idx1-ubyte"]
+        if images.shape[1:] != (28, 28):
+            raise DataError(f"{paths[f'{split}-images-idx3-ubyte']} holds {images.shape[1]}x{images.shape[2]} images, "
+                            f"not 28x28: it is not a {dataset} file; replace it with the right one.")
+        if len(labels) and int(labels.max()) > 9:
+            raise DataError(f"{paths[f'{split}-labels-idx1-ubyte']} is corrupt: it holds label {int(labels.max())} "
+                            f"(labels must be 0..9); replace it with a good copy.")
+        if len(labels) != len(images):
+            raise DataError(f"{paths[f'{split}-labels-idx1-ubyte']} holds {len(labels)} labels but "
+                            f"{paths[f'{split}-images-idx3-ubyte'].name} {len(images)} images; replace the pair "
+                            "with matching copies.")
+        out += [torch.from_numpy(images.copy()).unsqueeze(1), torch.from_numpy(labels.astype(np.int64))]
+    return Splits(*out, f"{dataset} from {raw.parent.parent} ({len(out[1])} training / {len(out[3])} test images)")
+
+
+def read_idx(path: Path, ndim: int) -> np.ndarray:
+    """A uint8 IDX file (big-endian header: 0x0000, type 0x08, ``ndim``, then ``ndim`` 32-bit sizes); a truncated
+    or corrupt file is a ``DataError`` naming it."""
+    fix = "delete it and download or copy it again"
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise DataError(f"cannot read {path}: {exc.strerror}.") from None
+    if len(data) < 4:
+        raise DataError(f"{path} is truncated ({len(data)} bytes, shorter than an IDX header); {fix}.")
+    zero, kind, nd = struct.unpack(">HBB", data[:4])
+    if zero != 0 or kind != 0x08 or nd != ndim:
+        raise DataError(f"{path} is corrupt or not an IDX file (magic {data[:4].hex()}, expected 000008{ndim:02x}); "
+                        f"{fix}.")
+    header = 4 + 4 * nd
+    if len(data) < header:
+        raise DataError(f"{path} is truncated ({len(data)} bytes, its IDX header needs {header}); {fix}.")
+    dims = struct.unpack(f">{nd}I", data[4:header])
+    size = int(np.prod(dims))
+    if len(data) - header != size:
+        state = "truncated" if len(data) - header < size else "corrupt"
+        raise DataError(f"{path} is {state}: its header announces {size} bytes of data ({' x '.join(map(str, dims))}) "
+                        f"but it holds {len(data) - header}; {fix}.")
+    return np.frombuffer(data, dtype=np.uint8, count=size, offset=header).reshape(dims)
 
 
 def _copy_debian_fashion_mnist(raw: Path) -> None:
@@ -161,8 +256,16 @@ def _extract_idx(raw: Path) -> bool:
         target = gz.with_suffix("")
         if not target.is_file():
             tmp = target.with_name(f".{target.name}.tmp")
-            with gzip.open(gz, "rb") as src, open(tmp, "wb") as dst:
-                shutil.copyfileobj(src, dst)
+            try:
+                with gzip.open(gz, "rb") as src, open(tmp, "wb") as dst:
+                    shutil.copyfileobj(src, dst)
+            except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
+                tmp.unlink(missing_ok=True)
+                raise DataError(f"{gz} is truncated or corrupt ({exc.__class__.__name__}); delete it and download "
+                                "or copy it again.") from None
+            except OSError as exc:
+                tmp.unlink(missing_ok=True)
+                raise DataError(f"cannot extract {gz} into {raw}: {exc.strerror}; make the folder writable.") from None
             os.replace(tmp, target)
     return bool(archives)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sys
 import time
 from typing import Any, Optional
 
@@ -18,8 +19,37 @@ from revnet.losses import deep_defense_loss
 FRACTIONS = (0.2, 0.5, 1.0)
 
 
+def show_progress(progress: bool) -> bool:
+    """Whether to draw tqdm bars: ``progress`` and stderr is a terminal (a log file would get a line per refresh)."""
+    isatty = getattr(sys.stderr, "isatty", None)
+    return bool(progress and isatty is not None and isatty())
+
+
 class NonFiniteLossError(RuntimeError):
     """The training loss became NaN or infinite."""
+
+
+MIN_ACC_RATIO = 0.8  # an epoch below 80% of the reference's accuracy has collapsed (committed runs: >= 0.906)
+
+
+def max_train_ce(num_classes: int) -> float:
+    """The largest mean training cross-entropy of a healthy run: 10× that of a uniform guess, 10·ln(C)."""
+    return 10.0 * math.log(num_classes)
+
+
+def collapse_reason(stats: dict[str, Any], acc: float, ref_acc: float, num_classes: int,
+                    min_acc_ratio: float = MIN_ACC_RATIO) -> Optional[str]:
+    """Why an epoch counts as diverged (``None`` if it does not): its mean clean cross-entropy exceeds
+    :func:`max_train_ce`, or its test accuracy is below ``min_acc_ratio`` × the reference's on the same images.
+    The Deep Defense regularizer itself is not judged (its exponent is bounded, so a huge but finite value is
+    legitimate for a misclassified input near the training mean)."""
+    if stats.get("train_ce", 0.0) > max_train_ce(num_classes):
+        return (f"the mean training cross-entropy {stats['train_ce']:.3g} exceeds 10·ln({num_classes}) = "
+                f"{max_train_ce(num_classes):.3g}")
+    if acc < min_acc_ratio * ref_acc:
+        return (f"test accuracy {acc:.4f} fell below {min_acc_ratio:g} × the reference's {ref_acc:.4f} "
+                f"(= {min_acc_ratio * ref_acc:.4f})")
+    return None
 
 
 def set_train_mode(net: nn.Module, *, freeze_bn: bool) -> None:
@@ -39,9 +69,9 @@ def batches(n: int, batch_size: int, generator: Optional[torch.Generator]) -> li
 
 def batch_loss(
     net: nn.Module, xb: Tensor, yb: Tensor, method: str, hp: dict[str, Any]
-) -> tuple[Tensor, float, float]:
-    """The training loss of one batch for ``method``, the number of correct clean predictions and, for the
-    Deep Defense methods, the summed ‖Δx‖/‖x‖ (else NaN).
+) -> tuple[Tensor, float, float, float]:
+    """The training loss of one batch for ``method``, the number of correct clean predictions, for the
+    Deep Defense methods the summed ‖Δx‖/‖x‖ (else NaN), and the clean cross-entropy (the batch mean).
 
     ``hp`` holds the method's hyper-parameters: ``lmbd, c, d, max_iter, overshoot, reg_layers`` (Deep Defense),
     ``fgs_eps, alpha, clip`` (FGS). ``clean``, ``advtrain-deepfool`` (whose DeepFool set the caller passes as the
@@ -56,16 +86,18 @@ def batch_loss(
         if with_fgs:
             x_fgs = revnet.fgs_perturb(net, xb, yb, hp["fgs_eps"], clip=hp.get("clip"))
             loss = loss + (1.0 - hp["alpha"]) * F.cross_entropy(net(x_fgs), yb)
-        return loss, info.correct.float().sum().item(), info.ratio.sum().item()
+        return loss, info.correct.float().sum().item(), info.ratio.sum().item(), info.ce.item()
     if method == "advtrain-fgs":
         loss, logits = baselines.fgs_adversarial_loss(net, xb, yb, eps=hp["fgs_eps"], alpha=hp["alpha"],
                                                       clip=hp.get("clip"))
+        ce = F.cross_entropy(logits.detach(), yb).item()
     elif method in ("clean", "advtrain-deepfool", "parseval"):
         logits = net(xb)
         loss = F.cross_entropy(logits, yb)
+        ce = loss.item()
     else:
         raise ValueError(f"unknown method {method!r}")
-    return loss, (logits.detach().argmax(1) == yb).float().sum().item(), math.nan
+    return loss, (logits.detach().argmax(1) == yb).float().sum().item(), math.nan, ce
 
 
 def train_one_epoch(
@@ -95,8 +127,8 @@ def train_one_epoch(
     """One epoch over ``(x, y)`` (preprocessed, on the training device) with ``method`` (see :func:`batch_loss`).
 
     Parseval training retracts the weights after every optimizer step, drawing its rows from ``generator``.
-    Returns the epoch's mean loss, training accuracy (on the clean inputs) and, for the Deep Defense methods,
-    the mean ‖Δx‖/‖x‖. Raises :class:`NonFiniteLossError` at the first NaN/inf loss (before the optimizer step).
+    Returns the epoch's mean loss, training accuracy (on the clean inputs), mean clean cross-entropy
+    (``train_ce``) and, for the Deep Defense methods, the mean ‖Δx‖/‖x‖. Raises :class:`NonFiniteLossError` at the first NaN/inf loss (before the optimizer step).
 
     ``freeze_bn`` (fine-tuning, every method): BatchNorm layers stay in eval mode, with frozen running statistics,
     while the rest trains (Dropout included); BatchNorm reverses only with frozen statistics. Reference training
@@ -107,11 +139,13 @@ def train_one_epoch(
               fgs_eps=fgs_eps, alpha=alpha, clip=clip)
     dd = method in ("deepdefense", "deepdefense+fgs")
     parseval = baselines.parseval_weights(net) if method == "parseval" else None
-    totals = {"loss": 0.0, "correct": 0.0, "ratio": 0.0, "seen": 0}
-    bar = tqdm(batches(len(y), batch_size, generator), desc=desc, leave=False, disable=not progress)
+    if len(x) != len(y):
+        raise ValueError(f"{len(x)} training images but {len(y)} labels; pass one label per image.")
+    totals = {"loss": 0.0, "correct": 0.0, "ratio": 0.0, "ce": 0.0, "seen": 0}
+    bar = tqdm(batches(len(y), batch_size, generator), desc=desc, leave=False, disable=not show_progress(progress))
     for idx in bar:
         xb, yb = x[idx], y[idx]
-        loss, logits_correct, ratio = batch_loss(net, xb, yb, method, hp)
+        loss, logits_correct, ratio, ce = batch_loss(net, xb, yb, method, hp)
         if not torch.isfinite(loss):
             raise NonFiniteLossError(f"the training loss is {loss.item()} at a batch of {desc}")
         optimizer.zero_grad(set_to_none=True)
@@ -124,6 +158,7 @@ def train_one_epoch(
         totals["loss"] += loss.item() * n
         totals["correct"] += logits_correct
         totals["ratio"] += ratio
+        totals["ce"] += ce * n
         totals["seen"] += n
         seen = totals["seen"]
         bar.set_postfix(
@@ -134,6 +169,7 @@ def train_one_epoch(
     return {
         "train_loss": totals["loss"] / seen,
         "train_acc": totals["correct"] / seen,
+        "train_ce": totals["ce"] / seen,
         **({"train_ratio": totals["ratio"] / seen} if dd else {}),
     }
 

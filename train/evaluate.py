@@ -11,6 +11,7 @@ Without ``--eps-ref`` the model's own ε_ref is found by bisection. Metrics are 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -22,27 +23,57 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import data as data_lib  # noqa: E402
 import engine  # noqa: E402
 import utils  # noqa: E402
+from finetune import check_device, finite_float  # noqa: E402
 
 import models  # noqa: E402
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Evaluate a revnet checkpoint's accuracy and robustness.", add_help=add_help,
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=utils.HelpFormatter)
     p.add_argument("checkpoint", help="a .pt file written by train/finetune.py (final.pt or a cached reference)")
-    p.add_argument("--eps-ref", type=float, default=None,
+    p.add_argument("--eps-ref", type=finite_float, default=None,
                    help="ε_ref for the FGS accuracies (e.g. another model's); default: this model's own")
     p.add_argument("--dataset", default="mnist", choices=data_lib.DATASETS, help="dataset")
     p.add_argument("--data-dir", default=None, help="folder in torchvision layout (default ./data or the embedded subset)")
     p.add_argument("--no-download", action="store_true", help="never download (offline): fall back to the embedded subset")
     p.add_argument("--eval-samples", type=int, default=0, help="evaluate on the first N test images (0: all)")
     p.add_argument("--eval-max-iter", type=int, default=50, help="DeepFool iterations for ρ₂")
-    p.add_argument("--overshoot", type=float, default=0.02, help="DeepFool overshoot")
+    p.add_argument("--overshoot", type=finite_float, default=0.02, help="DeepFool overshoot")
     p.add_argument("--eval-batch-size", type=int, default=500, help="batch size of the attacks")
     p.add_argument("--clip", action="store_true", help="clip FGS images to the valid pixel range (default: not clipped)")
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
     p.add_argument("--output", default=None, help="JSON file for the metrics (default <checkpoint>.eval.json)")
     return p
+
+
+MEANINGS = {
+    "n": "number of evaluated test images",
+    "acc": "test accuracy (fraction correct)",
+    "rho2": "mean ‖Δx‖/‖x‖ of DeepFool over the evaluated images (higher = more robust)",
+    "fooling_rate": "fraction of the images DeepFool managed to push to another label",
+    "mean_iterations": "mean DeepFool iterations per image",
+    "own_eps_ref": "this model's ε_ref: the smallest FGS step that misclassifies 50% of the images",
+    "eps_ref_used": "the ε_ref the FGS accuracies below use (--eps-ref if given, else this model's own)",
+    "eval_seconds": "seconds the evaluation took",
+    "checkpoint": "the evaluated file",
+    "arch": "architecture",
+    "data": "where the test images came from",
+}
+
+
+def meaning(key: str) -> str:
+    """What a key of :func:`engine.evaluate`'s result (and of the ``.eval.json`` file) means."""
+    if key.startswith("fgs_acc@"):
+        return f"test accuracy under FGS at {key.split('@', 1)[1]}·eps_ref_used (higher = more robust)"
+    return MEANINGS.get(key, "")
+
+
+def describe(result: dict[str, Any]) -> str:
+    """One line per metric: ``key: value — meaning``; floats with 4 significant digits (the JSON file keeps all)."""
+    def fmt(v: Any) -> str:
+        return f"{v:.4g}" if isinstance(v, float) else str(v)
+    return "\n".join(f"{k}: {fmt(v)}" + (f" — {meaning(k)}" if meaning(k) else "") for k, v in result.items())
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
@@ -52,9 +83,17 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             parser.error(f"--{name.replace('_', '-')} must not be negative")
     if args.eval_max_iter < 1 or args.eval_batch_size < 1:
         parser.error("--eval-max-iter and --eval-batch-size must be at least 1")
-    if args.eps_ref is not None and not args.eps_ref > 0:
-        parser.error("--eps-ref must be positive")
+    # finite_float refuses NaN/inf at parsing; these tests are written so that NaN fails them too
+    if args.eps_ref is not None and not (math.isfinite(args.eps_ref) and args.eps_ref > 0):
+        parser.error(f"--eps-ref must be a positive finite number, got {args.eps_ref}")
+    if not (math.isfinite(args.overshoot) and args.overshoot >= 0):
+        parser.error(f"--overshoot must be a non-negative finite number, got {args.overshoot}")
+    check_device(args.device, parser)
     print("configuration:\n" + "\n".join(f"  {k}: {v}" for k, v in sorted(vars(args).items())), flush=True)
+    output = Path(args.output or f"{args.checkpoint}.eval.json")
+    if output.is_dir():
+        parser.error(f"--output {output} is a folder; pass a file name such as {output / 'eval.json'}")
+    utils.prepare_dir(output.parent, "the folder of --output")  # fail now, not after the evaluation
     device = utils.resolve_device(args.device)
     try:
         net, ckpt = models.load(args.checkpoint, map_location=device)
@@ -74,9 +113,11 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         overshoot=args.overshoot, clip=clip, batch_size=args.eval_batch_size,
     )
     result.update({"checkpoint": str(args.checkpoint), "arch": ckpt["arch"], "data": splits.source})
-    output = Path(args.output or f"{args.checkpoint}.eval.json")
-    utils.write_json(output, result)
-    print("\n".join(f"{k}: {v}" for k, v in result.items()))
+    print(describe(result), flush=True)  # before writing: a failed write does not lose the results
+    try:
+        utils.write_json(output, result)
+    except models.WriteError as exc:
+        raise SystemExit(f"error: {exc} The results are printed above.") from None
     print(f"written: {output}")
     return result
 

@@ -52,7 +52,7 @@ def _add_figure2(sub: argparse._SubParsersAction, add_help: bool) -> None:
     p = sub.add_parser("figure2", help="test accuracy and rho2 vs fine-tuning epoch, one row per model",
                        description="Figure 2: test accuracy (%) and DeepFool rho2 after every fine-tuning epoch "
                                    "(epoch 0 = the reference), one row per model, one line per method.",
-                       add_help=add_help, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       add_help=add_help, formatter_class=utils.HelpFormatter)
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--runs", nargs="+", metavar="FOLDER",
                         help="folder(s) holding the run directories <model>-<method>-s<seed>/ (each with "
@@ -89,7 +89,7 @@ STUDY_FIGURES = {
 def _add_study_figure(sub: argparse._SubParsersAction, name: str, add_help: bool) -> None:
     study, short, long = STUDY_FIGURES[name]
     p = sub.add_parser(name, help=short, description=long, add_help=add_help,
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       formatter_class=utils.HelpFormatter)
     p.add_argument("--runs", default="runs/studies",
                    help=f"the --out folder of studies.py, holding {study}.json")
     p.add_argument("--out", default="results/figures", help=f"folder for {name}.png and {name}.json")
@@ -101,7 +101,7 @@ def _add_all(sub: argparse._SubParsersAction, add_help: bool) -> None:
                        description="Redraw every figure: each figure2-<dataset>.json in <results>/figures from its "
                                    "run directories when they are all still there, else from the plotted numbers "
                                    "stored in that JSON; figure3/figure4 from <studies>/cl.json and layers.json.",
-                       add_help=add_help, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       add_help=add_help, formatter_class=utils.HelpFormatter)
     p.add_argument("--results", default="results",
                    help="folder holding figures/figure2-<dataset>.json (the committed results/ of the repo)")
     p.add_argument("--studies", default=None,
@@ -113,7 +113,7 @@ def _add_all(sub: argparse._SubParsersAction, add_help: bool) -> None:
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Regenerate the paper's figures from stored run directories.",
-                                add_help=add_help, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                add_help=add_help, formatter_class=utils.HelpFormatter)
     sub = p.add_subparsers(dest="figure", required=True, metavar="FIGURE", help="which figure to draw")
     _add_figure2(sub, add_help)
     for name in STUDY_FIGURES:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import math
 import sys
 import time
 from pathlib import Path
@@ -47,12 +48,40 @@ METHOD_HELP = (
 )
 
 
+def finite_float(text: str) -> float:
+    """argparse ``type`` of every float flag: NaN and ±inf (also overflowing literals such as 1e999) are refused
+    here, so argparse names the flag in its one-line error; the ranges are checked after parsing."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+    return value
+
+
+def valid_devices() -> list[str]:
+    """The ``--device`` values that work on this machine."""
+    names = ["auto", "cpu"]
+    if torch.cuda.is_available():
+        names += ["cuda"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    return names
+
+
+def check_device(name: str | None, parser: argparse.ArgumentParser) -> None:
+    """``parser.error`` (one line listing the valid devices) unless ``name`` is None or in :func:`valid_devices`."""
+    if name is None or name in valid_devices():
+        return
+    hint = "" if torch.cuda.is_available() else " (CUDA is not available here)"
+    parser.error(f"--device {name!r} is not a valid device; choose one of: {', '.join(valid_devices())}{hint}")
+
+
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         description="Deep Defense fine-tuning on MNIST or Fashion-MNIST (reference training, fine-tuning, "
                     "evaluation).",
         add_help=add_help,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=utils.HelpFormatter,
     )
     p.add_argument("model", help=f"architecture: {', '.join(models.ARCHITECTURES)}")
     p.add_argument("--method", default="deepdefense", choices=METHODS, help=METHOD_HELP)
@@ -66,6 +95,10 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--train-samples", type=int, default=0,
                    help="fine-tune (and train the reference) on a seeded random N of the training images (0: all)")
     p.add_argument("--out", default=None, help="run directory (default runs/<model>-<method>-s<seed>)")
+    p.add_argument("--min-acc-ratio", type=finite_float, default=engine.MIN_ACC_RATIO,
+                   help="divergence rule: an epoch whose test accuracy falls below this fraction of the reference's "
+                        "(on the same images), or whose mean training cross-entropy exceeds 10·ln(classes), marks the "
+                        "run FAILED (exit status 1) and is not kept as the last good state")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its last completed epoch (starts fresh if there is none)")
     p.add_argument("--reference", default=None,
@@ -74,32 +107,32 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=None,
                    help="fine-tuning epochs (default on MNIST: lenet 10, mlp 60, chosen on a validation split; "
                         "on Fashion-MNIST: lenet 3, mlp 5; see README)")
-    p.add_argument("--lr", type=float, default=None,
+    p.add_argument("--lr", type=finite_float, default=None,
                    help="fine-tuning learning rate (default on MNIST: lenet 5e-3, mlp 4e-2, Adv. Train I half of "
                         "that; on Fashion-MNIST: lenet 2e-3, mlp 5e-3 for every method)")
     p.add_argument("--lr-drop-epochs", type=int, default=1, help="halve the learning rate for the last N epochs")
-    p.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
-    p.add_argument("--weight-decay", type=float, default=5e-4, help="SGD weight decay")
+    p.add_argument("--momentum", type=finite_float, default=0.9, help="SGD momentum")
+    p.add_argument("--weight-decay", type=finite_float, default=5e-4, help="SGD weight decay")
     p.add_argument("--batch-size", type=int, default=100, help="training batch size")
-    p.add_argument("--lmbda", type=float, default=15.0, help="λ, weight of the Deep Defense regularizer")
-    p.add_argument("--c", type=float, default=25.0, help="c: exp(-c·‖Δx‖/‖x‖) for correctly classified samples")
-    p.add_argument("--d", type=float, default=5.0, help="d: exp(d·‖Δx‖/‖x‖) for misclassified samples")
+    p.add_argument("--lmbda", type=finite_float, default=15.0, help="λ, weight of the Deep Defense regularizer")
+    p.add_argument("--c", type=finite_float, default=25.0, help="c: exp(-c·‖Δx‖/‖x‖) for correctly classified samples")
+    p.add_argument("--d", type=finite_float, default=5.0, help="d: exp(d·‖Δx‖/‖x‖) for misclassified samples")
     p.add_argument("--max-iter", type=int, default=5, help="DeepFool iterations inside the training loss")
-    p.add_argument("--overshoot", type=float, default=0.02, help="DeepFool overshoot (training and evaluation)")
+    p.add_argument("--overshoot", type=finite_float, default=0.02, help="DeepFool overshoot (training and evaluation)")
     p.add_argument("--reg-layers", nargs="+", default=None, metavar="MODULE",
                    help="Deep Defense: only these modules of the network (dotted names as in "
                         "net.named_modules(), e.g. 0 for LeNet's conv1 or layer3.1.conv2 in a ResNet; lenet: conv1 0, "
                         "conv2 2, fc1 5, fc2 7) receive the regularizer's gradient "
                         "(the paper's Figure 4); the CE gradient reaches every layer. Default: all layers")
-    p.add_argument("--alpha", type=float, default=0.5,
+    p.add_argument("--alpha", type=finite_float, default=0.5,
                    help="advtrain-fgs, deepdefense+fgs: weight of the clean CE (Goodfellow et al.: 0.5)")
-    p.add_argument("--fgs-eps", type=float, default=None,
+    p.add_argument("--fgs-eps", type=finite_float, default=None,
                    help="advtrain-fgs, deepdefense+fgs: FGS step of the training examples, in network-input units "
                         "(x/255 - mean); default chosen on a validation split (see README)")
-    p.add_argument("--parseval-beta", type=float, default=None,
+    p.add_argument("--parseval-beta", type=finite_float, default=None,
                    help="parseval: retraction step beta (Cisse et al.: 1e-4 for MNIST); default chosen on a "
                         "validation split (see README)")
-    p.add_argument("--parseval-fraction", type=float, default=0.3,
+    p.add_argument("--parseval-fraction", type=finite_float, default=0.3,
                    help="parseval: fraction of each weight's rows retracted after every step")
     p.add_argument("--advtrain-set", default="perturbed", choices=("perturbed", "perturbed+clean"),
                    help="advtrain-deepfool: train on the DeepFool examples only (the DeepFool paper's choice: "
@@ -107,7 +140,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--advtrain-max-iter", type=int, default=50,
                    help="advtrain-deepfool: DeepFool iterations when generating the training examples")
     p.add_argument("--ref-epochs", type=int, default=20, help="epochs of the reference (plain CE) training")
-    p.add_argument("--ref-lr", type=float, default=0.01, help="learning rate of the reference training")
+    p.add_argument("--ref-lr", type=finite_float, default=0.01, help="learning rate of the reference training")
     p.add_argument("--eval-samples", type=int, default=0, help="evaluate on the first N test images (0: all)")
     p.add_argument("--epoch-eval-samples", type=int, default=1000,
                    help="per-epoch evaluation on the first N test images (0: same as --eval-samples)")
@@ -117,9 +150,10 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                    help="clip FGS images to the valid pixel range (default: not clipped, as the paper)")
     p.add_argument("--val-size", type=int, default=0,
                    help="hold N training images out as a validation set, evaluated every epoch (for sweeps)")
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
     p.add_argument("--seed", type=int, default=0, help="seed of initialisation, shuffling and the hold-out split")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bars (they are off anyway when stderr is not a terminal, e.g. sent to a file)")
     return p
 
 
@@ -147,6 +181,10 @@ def default_settings(model: str, method: str, dataset: str) -> dict[str, float]:
             **DATASET_DEFAULTS.get(dataset, {}).get(model, {})}
 
 
+FLOAT_FLAGS = ("lr", "momentum", "weight_decay", "lmbda", "c", "d", "overshoot", "alpha", "fgs_eps", "parseval_beta",
+               "parseval_fraction", "ref_lr")
+
+
 def check_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
     if args.model not in models.ARCHITECTURES:
         parser.error(f"unknown model {args.model!r}; choose one of: {', '.join(models.ARCHITECTURES)}")
@@ -162,17 +200,27 @@ def check_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Non
     for name in positive:
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    # the parser's finite_float already refuses NaN/inf; this also covers a Namespace built in code, and every range
+    # test below is written so that NaN fails it
+    for name in FLOAT_FLAGS:
+        if not math.isfinite(getattr(args, name)):
+            parser.error(f"--{name.replace('_', '-')} must be a finite number, got {getattr(args, name)}")
     for name in ["lr", "ref_lr"]:
         if not getattr(args, name) > 0:
             parser.error(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
     for name in ["lmbda", "c", "d", "overshoot", "weight_decay", "momentum", "eval_samples", "epoch_eval_samples",
                  "val_size", "lr_drop_epochs", "train_samples", "fgs_eps", "parseval_beta"]:
-        if getattr(args, name) < 0:
+        if not getattr(args, name) >= 0:
             parser.error(f"--{name.replace('_', '-')} must not be negative, got {getattr(args, name)}")
+    if not args.momentum < 1:
+        parser.error(f"--momentum must lie in [0, 1), got {args.momentum}")
+    if hasattr(args, "min_acc_ratio") and not 0 <= args.min_acc_ratio <= 1:
+        parser.error(f"--min-acc-ratio must lie in [0, 1], got {args.min_acc_ratio}")
     if not 0 <= args.alpha <= 1:
         parser.error(f"--alpha must lie in [0, 1], got {args.alpha}")
     if not 0 < args.parseval_fraction <= 1:
         parser.error(f"--parseval-fraction must lie in (0, 1], got {args.parseval_fraction}")
+    check_device(args.device, parser)
     if args.lr_drop_epochs >= args.epochs and args.epochs > 1:
         parser.error("--lr-drop-epochs must be smaller than --epochs")
     if args.out is None:
@@ -199,8 +247,11 @@ def get_reference(args, splits, preprocess, device) -> tuple[torch.nn.Module, di
         f"-e{args.ref_epochs}-lr{args.ref_lr:g}-b{args.batch_size}-s{args.seed}"
     )
     path = Path(args.cache_dir) / f"{key}.pt"
-    if path.is_file():
-        net, ckpt = models.load(path, arch=args.model, map_location=device)
+    if path.exists():
+        try:
+            net, ckpt = models.load(path, arch=args.model, map_location=device)
+        except models.CheckpointError as exc:
+            raise SystemExit(f"error: cached reference: {exc} Delete {path} to train a new reference.") from None
         return net, ckpt["preprocess"], f"cached: {path}"
     print(f"training the reference model ({args.ref_epochs} epochs, lr {args.ref_lr}) -> {path}", flush=True)
     utils.seed_everything(args.seed)
@@ -223,8 +274,12 @@ def advtrain_set(args, ref_net, train_x, train_y, out: Path, clip) -> tuple[torc
     """Adv. Train I's training set: DeepFool examples of the training images, generated once from the reference
     model (cached in ``out/advtrain_set.pt`` so a resumed run reuses them), alone or added to the clean set."""
     path = out / "advtrain_set.pt"
-    if path.is_file():
-        cached = torch.load(path, map_location=train_x.device, weights_only=True)
+    if path.exists():
+        try:
+            cached = models.load_state(path, ("x_adv", "fooled"), map_location=train_x.device, what="DeepFool set",
+                                       shapes={"x_adv": tuple(train_x.shape), "fooled": (len(train_x),)})
+        except models.CheckpointError as exc:
+            raise SystemExit(f"error: {exc} Delete {path} to generate the DeepFool examples again.") from None
         x_adv, fooled = cached["x_adv"], cached["fooled"]
         print(f"DeepFool training examples: reusing {path}", flush=True)
     else:
@@ -243,6 +298,23 @@ def advtrain_set(args, ref_net, train_x, train_y, out: Path, clip) -> tuple[torc
     return x_adv, train_y, info
 
 
+def epoch_legend(epoch_eps: float) -> str:
+    """What the reference line and the per-epoch lines mean (printed once, before the first epoch)."""
+    return (
+        "  rho2 = mean ‖Δx‖/‖x‖ of DeepFool over the evaluated images (higher = more robust)\n"
+        "  eps_ref = the smallest FGS step ε that misclassifies 50% of the evaluated images (higher = more robust)\n"
+        f"  fgs@1.0 = test accuracy under FGS at 1.0·ε_ref, with the reference's ε_ref = {epoch_eps:.4g} fixed for "
+        "every epoch so the epochs are comparable"
+    )
+
+
+def final_legend(eps: float, epoch_eps: float) -> str:
+    """What the final table's ε_ref is (printed once, under the table): not the per-epoch one."""
+    return (f"ε_ref in the table = {eps:.4g} is the fine-tuned model's own (the epochs above used the reference's, "
+            f"{epoch_eps:.4g}); both rows are attacked at 0.2/0.5/1.0 of it, as in the paper's Table 1, so the "
+            "fine-tuned model's acc. @1.0 ε_ref is ~50% by construction\n")
+
+
 def summary_markdown(args, ref_final: dict, ft_final: dict, eps: float, wall: float, source: str) -> str:
     rows = []
     for name, m in [("Reference", ref_final), (f"Fine-tuned: {LABELS[args.method]} ({args.method})", ft_final)]:
@@ -250,12 +322,13 @@ def summary_markdown(args, ref_final: dict, ft_final: dict, eps: float, wall: fl
                      **{f"f{f}": f"{100 * m[f'fgs_acc@{f}']:.2f}%" for f in engine.FRACTIONS}})
     cols = [("model", "model"), ("acc", "test acc."), ("rho2", "ρ₂")] + [
         (f"f{f}", f"acc. @{f} ε_ref") for f in engine.FRACTIONS]
-    ratio = ft_final["rho2"] / ref_final["rho2"] if ref_final["rho2"] else float("nan")
+    ratio_text = (f"×{ft_final['rho2'] / ref_final['rho2']:.3f}" if ref_final["rho2"]
+                  else "undefined (the reference's ρ₂ is 0)")
     return (
         f"# {args.model}: {args.method} fine-tuning\n\n"
         f"- data: {source}; evaluated on {ft_final['n']} test images\n"
         f"- ε_ref = {eps:.5g} (the fine-tuned model's; FGS images clipped to the pixel range: {'yes' if args.clip else 'no'})\n"
-        f"- ρ₂ ratio: ×{ratio:.3f}; wall time {wall:.0f} s\n\n"
+        f"- ρ₂ ratio: {ratio_text}; wall time {wall:.0f} s\n\n"
         + utils.format_table(rows, cols) + "\n"
     )
 
@@ -268,6 +341,9 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     resume_path = out / "resume" / "checkpoint.pt"
     if resume_path.exists() and not args.resume:
         raise SystemExit(f"error: {out} already holds a run; pass --resume to continue it or choose another --out.")
+    utils.prepare_dir(out, "--out")  # a file in the way, a read-only folder or a full disk: refused now, not later
+    if not args.reference:
+        utils.prepare_dir(args.cache_dir, "--cache-dir")
     config = {"args": vars(args), "device": str(device), **utils.environment()}
     print("configuration:\n" + "\n".join(f"  {k}: {v}" for k, v in sorted(vars(args).items())), flush=True)
     wall_start = time.perf_counter()
@@ -289,8 +365,10 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     ref_net, preprocess, ref_origin = get_reference(args, splits, preprocess, device)
     config["reference"] = ref_origin
     print(f"reference: {ref_origin}", flush=True)
-    out.mkdir(parents=True, exist_ok=True)
-    utils.write_json(out / "config.json", config)
+    try:
+        utils.write_json(out / "config.json", config)
+    except models.WriteError as exc:
+        raise SystemExit(f"error: {exc}") from None
 
     prep = lambda t: data_lib.preprocess(t, preprocess).to(device)  # noqa: E731
     train_x, train_y = prep(splits.train_x), splits.train_y.to(device)
@@ -315,7 +393,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=0.5)
 
     if args.resume and resume_path.exists():
-        state = torch.load(resume_path, map_location=device, weights_only=True)
+        state = utils.load_resume(resume_path, net, device)
+        check_resume_args(state.get("args", {}), vars(args), resume_path)
         net.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["lr_scheduler"])
@@ -332,6 +411,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
               f"eps_ref {ref_metrics['own_eps_ref']:.4g}", flush=True)
         start_epoch, history = 1, []
     epoch_eps = ref_metrics["own_eps_ref"]  # fixed for the whole run so the curves are comparable
+    print(epoch_legend(epoch_eps), flush=True)
 
     advtrain_info = None
     if args.method == "advtrain-deepfool":
@@ -350,16 +430,18 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                 desc=f"epoch {epoch}/{args.epochs}", progress=not args.no_progress,
             )
         except engine.NonFiniteLossError as exc:
-            raise SystemExit(
-                f"error: {exc} (epoch {epoch}). The last good state is {resume_path if history else 'the reference'}; "
-                "lower --lr or --lmbda and start again."
-            ) from None
+            fail_run(out, args, history, f"{exc} (epoch {epoch})", resume_path)
+        lr_used = optimizer.param_groups[0]["lr"]  # this epoch's rate (the scheduler then sets the next one)
         scheduler.step()
         train_seconds = time.perf_counter() - t0
-        row = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"], "train_seconds": train_seconds, **stats}
+        row = {"epoch": epoch, "lr": lr_used, "train_seconds": train_seconds, **stats}
         row["test"] = engine.evaluate(net, test_x[:n_epoch_eval], test_y[:n_epoch_eval], eps_ref=epoch_eps, **eval_kw)
         if len(val_y):
             row["val"] = engine.evaluate(net, val_x, val_y, **eval_kw)
+        reason = engine.collapse_reason(stats, row["test"]["acc"], ref_metrics["acc"],
+                                        models.NUM_CLASSES[args.model], args.min_acc_ratio)
+        if reason is not None:  # never kept as the last good state
+            fail_run(out, args, history + [{**row, "failed": reason}], f"{reason} (epoch {epoch})", resume_path)
         history.append(row)
         models.save_atomic(
             {"model": net.state_dict(), "optimizer": optimizer.state_dict(), "lr_scheduler": scheduler.state_dict(),
@@ -378,19 +460,61 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     ref_final = engine.evaluate(ref_net, test_x, test_y, eps_ref=eps, **eval_kw)
     ref_final["own_eps_ref"] = ref_metrics["own_eps_ref"] if n_epoch_eval == n_eval else None
     wall = time.perf_counter() - wall_start
+    # ρ₂ = 0 for the reference (no image perturbed): the ratio is undefined, not a ZeroDivisionError after training
+    rho2_ratio = ft_final["rho2"] / ref_final["rho2"] if ref_final["rho2"] else None
+    wall_seconds, reevaluation_seconds = wall, None
+    if start_epoch > args.epochs:  # --resume of a finished run: only the final evaluation ran now
+        reevaluation_seconds = wall
+        try:
+            wall_seconds = utils.json.loads((out / "metrics.json").read_text(encoding="utf-8"))["wall_seconds"]
+        except (OSError, ValueError, KeyError, TypeError):
+            pass  # no earlier metrics.json: this session's time is all there is
     result = {"model": args.model, "method": args.method, "reference": ref_final, "finetuned": ft_final,
               "reference_val": ref_metrics.get("val"),
               "reference_epoch_eval": {k: v for k, v in ref_metrics.items() if k != "val"},
               "advtrain_set": advtrain_info,
-              "eps_ref": eps, "rho2_ratio": ft_final["rho2"] / ref_final["rho2"], "wall_seconds": wall,
+              "eps_ref": eps, "rho2_ratio": rho2_ratio, "wall_seconds": wall_seconds,
               "history": history, "data": splits.source}
-    models.save(out / "final.pt", args.model, net, preprocess, metrics=_plain(
-        {k: v for k, v in result.items() if k != "history"}), config=_plain(vars(args)))
-    utils.write_json(out / "metrics.json", result)
-    summary = summary_markdown(args, ref_final, ft_final, eps, wall, splits.source)
-    utils.write_text_atomic(out / "summary.md", summary)
-    print("\n" + summary, flush=True)
+    if rho2_ratio is None:
+        result["rho2_ratio_note"] = "undefined: the reference's rho2 is 0 (DeepFool left every test image unchanged)"
+    if reevaluation_seconds is not None:
+        result["reevaluation_seconds"] = reevaluation_seconds
+    summary = summary_markdown(args, ref_final, ft_final, eps, wall_seconds, splits.source)
+    try:  # final.pt first: the model is never lost to a later failure
+        models.save(out / "final.pt", args.model, net, preprocess, metrics=_plain(
+            {k: v for k, v in result.items() if k != "history"}), config=_plain(vars(args)))
+        utils.write_json(out / "metrics.json", result)
+        utils.write_text_atomic(out / "summary.md", summary)
+    except models.WriteError as exc:
+        raise SystemExit(f"error: {exc}") from None
+    print("\n" + summary + final_legend(eps, epoch_eps), flush=True)
     return result
+
+
+RESUME_FREE_ARGS = {"resume", "out", "no_progress", "device", "eval_batch_size", "data_dir", "cache_dir", "no_download"}
+
+
+def check_resume_args(saved: dict[str, Any], now: dict[str, Any], path: Path) -> None:
+    """Refuse ``--resume`` with settings that differ from the run's (only the flags in ``RESUME_FREE_ARGS``,
+    which do not change the computation, may differ), so a run never mixes configurations."""
+    changed = sorted(key for key in set(saved) & set(now) if key not in RESUME_FREE_ARGS  # flags added later: absent
+                     and _plain(saved[key]) != _plain(now[key]))
+    if changed:
+        diffs = ", ".join(f"--{k.replace('_', '-')} {saved.get(k)!r} -> {now.get(k)!r}" for k in changed)
+        raise SystemExit(f"error: --resume with other settings than the run in {path.parent.parent} ({diffs}); "
+                         "resume with the run's own flags (config.json lists them) or start a new --out.")
+
+
+def fail_run(out: Path, args: argparse.Namespace, history: list[dict[str, Any]], reason: str, resume_path: Path):
+    """Mark a diverged run as failed (``summary.md``, ``metrics.json``, ``log.jsonl``) and exit with status 1;
+    the resume checkpoint stays at the last good epoch (or the reference, before the first)."""
+    last = resume_path if resume_path.exists() else "none (the reference; no epoch finished)"
+    utils.write_text_atomic(out / "summary.md", f"# {args.model} / {args.method}: FAILED\n\n- diverged: {reason}\n"
+                            f"- last good state: {last}\n")
+    utils.write_json(out / "metrics.json", {"failed": reason, "history": history})
+    utils.write_text_atomic(out / "log.jsonl", "".join(utils.json.dumps(r, sort_keys=True) + "\n" for r in history))
+    raise SystemExit(f"error: the run diverged: {reason}. Marked FAILED in {out / 'summary.md'}; the last good state "
+                     f"is {last}. Lower --lr or --lmbda and start again in a new --out.")
 
 
 def _plain(obj: Any) -> Any:
@@ -405,4 +529,7 @@ def _plain(obj: Any) -> Any:
 
 
 if __name__ == "__main__":
-    main(get_args_parser().parse_args())
+    try:
+        main(get_args_parser().parse_args())
+    except models.WriteError as exc:  # a failed write anywhere (resume checkpoint, log.jsonl): one line
+        raise SystemExit(f"error: {exc}") from None

@@ -33,9 +33,14 @@ import models  # noqa: E402
 COLUMNS = ["acc", "rho2", "fgs_acc@0.2", "fgs_acc@0.5", "fgs_acc@1.0"]
 
 
+
+def _ratio(value: float, reference: float) -> float:
+    """``value / reference``, NaN (not a ZeroDivisionError) when the reference's ρ₂ is 0."""
+    return value / reference if reference else float("nan")
+
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Reference vs clean fine-tuning vs Deep Defense, over seeds.",
-                                add_help=add_help, allow_abbrev=False, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                add_help=add_help, allow_abbrev=False, formatter_class=utils.HelpFormatter)
     p.add_argument("--models", nargs="+", default=["mlp", "lenet"], help="architectures")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds (reference and fine-tuning)")
     p.add_argument("--data-dir", default=None, help="as in finetune.py")
@@ -94,9 +99,9 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         table[model] = {
             name: {col: [r[col] for r in rs] for col in COLUMNS} for name, rs in rows.items()
         }
-        table[model]["rho2_ratio"] = [d["rho2"] / r["rho2"] for d, r in zip(rows["Deep Defense"], rows["Reference"])]
+        table[model]["rho2_ratio"] = [_ratio(d["rho2"], r["rho2"]) for d, r in zip(rows["Deep Defense"], rows["Reference"])]
         table[model]["clean_rho2_ratio"] = [
-            c["rho2"] / r["rho2"] for c, r in zip(rows["Clean fine-tune"], rows["Reference"])]
+            _ratio(c["rho2"], r["rho2"]) for c, r in zip(rows["Clean fine-tune"], rows["Reference"])]
         table[model]["wall_seconds"] = walls
         table[model]["n_test"] = rows["Deep Defense"][0]["n"]
     lines = [f"Seeds {args.seeds}; mean ± sd; every row evaluated at the Deep Defense model's ε_ref of its seed.\n"]

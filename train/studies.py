@@ -95,13 +95,13 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="The paper's Figure 3 (c and λ) and Figure 4 (layer-wise "
                                             "regularization) studies: one Deep Defense fine-tuning run per point.",
-                                add_help=add_help, formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                                add_help=add_help, formatter_class=utils.HelpFormatter,
                                 allow_abbrev=False)
     sub = p.add_subparsers(dest="study", required=True, metavar="STUDY", help="which study to run")
     cl = sub.add_parser("cl", help="Figure 3: one run per (lambda, c), d fixed",
                         description="Figure 3: Deep Defense fine-tuning with every combination of λ (--lmbdas) "
                                     "and c (--cs), d fixed (--d); one run each in <out>/cl/lmbda<λ>-c<c>/.",
-                        add_help=add_help, formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                        add_help=add_help, formatter_class=utils.HelpFormatter,
                         allow_abbrev=False)  # so that --extra --c 10 is not taken for --cs/--cache-dir
     cl.add_argument("--lmbdas", type=float, nargs="+", default=LMBDAS, metavar="LAMBDA",
                     help="values of λ (the regularizer's weight)")
@@ -110,7 +110,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                             description="Figure 4: Deep Defense fine-tuning where only one layer receives the "
                                         "regularizer's gradient (finetune.py --reg-layers), for every layer and c; "
                                         "one run each in <out>/layers/<layer>-c<c>/.",
-                            add_help=add_help, formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                            add_help=add_help, formatter_class=utils.HelpFormatter,
                             allow_abbrev=False)
     layers.add_argument("--layers", nargs="+", default=None, metavar="NAME[=CHILD]",
                         help="layers to regularize, one at a time: NAME=CHILD (CHILD: the network's child as in "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -13,6 +14,50 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import models  # noqa: E402
+from models.checkpoint import write_error  # noqa: E402
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends "(default: X)" only where the help does not already say its default, and not for ``None``/``False``
+    defaults (flags, or defaults the help text describes)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        help_text = action.help or ""
+        if "default" in help_text.lower() or action.default is None or action.default is False or action.default is argparse.SUPPRESS:
+            return help_text
+        return super()._get_help_string(action)
+
+
+def prepare_dir(path: str | os.PathLike, flag: str) -> Path:
+    """Create the output folder ``path`` (given with ``flag``, e.g. ``--out``) if needed, check that files can be
+    written in it, and delete the temporary files that killed processes left there (and in its ``resume/``).
+    A file in the way, a read-only folder or a full disk is a one-line ``SystemExit``."""
+    path = Path(path)
+    for p in [path, *path.parents]:
+        if p.exists():
+            if not p.is_dir():
+                raise SystemExit(f"error: {flag} {path}: {p} is a file, not a folder; choose another {flag}.")
+            break
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=f".write-test.pid{os.getpid()}.", suffix=".tmp", dir=path)
+        try:
+            os.write(fd, b"x")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+            os.unlink(probe)
+    except OSError as exc:
+        raise SystemExit(f"error: {flag} {path} is not writable ({exc.strerror or exc}); choose a writable folder "
+                         "or free some space.") from None
+    for folder in (path, path / "resume"):
+        for removed in models.clean_stale_temp(folder):
+            print(f"removed a temporary file of a killed process: {removed}", file=sys.stderr)
+    return path
 
 
 def resolve_device(name: str | None) -> torch.device:
@@ -31,12 +76,9 @@ def seed_everything(seed: int) -> None:
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    """Write ``text`` atomically (``models.write_atomic``: mode 0644 under umask 022; a failure is a one-line
+    ``models.WriteError`` and leaves the previous file intact)."""
+    models.write_atomic(path, lambda f: f.write(text), binary=False)
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
@@ -44,8 +86,11 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
 
 
 def append_jsonl(path: str | os.PathLike, obj: Any) -> None:
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(obj, sort_keys=True, default=str) + "\n")
+    try:
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(obj, sort_keys=True, default=str) + "\n")
+    except OSError as exc:
+        raise write_error(Path(path), exc) from exc
 
 
 def git_commit() -> str:
@@ -85,3 +130,20 @@ def format_table(rows: list[dict[str, Any]], columns: list[tuple[str, str]]) -> 
     lines = ["| " + " | ".join(h for _, h in columns) + " |", "| " + " | ".join("---" for _ in columns) + " |"]
     lines += ["| " + " | ".join(cell(r.get(k)) for k, _ in columns) + " |" for r in rows]
     return "\n".join(lines)
+
+
+RESUME_KEYS = ("model", "optimizer", "lr_scheduler", "epoch", "rng", "history", "reference_metrics")
+"""What ``finetune.py`` writes into ``OUT/resume/checkpoint.pt`` and ``--resume`` needs."""
+
+
+def load_resume(path: str | os.PathLike, net: torch.nn.Module, device: torch.device | str) -> dict:
+    """``--resume``'s checkpoint, checked (``models.load_state``: every key of ``RESUME_KEYS``, the model's state
+    dict keys and shapes against ``net``); anything wrong is a one-line ``SystemExit``."""
+    try:
+        state = models.load_state(path, RESUME_KEYS, map_location=device, shapes={"model": net},
+                                  what="resume checkpoint")
+        if not isinstance(state["rng"], dict) or not isinstance(state["rng"].get("torch"), torch.Tensor):
+            raise models.CheckpointError(f"{path} is not a usable resume checkpoint: rng['torch'] is missing.")
+    except models.CheckpointError as exc:
+        raise SystemExit(f"error: --resume: {exc} Start a new --out (or delete {path} to start this run afresh).") from None
+    return state

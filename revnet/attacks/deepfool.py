@@ -55,7 +55,7 @@ from typing import NamedTuple, Optional
 import torch
 from torch import Tensor, nn
 
-from .._checks import check_batch, check_labels, check_network, norm_floor  # noqa: F401 (re-exported)
+from .._checks import check_batch, check_classes, check_labels, check_network, norm_floor  # noqa: F401 (re-exported)
 from ..layers.protocol import noise_of, select_noise, trace_with
 
 
@@ -111,8 +111,8 @@ def deepfool(
             ``revnet.noise_of(net, tape)`` of an earlier trace of ``x``; ``None``: drawn by the first trace.
             Either way every re-trace reuses each sample's draws (see :func:`deepfool_from_trace`).
     """
-    check_network(net)
     check_batch(x)
+    check_network(net, x)
     _check_max_iter(max_iter)
     _check_overshoot(overshoot)
     with contextlib.nullcontext() if differentiable else torch.no_grad():
@@ -182,6 +182,7 @@ def deepfool_from_trace(
     _check_class_chunk(class_chunk)
     if logits.dim() != 2 or logits.shape[0] != x.shape[0]:
         raise ValueError(f"DeepFool needs logits of shape (N, C) = ({x.shape[0]}, C), got {tuple(logits.shape)}.")
+    check_classes(logits)
     n, num_classes = logits.shape
     target = _check_target(target, logits, x)
     q = _check_candidates(candidates, num_classes)

@@ -19,8 +19,8 @@ from .._checks import check_batch, check_labels, check_network
 
 def ce_input_gradient(net: nn.Module, x: Tensor, y: Tensor) -> Tensor:
     """``∂/∂x`` of ``F.cross_entropy(net(x), y)`` (mean over the batch), shape of ``x``; builds no graph."""
-    check_network(net)
     check_batch(x)
+    check_network(net, x)
     check_labels(y, x)
     with torch.no_grad():
         logits, tape = net.trace(x)

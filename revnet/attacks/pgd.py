@@ -56,8 +56,8 @@ def pgd_l2(
         step_size = 2.5 * eps / steps
     elif not (0 <= float(step_size) < float("inf")):
         raise ValueError(f"step_size must be a finite number >= 0 (or None for 2.5·eps/steps), got {step_size!r}.")
-    check_network(net)
     check_batch(x)
+    check_network(net, x)
     check_labels(y, x)
     x = x.detach()
     x_adv = x

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..errors import ReverseShapeError
+from ..errors import ReverseShapeError, TapeMismatchError
 
 
 def per_sample(v: Tensor, n: int) -> Tensor:
@@ -33,3 +33,11 @@ def times_per_sample(v: Tensor, factor: Tensor) -> Tensor:
 def fold_shape(rows: int, shape: torch.Size) -> tuple[int, ...]:
     """``(rows, *shape[1:])``: the per-sample shape with ``rows`` rows."""
     return (rows, *shape[1:])
+
+
+def expect_tape(layer: object, tape: object, tape_type: type) -> None:
+    """Raise :class:`TapeMismatchError` unless ``tape`` is a ``tape_type`` (e.g. another layer's tape was passed)."""
+    if not isinstance(tape, tape_type):
+        raise TapeMismatchError(
+            f"{type(layer).__name__}.reverse expects the {tape_type.__name__} its own trace() returned, got "
+            f"{type(tape).__name__}; pass each layer the tape it recorded (a network's reverse does this for you).")

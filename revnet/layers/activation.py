@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._rows import per_sample, times_per_sample
+from ._rows import expect_tape, per_sample, times_per_sample
 
 
 class ActivationTape(NamedTuple):
@@ -35,6 +35,7 @@ class ReLU(nn.ReLU):
         return F.relu(x), ActivationTape(x > 0)
 
     def reverse(self, v: Tensor, tape: ActivationTape) -> Tensor:
+        expect_tape(self, tape, ActivationTape)
         return times_per_sample(v, tape.positive.to(v.dtype))
 
 
@@ -50,6 +51,7 @@ class LeakyReLU(nn.LeakyReLU):
         return F.leaky_relu(x, self.negative_slope), ActivationTape(x > 0)
 
     def reverse(self, v: Tensor, tape: ActivationTape) -> Tensor:
+        expect_tape(self, tape, ActivationTape)
         pos = tape.positive.to(v.dtype)
         slope = pos + (1 - pos) * self.negative_slope
         return times_per_sample(v, slope)
@@ -64,6 +66,7 @@ class PReLU(nn.PReLU):
         return super().forward(x), ActivationTape(x > 0)
 
     def reverse(self, v: Tensor, tape: ActivationTape) -> Tensor:
+        expect_tape(self, tape, ActivationTape)
         n = tape.positive.shape[0]
         rows = per_sample(v, n)  # (N, K, C, *s)
         slope = self.weight
@@ -87,6 +90,7 @@ class Hardtanh(nn.Hardtanh):
         return F.hardtanh(x, self.min_val, self.max_val), ClampTape((x > self.min_val) & (x < self.max_val))
 
     def reverse(self, v: Tensor, tape: ClampTape) -> Tensor:
+        expect_tape(self, tape, ClampTape)
         return times_per_sample(v, tape.inside.to(v.dtype))
 
 
@@ -99,4 +103,5 @@ class ReLU6(nn.ReLU6):
         return F.hardtanh(x, 0.0, 6.0), ClampTape((x > 0) & (x < 6))
 
     def reverse(self, v: Tensor, tape: ClampTape) -> Tensor:
+        expect_tape(self, tape, ClampTape)
         return times_per_sample(v, tape.inside.to(v.dtype))

@@ -13,6 +13,8 @@ from typing import NamedTuple
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ._rows import expect_tape
+
 from ..errors import UnsupportedLayerError
 
 
@@ -55,6 +57,7 @@ class Conv2d(nn.Conv2d):
         return super().forward(x), Conv2dTape((x.shape[-2], x.shape[-1]))
 
     def reverse(self, v: Tensor, tape: Conv2dTape) -> Tensor:
+        expect_tape(self, tape, Conv2dTape)
         pads = self._pads(tape.in_size)
         if all(before == after for before, after in pads):
             output_padding = [

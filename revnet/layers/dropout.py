@@ -13,7 +13,7 @@ from typing import NamedTuple, Optional
 
 from torch import Tensor, nn
 
-from ._rows import times_per_sample
+from ._rows import expect_tape, times_per_sample
 
 
 class DropoutTape(NamedTuple):
@@ -44,6 +44,7 @@ class Dropout(nn.Dropout):
         return x * scale, DropoutTape(scale)
 
     def reverse(self, v: Tensor, tape: DropoutTape) -> Tensor:
+        expect_tape(self, tape, DropoutTape)
         if tape.scale is None:
             return v
         return times_per_sample(v, tape.scale.to(v.dtype))

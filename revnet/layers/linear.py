@@ -7,6 +7,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
+from ._rows import expect_tape
+
 
 class LinearTape(NamedTuple):
     """A linear map needs nothing from the forward pass."""
@@ -24,5 +26,6 @@ class Linear(nn.Linear):
         return super().forward(x), LinearTape()
 
     def reverse(self, v: Tensor, tape: LinearTape) -> Tensor:
+        expect_tape(self, tape, LinearTape)
         # g[..., i] = Σ_o v[..., o] · W[o, i]
         return torch.matmul(v, self.weight)

@@ -16,6 +16,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
+from ._rows import expect_tape
+
 from ..errors import BatchNormTrainingError, UnsupportedLayerError
 
 
@@ -39,6 +41,7 @@ class _FrozenBatchNormReverse:
         return self.forward(x), BatchNormTape(self.training)
 
     def reverse(self, v: Tensor, tape: BatchNormTape) -> Tensor:
+        expect_tape(self, tape, BatchNormTape)
         if tape.training:
             raise BatchNormTrainingError(
                 f"{type(self).__name__}({self.num_features}) was traced in training mode, where it uses batch "

@@ -15,6 +15,8 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from ._rows import expect_tape
 from torch.nn.modules.utils import _pair
 
 from ..errors import UnsupportedLayerError
@@ -53,6 +55,7 @@ class MaxPool2d(nn.MaxPool2d):
         return y, MaxPool2dTape(indices, (x.shape[-2], x.shape[-1]))
 
     def reverse(self, v: Tensor, tape: MaxPool2dTape) -> Tensor:
+        expect_tape(self, tape, MaxPool2dTape)
         n, c = tape.indices.shape[:2]
         h, w = tape.in_size
         rows = v.reshape(n, -1, c, v.shape[-2] * v.shape[-1])  # (N, K, C, H_out·W_out)
@@ -121,6 +124,7 @@ class AvgPool2d(nn.AvgPool2d):
         return _averaging_matrix(out, size, starts, ends, divisors, like)
 
     def reverse(self, v: Tensor, tape: AvgPool2dTape) -> Tensor:
+        expect_tape(self, tape, AvgPool2dTape)
         return _transposed_average(v, self._matrix(0, tape, v), self._matrix(1, tape, v))
 
 
@@ -139,6 +143,7 @@ class AdaptiveAvgPool2d(nn.AdaptiveAvgPool2d):
         return _trace_average(self, x)
 
     def reverse(self, v: Tensor, tape: AvgPool2dTape) -> Tensor:
+        expect_tape(self, tape, AvgPool2dTape)
         mats = []
         for size, out in zip(tape.in_size, tape.out_size):
             starts = [(o * size) // out for o in range(out)]

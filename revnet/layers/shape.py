@@ -6,6 +6,8 @@ from typing import NamedTuple
 
 from torch import Tensor, nn
 
+from ._rows import expect_tape
+
 from ..errors import UnsupportedLayerError
 
 
@@ -29,6 +31,7 @@ class Flatten(nn.Flatten):
         return super().forward(x), ShapeTape(tuple(x.shape[1:]))
 
     def reverse(self, v: Tensor, tape: ShapeTape) -> Tensor:
+        expect_tape(self, tape, ShapeTape)
         return v.reshape(v.shape[0], *tape.in_shape)
 
 
@@ -43,6 +46,7 @@ class Unflatten(nn.Unflatten):
         return super().forward(x), ShapeTape(tuple(x.shape[1:]))
 
     def reverse(self, v: Tensor, tape: ShapeTape) -> Tensor:
+        expect_tape(self, tape, ShapeTape)
         return v.reshape(v.shape[0], *tape.in_shape)
 
 
@@ -59,4 +63,5 @@ class Identity(nn.Identity):
         return x, IdentityTape()
 
     def reverse(self, v: Tensor, tape: IdentityTape) -> Tensor:
+        expect_tape(self, tape, IdentityTape)
         return v

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._rows import times_per_sample
+from ._rows import expect_tape, times_per_sample
 
 
 def sigmoid_derivative(x: Tensor) -> Tensor:
@@ -61,6 +61,7 @@ class _TimesSlope:
     """The reverse every smooth activation shares: ``g = v · σ'(x)`` with the recorded slope."""
 
     def reverse(self, v: Tensor, tape: SmoothTape) -> Tensor:
+        expect_tape(self, tape, SmoothTape)
         return times_per_sample(v, tape.slope)
 
 
