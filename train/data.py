@@ -8,6 +8,8 @@ mean of the training images; its parameters go into every checkpoint.
 
 from __future__ import annotations
 
+import contextlib
+
 import gzip
 import os
 import shutil
@@ -16,7 +18,7 @@ import sys
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 import numpy as np
 import torch
@@ -163,10 +165,17 @@ class _NotFound(Exception):
 def _download(dataset: str, root: Path) -> None:
     """torchvision's download into ``root``; the folders it created are removed again if it fails and they are
     empty (a failed download leaves no ``MNIST/raw/`` behind)."""
-    folders = [root, root / _folder(dataset), root / _folder(dataset) / "raw"]
+    with removing_created([root, root / _folder(dataset), root / _folder(dataset) / "raw"]):
+        _from_torchvision(dataset, root, download=True)
+
+
+@contextlib.contextmanager
+def removing_created(folders: list[Path]) -> Iterator[None]:
+    """Remove again, if the block fails, the folders of ``folders`` that it created and left empty (a failed
+    download leaves no empty data folders behind)."""
     created = [f for f in folders if not f.exists()]
     try:
-        _from_torchvision(dataset, root, download=True)
+        yield
     except BaseException:
         for f in reversed(created):
             try:
