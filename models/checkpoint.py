@@ -34,6 +34,7 @@ ARCHITECTURES = {
     "nin": cifar.nin,
     "alexnet": imagenet.alexnet,
     "resnet18": imagenet.resnet18,
+    "resnet18-mnist": imagenet.resnet18_mnist,
 }
 """Architecture name -> a function returning a fresh reversible network (``revnet.Sequential`` or ``revnet.Graph``)."""
 
@@ -44,10 +45,12 @@ INPUT_SHAPES = {
     "nin": (3, 32, 32),
     "alexnet": (3, 224, 224),
     "resnet18": (3, 224, 224),
+    "resnet18-mnist": (1, 28, 28),
 }
 """Architecture name -> the per-sample input shape ``(C, H, W)`` it was designed for (inputs are ``(N, C, H, W)``)."""
 
-NUM_CLASSES = {"mlp": 10, "lenet": 10, "convnet": 10, "nin": 10, "alexnet": 1000, "resnet18": 1000}
+NUM_CLASSES = {"mlp": 10, "lenet": 10, "convnet": 10, "nin": 10, "alexnet": 1000, "resnet18": 1000,
+               "resnet18-mnist": 10}
 """Architecture name -> the number of logits it returns (MNIST and CIFAR-10: 10, ImageNet: 1000)."""
 
 

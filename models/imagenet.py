@@ -28,3 +28,15 @@ def resnet18(num_classes: int = 1000) -> nn.Module:
     import torchvision
 
     return revnet.convert(torchvision.models.resnet18(weights=None, num_classes=num_classes))
+
+
+def resnet18_mnist() -> nn.Module:
+    """``torchvision.models.resnet18(num_classes=10)`` with a one-channel stem (its first convolution takes
+    ``(N, 1, 28, 28)`` MNIST images; otherwise torchvision's own ResNet-18), as a ``revnet.Graph``: Deep Defense
+    through residual blocks and BatchNorm on real images, here, where CIFAR-10 and ImageNet are not available.
+    At 28×28 the stem (stride 2 and a max pooling) leaves 7×7 maps and layer4 1×1."""
+    import torchvision
+
+    model = torchvision.models.resnet18(weights=None, num_classes=10)
+    model.conv1 = nn.Conv2d(1, 64, kernel_size=7, stride=2, padding=3, bias=False)
+    return revnet.convert(model)

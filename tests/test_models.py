@@ -36,7 +36,7 @@ def test_lenet_layers_follow_the_paper():
 
 
 F64 = torch.float64
-TEST_SIZE = {"mlp": 28, "lenet": 28, "convnet": 32, "nin": 32, "alexnet": 64, "resnet18": 32}  # H = W in the tests
+TEST_SIZE = {"mlp": 28, "lenet": 28, "convnet": 32, "nin": 32, "alexnet": 64, "resnet18": 32, "resnet18-mnist": 28}  # H = W in the tests
 
 
 def _randomize_batchnorm(net: nn.Module, gen: torch.Generator) -> None:
@@ -57,13 +57,16 @@ def _plain_reference(arch: str, net: nn.Module) -> nn.Module:
         return plain_copy(net)
     import torchvision
 
-    ref = getattr(torchvision.models, arch)(weights=None, num_classes=models.NUM_CLASSES[arch]).to(F64)
+    ref = getattr(torchvision.models, arch.split("-")[0])(weights=None, num_classes=models.NUM_CLASSES[arch])
+    if arch == "resnet18-mnist":  # the one-channel stem
+        ref.conv1 = nn.Conv2d(1, 64, kernel_size=7, stride=2, padding=3, bias=False)
+    ref = ref.to(F64)
     ref.load_state_dict(net.state_dict())
     return ref.eval()
 
 
 def test_architecture_tables_cover_every_architecture():
-    assert set(models.ARCHITECTURES) == {"mlp", "lenet", "convnet", "nin", "alexnet", "resnet18"}
+    assert set(models.ARCHITECTURES) == {"mlp", "lenet", "convnet", "nin", "alexnet", "resnet18", "resnet18-mnist"}
     assert set(models.INPUT_SHAPES) == set(models.NUM_CLASSES) == set(models.ARCHITECTURES)
     assert models.INPUT_SHAPES["nin"] == (3, 32, 32) and models.INPUT_SHAPES["resnet18"] == (3, 224, 224)
     assert models.NUM_CLASSES["convnet"] == 10 and models.NUM_CLASSES["alexnet"] == 1000
