@@ -49,9 +49,9 @@ class _DeepFoolCall(nn.Module):
         self.net = net
 
     def forward(self, x: Tensor, target: Tensor, max_iter: int, overshoot: float, early_stop: bool,
-                class_chunk: Optional[int], noise: object):
+                class_chunk: Optional[int], noise: object, candidates: Optional[int]):
         return deepfool(self.net, x, target=target, max_iter=max_iter, overshoot=overshoot, differentiable=True,
-                        early_stop=early_stop, class_chunk=class_chunk, noise=noise)
+                        early_stop=early_stop, class_chunk=class_chunk, noise=noise, candidates=candidates)
 
 
 def _check_reg_layers(net: nn.Module, reg_layers: Sequence[str]) -> set[str]:
@@ -89,6 +89,7 @@ def deep_defense_loss(
     ce_weight: float = 1.0,
     early_stop: bool = True,
     class_chunk: Optional[int] = None,
+    candidates: Optional[int] = None,
 ) -> tuple[Tensor, DeepDefenseInfo]:
     """The Deep Defense loss (a scalar with a graph) and a :class:`DeepDefenseInfo`.
 
@@ -101,6 +102,9 @@ def deep_defense_loss(
             as ``["layer3.1.conv2"]``) whose parameters receive the regularizer's gradient; ``None``: all.
         ce_weight: weight of the clean cross-entropy (1 in eq. 6; ``α`` when another term, e.g. the FGS
             examples' cross-entropy in :mod:`revnet.baselines`, is added by the caller).
+        candidates: correctly classified samples: DeepFool considers only the top-``candidates`` classes of the
+            clean logits (e.g. 10 on ImageNet, so training does not reverse 999 rows per sample); ``None``: all.
+            Misclassified samples are attacked towards their label, whatever this is.
     """
     check_batch(x)
     check_network(net, x)
@@ -115,14 +119,15 @@ def deep_defense_loss(
         correct, target = _check_classes(logits, y)
         delta, info = deepfool_from_trace(
             net, x, logits, tape, target=target, max_iter=max_iter, overshoot=overshoot, differentiable=True,
-            early_stop=early_stop, class_chunk=class_chunk,
+            early_stop=early_stop, class_chunk=class_chunk, candidates=candidates,
         )
     else:
         logits, tape = net.trace(x)  # the clean trace: its Dropout masks are DeepFool's too
         correct, target = _check_classes(logits, y)
         params = {"net." + name: p if _in_chosen(name, chosen) else p.detach() for name, p in net.named_parameters()}
         delta, info = torch.func.functional_call(
-            _DeepFoolCall(net), params, (x, target, max_iter, overshoot, early_stop, class_chunk, noise_of(net, tape)))
+            _DeepFoolCall(net), params,
+            (x, target, max_iter, overshoot, early_stop, class_chunk, noise_of(net, tape), candidates))
     ce = F.cross_entropy(logits, y)
     ratio = torch.linalg.vector_norm(delta.flatten(1), dim=1) / torch.linalg.vector_norm(
         x.flatten(1), dim=1

@@ -8,9 +8,11 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from autograd_reference import NETS, mixed_batch, reference_deep_defense_loss
 from helpers import assert_vjp_close, plain_copy
+import revnet
 from revnet.losses import DeepDefenseInfo, deep_defense_loss
 
 F64 = torch.float64
@@ -150,3 +152,21 @@ def test_bad_inputs_raise_clear_errors():
         deep_defense_loss(net, x, y.double())
     with pytest.raises(ValueError, match="not modules of the network"):
         deep_defense_loss(net, x, y, reg_layers=["fc1"])
+
+
+def test_deep_defense_loss_takes_the_top_candidate_classes():
+    torch.manual_seed(0)
+    net = revnet.Sequential(nn.Flatten(), nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 12)).double()
+    x = torch.randn(8, 6, dtype=torch.float64)
+    with torch.no_grad():
+        y = net(x).argmax(1)
+    y[:2] = (y[:2] + 1) % 12  # two misclassified samples: targeted, unaffected by candidates
+    loss, info = revnet.deep_defense_loss(net, x, y, candidates=3, max_iter=4)
+    delta, _ = revnet.deepfool(net, x, target=torch.where(info.correct, torch.full_like(y, -1), y), candidates=3,
+                               max_iter=4, differentiable=True)
+    ratio = delta.flatten(1).norm(dim=1) / x.flatten(1).norm(dim=1)
+    torch.testing.assert_close(info.ratio, ratio.detach(), rtol=1e-12, atol=1e-12)
+    full, _ = revnet.deep_defense_loss(net, x, y, candidates=12, max_iter=4)
+    torch.testing.assert_close(full, revnet.deep_defense_loss(net, x, y, max_iter=4)[0], rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="candidates must be an integer in"):
+        revnet.deep_defense_loss(net, x, y, candidates=1)

@@ -183,3 +183,4 @@ def test_a_checkpoint_with_nan_weights_is_refused_in_one_line(tmp_path):
         models.load(tmp_path / "nan.pt")
     with pytest.raises(SystemExit, match=r"error: .*NaN or infinite weights"):
         evaluate.main(evaluate.get_args_parser().parse_args([str(tmp_path / "nan.pt"), "--no-download"]))
+
