@@ -82,7 +82,8 @@ def test_a_diverged_run_exits_nonzero_is_marked_failed_and_keeps_no_collapsed_st
         finetune.main(finetune.get_args_parser().parse_args(argv))
     run = tmp_path / "run"
     assert "FAILED" in (run / "summary.md").read_text()
-    assert "epoch 1" in json.loads((run / "metrics.json").read_text())["failed"]
+    assert "epoch 1" in json.loads((run / "failed.json").read_text())["failed"]
+    assert not (run / "metrics.json").exists()  # metrics.json marks a finished run (table1/results/studies reuse it)
     assert not (run / "resume" / "checkpoint.pt").exists() and not (run / "final.pt").exists()
 
 
