@@ -154,11 +154,31 @@ class Pooled(nn.Module):
         return self.fc(h.mean((2, 3)))
 
 
+class Misc(nn.Module):
+    """The remaining rules: sum over dims, torch.add with alpha, reshape/squeeze/unsqueeze/contiguous,
+    Ellipsis indexing, torch.mul/torch.div by a constant buffer."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(2, 3, 3, padding=1)
+        self.register_buffer("scale", torch.linspace(0.5, 2.0, 3).reshape(3, 1, 1))
+        self.fc = nn.Linear(3 * 6 + 3, 4)
+
+    def forward(self, x):
+        h = torch.tanh(self.conv(x))
+        h = torch.add(h, torch.mul(h, self.scale), alpha=0.5)
+        h = torch.div(h, self.scale).contiguous()
+        pooled = h[..., ::2].sum((2, 3))  # (N, 3)
+        rows = torch.reshape(h[:, :, 1], (h.shape[0], -1)).unsqueeze(1).squeeze(1)  # (N, 3·6)
+        return self.fc(torch.cat([rows, pooled], 1))
+
+
 HANDMADE = [
     ("called-twice", CalledTwice, (2, 3, 8, 8)),
     ("concat", Concat, (2, 2, 6, 6)),
     ("smooth", Smooth, (3, 6)),
     ("pooled", Pooled, (2, 2, 9, 9)),
+    ("misc", Misc, (2, 2, 6, 6)),
 ]
 
 
