@@ -35,7 +35,7 @@ from . import registry
 from ._checks import fold_class_rows, layer_input_error
 from .errors import ReverseShapeError, RevnetError, TapeMismatchError, UnsupportedLayerError
 from .layers import is_reversible
-from .layers.protocol import nested_noise, reverse_rows, takes_noise, trace_with
+from .layers.protocol import nested_noise, reverse_rows, trace_with
 
 _TORCH_DIR = os.path.dirname(torch.__file__)
 _SHAPE_METHODS = {"size", "dim", "numel", "nelement", "ndimension"}
