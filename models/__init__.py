@@ -9,13 +9,15 @@
 ``NUM_CLASSES`` to its number of logits; ``build(arch)`` gives a fresh network, ``save``/``load`` the checkpoint.
 """
 
-from .checkpoint import (ARCHITECTURES, INPUT_SHAPES, NUM_CLASSES, CheckpointError, WriteError, build,
-                         clean_stale_temp, load, load_state, save, save_atomic, write_atomic)
+from .checkpoint import (ARCH_ARGS, ARCHITECTURES, INPUT_SHAPES, NUM_CLASSES, CheckpointError, WriteError, build,
+                         build_user_model, clean_stale_temp, input_shape_of, is_user_model, load, load_state, save,
+                         save_atomic, write_atomic)
 from .cifar import convnet, nin
 from .imagenet import alexnet, resnet18
 from .mnist import lenet, mlp
 
 __all__ = [
+    "ARCH_ARGS",
     "ARCHITECTURES",
     "CheckpointError",
     "INPUT_SHAPES",
@@ -23,8 +25,11 @@ __all__ = [
     "alexnet",
     "WriteError",
     "build",
+    "build_user_model",
     "clean_stale_temp",
     "convnet",
+    "input_shape_of",
+    "is_user_model",
     "lenet",
     "load",
     "load_state",

@@ -63,11 +63,57 @@ class WriteError(OSError):
     names the path. The previous file at that path, if any, is left intact."""
 
 
-def build(arch: str) -> nn.Module:
-    """A fresh reversible network of the named architecture (a key of ``ARCHITECTURES``)."""
+ARCH_ARGS = {"alexnet": ("num_classes",), "resnet18": ("num_classes",)}
+"""The keyword arguments each builder takes (recorded in checkpoints as ``arch_args``)."""
+
+
+def is_user_model(arch: str) -> bool:
+    """Whether ``arch`` names a user's builder, ``module:function`` (``--model`` of finetune.py/evaluate.py)."""
+    return ":" in arch
+
+
+def build_user_model(spec: str) -> nn.Module:
+    """``module:function`` → ``function()`` from ``importlib.import_module(module)`` (the current folder is on
+    the path), converted with ``revnet.convert`` unless it already is a ``revnet.Sequential``/``Graph``. Any
+    failure is a one-line ``ValueError`` naming ``spec``."""
+    import importlib
+    import sys
+
+    import revnet
+
+    module_name, _, func_name = spec.partition(":")
+    if not module_name or not func_name:
+        raise ValueError(f"--model {spec!r}: write it as module:function, e.g. mymodels:small_cnn.")
+    if "" not in sys.path and "." not in sys.path:
+        sys.path.insert(0, "")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:  # noqa: BLE001 - ImportError, SyntaxError in the user's file, ...
+        raise ValueError(f"--model {spec!r}: cannot import {module_name!r} ({exc.__class__.__name__}: {exc}); "
+                         "run from the folder that holds it or put it on PYTHONPATH.") from None
+    func = getattr(module, func_name, None)
+    if not callable(func):
+        raise ValueError(f"--model {spec!r}: {module_name} has no function {func_name!r}.")
+    model = func()
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"--model {spec!r}: {func_name}() returned a {type(model).__name__}, not an nn.Module.")
+    if isinstance(model, (revnet.Sequential, revnet.Graph)):
+        return model
+    return revnet.convert(model)
+
+
+def build(arch: str, **arch_args: Any) -> nn.Module:
+    """A fresh reversible network of the named architecture (a key of ``ARCHITECTURES``, or ``module:function``
+    for a user's builder), with ``arch_args`` (see ``ARCH_ARGS``: ``num_classes`` for alexnet and resnet18)."""
+    if is_user_model(arch):
+        return build_user_model(arch)
     if arch not in ARCHITECTURES:
-        raise ValueError(f"unknown model {arch!r}; choose one of: {', '.join(sorted(ARCHITECTURES))}.")
-    return ARCHITECTURES[arch]()
+        raise ValueError(f"unknown model {arch!r}; choose one of: {', '.join(sorted(ARCHITECTURES))}, or "
+                         "module:function.")
+    unknown = sorted(set(arch_args) - set(ARCH_ARGS.get(arch, ())))
+    if unknown:
+        raise ValueError(f"model {arch!r} takes no argument {', '.join(unknown)}.")
+    return ARCHITECTURES[arch](**arch_args)
 
 
 _TEMP = re.compile(r"^\..+\.pid(\d+)\.[^.]+\.tmp$")
@@ -242,13 +288,28 @@ def save(
     preprocess: dict[str, Any],
     metrics: Optional[dict[str, Any]] = None,
     config: Optional[dict[str, Any]] = None,
+    *,
+    arch_args: Optional[dict[str, Any]] = None,
+    input_shape: Optional[tuple] = None,
 ) -> None:
-    """Write a checkpoint (see the module docstring) atomically."""
+    """Write a checkpoint (see the module docstring) atomically; ``arch_args`` (``build``'s keyword arguments)
+    and ``input_shape`` (the per-sample ``(C, H, W)`` it was trained on) are recorded when given."""
     state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
     pre = {k: (v.detach().cpu() if isinstance(v, Tensor) else v) for k, v in preprocess.items()}
-    save_atomic(
-        {"arch": arch, "state_dict": state, "preprocess": pre, "metrics": metrics or {}, "config": config or {}}, path
-    )
+    ckpt = {"arch": arch, "state_dict": state, "preprocess": pre, "metrics": metrics or {}, "config": config or {}}
+    if arch_args is not None:
+        ckpt["arch_args"] = dict(arch_args)
+    if input_shape is not None:
+        ckpt["input_shape"] = [int(v) for v in input_shape]
+    save_atomic(ckpt, path)
+
+
+def input_shape_of(ckpt: Mapping[str, Any]) -> tuple:
+    """The per-sample input shape a checkpoint was trained on: its ``input_shape``, else (checkpoints written
+    before it was recorded) ``INPUT_SHAPES[arch]``, else ``None`` (a user's model)."""
+    if ckpt.get("input_shape") is not None:
+        return tuple(int(v) for v in ckpt["input_shape"])
+    return INPUT_SHAPES.get(ckpt.get("arch"))
 
 
 def load(
@@ -256,26 +317,38 @@ def load(
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Read a checkpoint with ``weights_only=True``; return ``(net, checkpoint)`` with ``net`` in eval mode.
 
-    ``arch``, if given, must match the checkpoint's architecture.
+    ``arch``, if given, must match the checkpoint's architecture. A checkpoint of a user's model
+    (``module:function``) is built only when ``arch`` names the same builder: loading a file never imports code
+    the caller did not ask for.
     """
     path = Path(path)
     ckpt = load_state(path, ("arch", "state_dict", "preprocess"), map_location=map_location)
     if arch is not None and ckpt["arch"] != arch:
         raise CheckpointError(f"{path} holds a {ckpt['arch']!r} model, not {arch!r}; pass a {arch} checkpoint.")
-    if ckpt["arch"] not in ARCHITECTURES:
+    if is_user_model(str(ckpt["arch"])) and arch is None:
+        raise CheckpointError(f"{path} holds a user's model {ckpt['arch']!r}; pass --model {ckpt['arch']} to build it.")
+    if not is_user_model(str(ckpt["arch"])) and ckpt["arch"] not in ARCHITECTURES:
         raise CheckpointError(f"{path} holds an unknown architecture {ckpt['arch']!r}; known: "
                               f"{', '.join(sorted(ARCHITECTURES))}.")
-    net = build(ckpt["arch"])
+    arch_args = ckpt.get("arch_args") or {}
+    try:
+        net = build(ckpt["arch"], **arch_args)
+    except ValueError as exc:
+        raise CheckpointError(f"{path}: {exc}") from None
     check_state_dict(path, ckpt["state_dict"], net.state_dict(), f"a {ckpt['arch']!r} model")
     pre = ckpt["preprocess"]
-    shape = (1, *INPUT_SHAPES[ckpt["arch"]])
+    shape = input_shape_of(ckpt)
     if not isinstance(pre, dict) or not isinstance(pre.get("mean"), Tensor) or not isinstance(
-            pre.get("scale"), (int, float)):
+            pre.get("scale"), (int, float)) or not isinstance(pre.get("std", pre["mean"]), Tensor):
         raise CheckpointError(f"{path} has no preprocessing (preprocess needs a tensor 'mean' and a number 'scale'); "
                               "pass a checkpoint written by train/finetune.py.")
-    if _shape(pre["mean"]) not in (shape[1:], shape):
-        raise CheckpointError(f"{path}: preprocess mean has shape {_shape(pre['mean'])}, expected {shape[1:]} for "
-                              f"{ckpt['arch']!r}; pass a checkpoint written by train/finetune.py.")
+    if shape is not None:
+        fits = [tuple(shape), (1, *shape), (shape[0], 1, 1)]
+        for key in ("mean", "std"):
+            if key in pre and _shape(pre[key]) not in fits:
+                raise CheckpointError(f"{path}: preprocess {key} has shape {_shape(pre[key])}, expected "
+                                      f"{tuple(shape)} or {(shape[0], 1, 1)} for {ckpt['arch']!r} inputs of shape "
+                                      f"{tuple(shape)}; pass a checkpoint written by train/finetune.py.")
     bad = [k for k, v in ckpt["state_dict"].items() if isinstance(v, Tensor) and v.is_floating_point()
            and not torch.isfinite(v).all()]
     if bad:

@@ -20,7 +20,7 @@ Conventions:
 from __future__ import annotations
 
 import math
-from typing import Iterator, Optional, Sequence
+from typing import Callable, Iterator, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -70,6 +70,18 @@ def network_accuracy(net: nn.Module, x: Tensor, y: Tensor, *, batch_size: int = 
     return correct / len(x)
 
 
+def deepfool_batch_sums(
+    net: nn.Module, x: Tensor, *, max_iter: int = 50, overshoot: float = 0.02, candidates: Optional[int] = None,
+) -> tuple[float, int, int]:
+    """Untargeted DeepFool on one batch ``x (B, *in)``: ``(Σ_i ‖Δx_i‖₂/‖x_i‖₂ as a float64 sum, number fooled,
+    total iterations)``. :func:`deepfool_robustness` adds these up over chunks; a caller streaming batches from
+    a ``DataLoader`` does the same and gets the same numbers for the same chunks."""
+    delta, info = deepfool(net, x, max_iter=max_iter, overshoot=overshoot, candidates=candidates)
+    norm_x = torch.linalg.vector_norm(x.flatten(1), dim=1).clamp_min(norm_floor(x.dtype))
+    ratio_sum = (torch.linalg.vector_norm(delta.flatten(1), dim=1) / norm_x).double().sum().item()
+    return ratio_sum, int(info.success.sum()), int(info.iterations.sum())
+
+
 def deepfool_robustness(
     net: nn.Module,
     x: Tensor,
@@ -87,31 +99,36 @@ def deepfool_robustness(
     _checked(net, x)
     ratio_sum, fooled, steps = 0.0, 0, 0
     for s in _chunks(len(x), batch_size):
-        delta, info = deepfool(net, x[s], max_iter=max_iter, overshoot=overshoot, candidates=candidates)
-        norm_x = torch.linalg.vector_norm(x[s].flatten(1), dim=1).clamp_min(norm_floor(x.dtype))
-        ratio_sum += (torch.linalg.vector_norm(delta.flatten(1), dim=1) / norm_x).double().sum().item()
-        fooled += int(info.success.sum())
-        steps += int(info.iterations.sum())
+        r, f, k = deepfool_batch_sums(net, x[s], max_iter=max_iter, overshoot=overshoot, candidates=candidates)
+        ratio_sum, fooled, steps = ratio_sum + r, fooled + f, steps + k
     n = len(x)
     return {"rho2": ratio_sum / n, "fooling_rate": fooled / n, "mean_iterations": steps / n, "n": n}
 
 
-def _fgs_signs(net: nn.Module, x: Tensor, y: Tensor, batch_size: int) -> Tensor:
-    """``sign(∇ₓ CE)`` for every image (explicit reverse, no graph), shape of ``x``."""
+def fgs_signs(net: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+    """``sign(∇ₓ CE)`` of one batch ``x (B, *in)`` (explicit reverse, no graph), shape of ``x``."""
     with torch.no_grad():
-        return torch.cat([ce_input_gradient(net, x[s], y[s].to(x.device)).sign() for s in _chunks(len(x), batch_size)])
+        return ce_input_gradient(net, x, y.to(x.device)).sign()
+
+
+def _fgs_signs(net: nn.Module, x: Tensor, y: Tensor, batch_size: int) -> Tensor:
+    """:func:`fgs_signs` for every image, in chunks."""
+    return torch.cat([fgs_signs(net, x[s], y[s]) for s in _chunks(len(x), batch_size)])
+
+
+def correct_at_step(net: nn.Module, x: Tensor, y: Tensor, step: Tensor, clip: Optional[tuple[float, float]]) -> int:
+    """How many of one batch ``x + step`` (clamped to ``clip`` if given) ``net`` classifies as ``y``."""
+    with torch.no_grad():
+        x_adv = x + step
+        x_adv = x_adv if clip is None else x_adv.clamp(*clip)
+        return int((net(x_adv).argmax(1) == y.to(x.device)).sum())
 
 
 def _accuracy_at_step(
     net: nn.Module, x: Tensor, y: Tensor, step: Tensor, clip: Optional[tuple[float, float]], batch_size: int
 ) -> float:
     """Accuracy on ``x + step`` (clamped to ``clip`` if given)."""
-    correct = 0
-    with torch.no_grad():
-        for s in _chunks(len(x), batch_size):
-            x_adv = x[s] + step[s]
-            x_adv = x_adv if clip is None else x_adv.clamp(*clip)
-            correct += int((net(x_adv).argmax(1) == y[s].to(x.device)).sum())
+    correct = sum(correct_at_step(net, x[s], y[s], step[s], clip) for s in _chunks(len(x), batch_size))
     return correct / len(x)
 
 
@@ -159,14 +176,39 @@ def eps_ref(
     def acc(eps: float) -> float:
         return _accuracy_at_step(net, x, y, eps * signs, clip, batch_size)
 
-    if network_accuracy(net, x, y, batch_size=batch_size) <= 0.5:
+    return bisect_eps_ref(acc, network_accuracy(net, x, y, batch_size=batch_size), x.abs().max().item(), x.dtype,
+                          tol=tol, eps_start=eps_start, max_doublings=max_doublings)
+
+
+def bisect_eps_ref(
+    accuracy_at: Callable[[float], float],
+    clean_accuracy: float,
+    input_absmax: float,
+    dtype: torch.dtype = torch.float32,
+    *,
+    tol: float = 1e-3,
+    eps_start: Optional[float] = None,
+    max_doublings: int = 40,
+    progress: Optional[Callable[[float, float], None]] = None,
+) -> float:
+    """The bisection of :func:`eps_ref` on any FGS accuracy function ``accuracy_at(eps)`` (e.g. one that streams
+    batches from a ``DataLoader``): 0.0 if ``clean_accuracy <= 0.5``; else ``hi`` starts at ``eps_start``
+    (default ``1e-3 · input_absmax``, the largest ``|x|``) and doubles until ``accuracy_at(hi) <= 0.5``, then
+    ``[lo, hi]`` is halved until ``hi − lo <= tol · hi``. ``progress(lo, hi)``, if given, is called after
+    every evaluation of ``accuracy_at``."""
+    if not (0 < tol < 1):
+        raise ValueError(f"tol must be a relative tolerance in (0, 1), got {tol!r}.")
+    if clean_accuracy <= 0.5:
         return 0.0
-    hi = float(eps_start) if eps_start is not None else 1e-3 * max(x.abs().max().item(), norm_floor(x.dtype))
+    hi = float(eps_start) if eps_start is not None else 1e-3 * max(input_absmax, norm_floor(dtype))
     if not (0 < hi < math.inf):
         raise ValueError(f"eps_start must be a finite number > 0, got {eps_start!r}.")
     lo = 0.0
     for _ in range(max_doublings + 1):
-        if acc(hi) <= 0.5:
+        done = accuracy_at(hi) <= 0.5
+        if progress is not None:
+            progress(lo, hi)
+        if done:
             break
         lo, hi = hi, 2 * hi
     else:
@@ -177,10 +219,12 @@ def eps_ref(
         )
     while hi - lo > tol * hi:
         mid = 0.5 * (lo + hi)
-        if acc(mid) <= 0.5:
+        if accuracy_at(mid) <= 0.5:
             hi = mid
         else:
             lo = mid
+        if progress is not None:
+            progress(lo, hi)
     return hi
 
 

@@ -66,3 +66,12 @@ def plain_copy(module: nn.Module) -> nn.Module:
 
 
 torch_counterpart = plain_copy  # the name the per-layer tests use
+
+
+def strip_timings(obj: Any) -> Any:
+    """A run's metrics without the wall times (keys ending in ``_seconds``), which differ from run to run."""
+    if isinstance(obj, dict):
+        return {k: strip_timings(v) for k, v in obj.items() if not k.endswith("_seconds")}
+    if isinstance(obj, list):
+        return [strip_timings(v) for v in obj]
+    return obj

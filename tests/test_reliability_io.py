@@ -25,6 +25,7 @@ import data  # noqa: E402
 import engine  # noqa: E402
 import evaluate  # noqa: E402
 import finetune  # noqa: E402
+import pipeline  # noqa: E402
 import utils  # noqa: E402
 
 import models  # noqa: E402
@@ -144,20 +145,22 @@ def test_a_non_checkpoint_and_the_script_sites_refuse_in_one_line(tmp_path, lene
         models.load(trunc)
 
     bad = _variant(tmp_path, lenet_ckpt[1], lambda c: c["state_dict"].pop("2.bias"))
-    args = argparse.Namespace(reference=str(bad), model="lenet")
+    args = argparse.Namespace(reference=str(bad), model="lenet", reference_format="revnet")
     with pytest.raises(SystemExit) as info:  # --reference
-        finetune.get_reference(args, None, None, "cpu")
+        finetune.get_reference(args, None, "cpu")
     assert one_line(info.value).startswith("error: ") and "missing 2.bias" in str(info.value.code)
 
     # the reference cache: a damaged cached file is named, with what to do
     splits = data.Splits(torch.zeros(4, 1, 28, 28, dtype=torch.uint8), torch.arange(4), None, None, "t")
+    pipe = pipeline.Pipeline("mnist", None, None, None, None, {}, (1, 28, 28), 10, "t",
+                             [splits.train_x, splits.train_y])
     cache_args = argparse.Namespace(reference=None, model="lenet", dataset="mnist", ref_epochs=1, ref_lr=0.1,
-                                    batch_size=2, seed=0, cache_dir=str(tmp_path / "cache"))
+                                    batch_size=2, seed=0, cache_dir=str(tmp_path / "cache"), pretrained=False)
     key = (f"lenet-mnist-{finetune.fingerprint(splits.train_x, splits.train_y)}-e1-lr0.1-b2-s0")
     (tmp_path / "cache").mkdir()
     (tmp_path / "cache" / f"{key}.pt").write_bytes(b"garbage")
     with pytest.raises(SystemExit) as info:
-        finetune.get_reference(cache_args, splits, None, "cpu")
+        finetune.get_reference(cache_args, pipe, "cpu")
     assert "cached reference:" in one_line(info.value) and "Delete" in str(info.value.code)
 
     # the advtrain set of a run with other training images
@@ -246,8 +249,8 @@ def test_temp_files_of_dead_processes_are_removed_at_start_and_live_ones_kept(tm
 # ---------------------------------------------------------------- 4. lost results, 5. small ones
 
 def _fake_evaluate(zero_rho2_for):
-    def evaluate_(net, x, y, *, eps_ref=None, find_eps_ref=False, **kw):
-        out = {"n": len(y), "acc": 0.9, "rho2": 0.0 if net in zero_rho2_for else 0.2, "fooling_rate": 1.0,
+    def evaluate_(net, x, y=None, *, eps_ref=None, find_eps_ref=False, **kw):
+        out = {"n": len(x), "acc": 0.9, "rho2": 0.0 if net in zero_rho2_for else 0.2, "fooling_rate": 1.0,
                "mean_iterations": 2.0, "eval_seconds": 0.0}
         if find_eps_ref:
             out["own_eps_ref"] = 0.1

@@ -289,5 +289,18 @@ def preprocess_params(train_x: Tensor) -> dict:
 
 
 def preprocess(x_uint8: Tensor, params: dict) -> Tensor:
-    """Network input: ``x/255 − mean`` as float32, shape ``(N, 1, 28, 28)``."""
-    return x_uint8.float() * params["scale"] - params["mean"].to(x_uint8.device)
+    """Network input as float32: ``x·scale − mean``, then divided by ``std`` if ``params`` has one. MNIST:
+    ``x/255 − per-pixel mean``, ``(N, 1, 28, 28)``; CIFAR-10 and ImageNet: ``(x·scale − mean_c) / std_c`` per
+    channel (``mean``/``std`` of shape ``(C, 1, 1)``)."""
+    out = x_uint8.float() * params["scale"] - params["mean"].to(x_uint8.device)
+    if params.get("std") is not None:
+        out = out / params["std"].to(x_uint8.device)
+    return out
+
+
+def pixel_range(params: dict, shape: tuple, raw_max: float = 255.0) -> tuple[float, float]:
+    """The smallest and largest network input (``preprocess`` of all-0 and all-``raw_max`` images of ``shape``):
+    the valid range that ``--clip`` clamps FGS images to."""
+    lo = preprocess(torch.zeros(1, *shape), params).min().item()
+    hi = preprocess(torch.full((1, *shape), float(raw_max)), params).max().item()
+    return lo, hi

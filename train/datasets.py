@@ -231,7 +231,8 @@ class SkippingImageFolder(ImageFolder):
     """``ImageFolder`` that skips unreadable images.
 
     Policy: an image that PIL cannot open or decode (a corrupt or truncated JPEG, an empty file) is skipped
-    when it is first read: one warning line on stderr naming the file (once per file and process), and the
+    when it is first read: one warning line on stderr naming the file (once per file and process: with
+    ``DataLoader`` workers, which are new processes every epoch, once per worker and epoch that meets it), and the
     item is the next readable image in folder order (wrapping around) with its own label, so ``len()`` and the
     batch shapes stay fixed and one bad file does not stop a multi-hour run. The files are not opened when the
     dataset is built (that would read all 1.28 M training images up front). ``bad_files`` lists the skipped

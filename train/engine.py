@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import sys
 import time
-from typing import Any, Optional
+from typing import Any, Callable, Iterable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -14,6 +14,7 @@ from tqdm import tqdm
 
 import revnet
 from revnet import baselines, metrics
+from revnet.attacks.fgs import _check_clip
 from revnet.losses import deep_defense_loss
 
 FRACTIONS = (0.2, 0.5, 1.0)
@@ -38,12 +39,15 @@ def max_train_ce(num_classes: int) -> float:
 
 
 def collapse_reason(stats: dict[str, Any], acc: float, ref_acc: float, num_classes: int,
-                    min_acc_ratio: float = MIN_ACC_RATIO) -> Optional[str]:
+                    min_acc_ratio: float = MIN_ACC_RATIO, max_ce: Optional[float] = None) -> Optional[str]:
     """Why an epoch counts as diverged (``None`` if it does not): its mean clean cross-entropy exceeds
     :func:`max_train_ce`, or its test accuracy is below ``min_acc_ratio`` × the reference's on the same images.
     The Deep Defense regularizer itself is not judged (its exponent is bounded, so a huge but finite value is
     legitimate for a misclassified input near the training mean)."""
-    if stats.get("train_ce", 0.0) > max_train_ce(num_classes):
+    if max_ce is not None:
+        if stats.get("train_ce", 0.0) > max_ce:
+            return f"the mean training cross-entropy {stats['train_ce']:.3g} exceeds --max-train-ce {max_ce:.3g}"
+    elif stats.get("train_ce", 0.0) > max_train_ce(num_classes):
         return (f"the mean training cross-entropy {stats['train_ce']:.3g} exceeds 10·ln({num_classes}) = "
                 f"{max_train_ce(num_classes):.3g}")
     if acc < min_acc_ratio * ref_acc:
@@ -81,7 +85,7 @@ def batch_loss(
         with_fgs = method == "deepdefense+fgs"
         loss, info = deep_defense_loss(
             net, xb, yb, lmbd=hp["lmbd"], c=hp["c"], d=hp["d"], max_iter=hp["max_iter"], overshoot=hp["overshoot"],
-            reg_layers=hp.get("reg_layers"), ce_weight=hp["alpha"] if with_fgs else 1.0,
+            reg_layers=hp.get("reg_layers"), ce_weight=hp["alpha"] if with_fgs else 1.0, candidates=hp.get("candidates"),
         )
         if with_fgs:
             x_fgs = revnet.fgs_perturb(net, xb, yb, hp["fgs_eps"], clip=hp.get("clip"))
@@ -103,17 +107,23 @@ def batch_loss(
 def train_one_epoch(
     net: nn.Module,
     optimizer: torch.optim.Optimizer,
-    x: Tensor,
-    y: Tensor,
+    x: Optional[Tensor] = None,
+    y: Optional[Tensor] = None,
     *,
     method: str,
-    batch_size: int,
+    batch_size: int = 100,
     generator: torch.Generator,
+    batches: Optional[Iterable[tuple[Tensor, Tensor]]] = None,
+    num_batches: Optional[int] = None,
+    start_step: int = 0,
+    totals: Optional[dict[str, float]] = None,
+    on_step: Optional[Callable[[int, dict[str, float]], None]] = None,
     lmbd: float = 15.0,
     c: float = 25.0,
     d: float = 5.0,
     max_iter: int = 5,
     overshoot: float = 0.02,
+    candidates: Optional[int] = None,
     reg_layers: Optional[list[str]] = None,
     fgs_eps: float = 0.1,
     alpha: float = 0.5,
@@ -124,11 +134,16 @@ def train_one_epoch(
     progress: bool = True,
     freeze_bn: bool = True,
 ) -> dict[str, float]:
-    """One epoch over ``(x, y)`` (preprocessed, on the training device) with ``method`` (see :func:`batch_loss`).
+    """One epoch with ``method`` (see :func:`batch_loss`) over ``batches`` (an iterable of preprocessed
+    ``(x_b, y_b)`` on the training device, e.g. a ``DataLoader`` mapped to the device), or over the tensors
+    ``(x, y)`` in shuffled ``batch_size`` chunks drawn from ``generator``.
 
     Parseval training retracts the weights after every optimizer step, drawing its rows from ``generator``.
-    Returns the epoch's mean loss, training accuracy (on the clean inputs), mean clean cross-entropy
-    (``train_ce``) and, for the Deep Defense methods, the mean ‖Δx‖/‖x‖. Raises :class:`NonFiniteLossError` at the first NaN/inf loss (before the optimizer step).
+    Mid-epoch resume: ``start_step`` is the index of the first batch of ``batches`` within the epoch and
+    ``totals`` the running sums saved with it; ``on_step(step, totals)`` is called after every optimizer step
+    (``step`` counts from 1 over the whole epoch). Returns the epoch's mean loss, training accuracy (on the clean
+    inputs), mean clean cross-entropy (``train_ce``) and, for the Deep Defense methods, the mean ‖Δx‖/‖x‖. Raises
+    :class:`NonFiniteLossError` at the first NaN/inf loss (before the optimizer step).
 
     ``freeze_bn`` (fine-tuning, every method): BatchNorm layers stay in eval mode, with frozen running statistics,
     while the rest trains (Dropout included); BatchNorm reverses only with frozen statistics. Reference training
@@ -136,15 +151,17 @@ def train_one_epoch(
     """
     set_train_mode(net, freeze_bn=freeze_bn)
     hp = dict(lmbd=lmbd, c=c, d=d, max_iter=max_iter, overshoot=overshoot, reg_layers=reg_layers,
-              fgs_eps=fgs_eps, alpha=alpha, clip=clip)
+              fgs_eps=fgs_eps, alpha=alpha, clip=clip, candidates=candidates)
     dd = method in ("deepdefense", "deepdefense+fgs")
     parseval = baselines.parseval_weights(net) if method == "parseval" else None
-    if len(x) != len(y):
-        raise ValueError(f"{len(x)} training images but {len(y)} labels; pass one label per image.")
-    totals = {"loss": 0.0, "correct": 0.0, "ratio": 0.0, "ce": 0.0, "seen": 0}
-    bar = tqdm(batches(len(y), batch_size, generator), desc=desc, leave=False, disable=not show_progress(progress))
-    for idx in bar:
-        xb, yb = x[idx], y[idx]
+    if batches is None:
+        if len(x) != len(y):
+            raise ValueError(f"{len(x)} training images but {len(y)} labels; pass one label per image.")
+        order = globals()["batches"](len(y), batch_size, generator)  # drawn up front, before any Parseval draw
+        batches, num_batches = ((x[idx], y[idx]) for idx in order), len(order)
+    totals = dict(totals) if totals else {"loss": 0.0, "correct": 0.0, "ratio": 0.0, "ce": 0.0, "seen": 0}
+    bar = tqdm(batches, desc=desc, leave=False, disable=not show_progress(progress), total=num_batches)
+    for step, (xb, yb) in enumerate(bar, start_step + 1):
         loss, logits_correct, ratio, ce = batch_loss(net, xb, yb, method, hp)
         if not torch.isfinite(loss):
             raise NonFiniteLossError(f"the training loss is {loss.item()} at a batch of {desc}")
@@ -165,6 +182,8 @@ def train_one_epoch(
             loss=f"{totals['loss'] / seen:.4f}", acc=f"{totals['correct'] / seen:.4f}",
             **({"dx/x": f"{totals['ratio'] / seen:.4f}"} if dd else {}),
         )
+        if on_step is not None:
+            on_step(step, totals)
     seen = max(totals["seen"], 1)
     return {
         "train_loss": totals["loss"] / seen,
@@ -174,10 +193,32 @@ def train_one_epoch(
     }
 
 
+class _TensorBatches:
+    """Tensors already in memory as a re-iterable set of ``batch_size`` chunks (the interface of
+    ``loaders.EvalSet``)."""
+
+    def __init__(self, x: Tensor, y: Tensor, batch_size: int) -> None:
+        self.x, self.y, self.batch_size = x, y, batch_size
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    @property
+    def num_batches(self) -> int:
+        return math.ceil(len(self.y) / self.batch_size)
+
+    def cached(self, extra_bytes_per_image: int = 0) -> bool:
+        return True
+
+    def __iter__(self):
+        for start in range(0, len(self.y), self.batch_size):
+            yield self.x[start:start + self.batch_size], self.y[start:start + self.batch_size]
+
+
 def evaluate(
     net: nn.Module,
-    x: Tensor,
-    y: Tensor,
+    x,
+    y: Optional[Tensor] = None,
     *,
     eps_ref: Optional[float] = None,
     find_eps_ref: bool = False,
@@ -185,29 +226,74 @@ def evaluate(
     overshoot: float = 0.02,
     clip: Optional[tuple[float, float]] = None,
     batch_size: int = 500,
+    candidates: Optional[int] = None,
+    progress: bool = False,
+    desc: str = "evaluation",
 ) -> dict[str, Any]:
     """Accuracy, DeepFool ρ₂ (with fooling rate and mean iterations), optionally the model's own ε_ref, and FGS
-    accuracy at 0.2/0.5/1.0·``eps_ref`` (the given one, else the model's own when ``find_eps_ref``)."""
+    accuracy at 0.2/0.5/1.0·``eps_ref`` (the given one, else the model's own when ``find_eps_ref``).
+
+    ``x`` is a tensor of preprocessed images (with labels ``y``, chunks of ``batch_size``) or a
+    ``loaders.EvalSet`` (batches streamed from a ``DataLoader``; ``y`` unused). The FGS gradient signs are kept
+    for the bisection only if the set is held in memory (``EvalSet.cached``); else each bisection step reads the
+    data again and recomputes them, so memory stays bounded by the batch size. The same chunks give the same
+    numbers either way. ``candidates``: DeepFool over the top-k classes only (ImageNet: 10). Progress bars with
+    an ETA (``progress`` and stderr a terminal): one over the batches of the first pass, one over the bisection.
+    """
     net.eval()
     start = time.perf_counter()
-    out: dict[str, Any] = {"n": len(y), "acc": metrics.network_accuracy(net, x, y, batch_size=batch_size)}
-    rob = metrics.deepfool_robustness(net, x, max_iter=max_iter, overshoot=overshoot, batch_size=batch_size)
-    out.update({"rho2": rob["rho2"], "fooling_rate": rob["fooling_rate"], "mean_iterations": rob["mean_iterations"]})
+    data = _TensorBatches(x, y, batch_size) if isinstance(x, Tensor) else x
+    n = len(data)
+    if n == 0:
+        raise ValueError("evaluate: no images to evaluate (the test set or --eval-samples is empty).")
+    need_fgs = find_eps_ref or eps_ref is not None
+    clip = _check_clip(clip)
+    keep_signs = need_fgs and data.cached(extra_bytes_per_image=0)
+    correct, ratio_sum, fooled, steps, absmax, signs = 0, 0.0, 0, 0, 0.0, []
+    bar = tqdm(data, desc=f"{desc}: accuracy, DeepFool", leave=False, total=data.num_batches,
+               disable=not show_progress(progress))
+    for i, (xb, yb) in enumerate(bar):
+        if i == 0:  # with the one-line checks (network, input shape, labels, NaN weights)
+            correct += round(metrics.network_accuracy(net, xb, yb, batch_size=len(xb)) * len(xb))
+        else:
+            with torch.no_grad():
+                correct += int((net(xb).argmax(1) == yb).sum())
+        r, f, k = metrics.deepfool_batch_sums(net, xb, max_iter=max_iter, overshoot=overshoot, candidates=candidates)
+        ratio_sum, fooled, steps = ratio_sum + r, fooled + f, steps + k
+        if need_fgs:
+            absmax = max(absmax, xb.abs().max().item())
+            if keep_signs:
+                signs.append(metrics.fgs_signs(net, xb, yb).to(torch.int8))
+    out: dict[str, Any] = {"n": n, "acc": correct / n, "rho2": ratio_sum / n, "fooling_rate": fooled / n,
+                           "mean_iterations": steps / n}
+
+    def fgs_acc(eps: float) -> float:
+        total = 0
+        for j, (xb, yb) in enumerate(data):
+            sb = signs[j].to(xb.dtype) if keep_signs else metrics.fgs_signs(net, xb, yb)
+            total += metrics.correct_at_step(net, xb, yb, eps * sb, clip)
+        return total / n
+
     if find_eps_ref:
-        out["own_eps_ref"] = metrics.eps_ref(net, x, y, batch_size=batch_size, clip=clip)
+        with tqdm(desc=f"{desc}: eps_ref bisection", leave=False, unit="step",
+                  disable=not show_progress(progress)) as ebar:
+            def tick(lo: float, hi: float) -> None:
+                ebar.update(1)
+                ebar.set_postfix(lo=f"{lo:.4g}", hi=f"{hi:.4g}")
+            out["own_eps_ref"] = metrics.bisect_eps_ref(fgs_acc, out["acc"], absmax, xb.dtype, progress=tick)
     eps = eps_ref if eps_ref is not None else out.get("own_eps_ref")
     if eps is not None:
         out["eps_ref_used"] = eps
         for frac in FRACTIONS:
-            out[f"fgs_acc@{frac}"] = metrics.fgs_accuracy(net, x, y, frac * eps, batch_size=batch_size, clip=clip)
+            out[f"fgs_acc@{frac}"] = fgs_acc(frac * eps)
     out["eval_seconds"] = time.perf_counter() - start
     return out
 
 
 def train_reference(
     net: nn.Module,
-    x: Tensor,
-    y: Tensor,
+    x: Optional[Tensor],
+    y: Optional[Tensor],
     *,
     epochs: int,
     lr: float,
@@ -216,17 +302,24 @@ def train_reference(
     momentum: float = 0.9,
     weight_decay: float = 5e-4,
     progress: bool = True,
+    epoch_batches: Optional[Callable[[int], tuple[Iterable[tuple[Tensor, Tensor]], int, torch.Generator]]] = None,
 ) -> list[dict[str, float]]:
-    """Plain cross-entropy training: SGD with momentum, lr halved for the last 20% of the epochs."""
+    """Plain cross-entropy training: SGD with momentum, lr halved for the last 20% of the epochs; on the tensors
+    ``(x, y)``, or on ``epoch_batches(epoch)`` = ``(batches, number of batches, generator)`` for epoch 0, 1, …
+    (a ``DataLoader`` whose order is drawn from ``seed * 1000 + epoch``, as for the tensors)."""
     optimizer = torch.optim.SGD(net.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
     drop = max(1, int(round(0.8 * epochs)))
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=[drop], gamma=0.5)
     log = []
     for epoch in range(epochs):
-        gen = torch.Generator().manual_seed(seed * 1000 + epoch)
+        if epoch_batches is None:
+            gen, source = torch.Generator().manual_seed(seed * 1000 + epoch), {}
+        else:
+            batches_, num, gen = epoch_batches(epoch)
+            source = {"batches": batches_, "num_batches": num}
         stats = train_one_epoch(
             net, optimizer, x, y, method="clean", batch_size=batch_size, generator=gen,
-            desc=f"reference {epoch + 1}/{epochs}", progress=progress, freeze_bn=False,
+            desc=f"reference {epoch + 1}/{epochs}", progress=progress, freeze_bn=False, **source,
         )
         scheduler.step()
         log.append({"epoch": epoch + 1, **stats})

@@ -22,8 +22,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import data as data_lib  # noqa: E402
 import engine  # noqa: E402
+import pipeline as pipeline_lib  # noqa: E402
 import utils  # noqa: E402
 from finetune import check_device, finite_float  # noqa: E402
+from loaders import EvalSet  # noqa: E402
 
 import models  # noqa: E402
 
@@ -34,10 +36,25 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("checkpoint", help="a .pt file written by train/finetune.py (final.pt or a cached reference)")
     p.add_argument("--eps-ref", type=finite_float, default=None,
                    help="ε_ref for the FGS accuracies (e.g. another model's); default: this model's own")
-    p.add_argument("--dataset", default="mnist", choices=data_lib.DATASETS, help="dataset")
-    p.add_argument("--data-dir", default=None, help="folder in torchvision layout (default ./data or the embedded subset)")
+    p.add_argument("--dataset", default=None, choices=pipeline_lib.DATASETS,
+                   help="dataset (default: the one the checkpoint was fine-tuned on, else mnist)")
+    p.add_argument("--data-dir", default=None,
+                   help="MNIST/Fashion-MNIST: torchvision layout (default ./data or the embedded subset); CIFAR-10: "
+                        "DIR/cifar-10-batches-py/; ImageNet: DIR/val/<class>/*.JPEG (and DIR/train/)")
     p.add_argument("--no-download", action="store_true", help="never download (offline): fall back to the embedded subset")
-    p.add_argument("--eval-samples", type=int, default=0, help="evaluate on the first N test images (0: all)")
+    p.add_argument("--model", default=None, metavar="MODULE:FUNCTION",
+                   help="rebuild a checkpoint of a user's own model with this builder (a checkpoint never imports "
+                        "code by itself)")
+    p.add_argument("--crop-size", type=int, default=None,
+                   help="ImageNet crop (default: the checkpoint's input size)")
+    utils.add_eval_subset_flags(p)
+    p.add_argument("--candidates", type=int, default=None,
+                   help="DeepFool over the top-K classes (default: the checkpoint's fine-tuning setting; 0: all)")
+    p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
+    p.add_argument("--eval-cache-mb", type=int, default=2048,
+                   help="a test set that fits in this many MB is kept in memory for the ε_ref bisection; a larger "
+                        "one is streamed again for every step (bounded memory)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--eval-max-iter", type=int, default=50, help="DeepFool iterations for ρ₂")
     p.add_argument("--overshoot", type=finite_float, default=0.02, help="DeepFool overshoot")
     p.add_argument("--eval-batch-size", type=int, default=500, help="batch size of the attacks")
@@ -59,6 +76,7 @@ MEANINGS = {
     "checkpoint": "the evaluated file",
     "arch": "architecture",
     "data": "where the test images came from",
+    "dataset": "the dataset evaluated on",
 }
 
 
@@ -95,24 +113,42 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         parser.error(f"--output {output} is a folder; pass a file name such as {output / 'eval.json'}")
     utils.prepare_dir(output.parent, "the folder of --output")  # fail now, not after the evaluation
     device = utils.resolve_device(args.device)
+    if args.eval_samples < 0 or args.workers < 0 or (args.candidates or 0) < 0:
+        parser.error("--eval-samples, --workers and --candidates must not be negative")
     try:
-        net, ckpt = models.load(args.checkpoint, map_location=device)
-        splits = data_lib.load(args.dataset, args.data_dir, download=not args.no_download)
+        net, ckpt = models.load(args.checkpoint, arch=args.model, map_location=device)
+        config = ckpt.get("config") or {}
+        dataset = args.dataset or config.get("dataset") or "mnist"
+        shape = models.input_shape_of(ckpt)
+        crop = args.crop_size or (shape[-1] if shape and dataset == "imagenet" else 224)
+        pipe = pipeline_lib.load_pipeline(dataset, args.data_dir, download=not args.no_download, crop=crop)
     except (models.CheckpointError, data_lib.DataError) as exc:
         raise SystemExit(f"error: {exc}") from None
-    n = args.eval_samples or len(splits.test_y)
-    x = data_lib.preprocess(splits.test_x[:n], ckpt["preprocess"]).to(device)
-    y = splits.test_y[:n].to(device)
-    clip = None
-    if args.clip:
-        lo = data_lib.preprocess(torch.zeros(1, 1, 28, 28, dtype=torch.uint8), ckpt["preprocess"]).min().item()
-        hi = data_lib.preprocess(torch.full((1, 1, 28, 28), 255, dtype=torch.uint8), ckpt["preprocess"]).max().item()
-        clip = (lo, hi)
+    if shape is not None and tuple(shape) != tuple(pipe.input_shape):
+        raise SystemExit(f"error: {args.checkpoint} takes inputs of shape {tuple(shape)}, but --dataset {dataset} "
+                         f"gives {tuple(pipe.input_shape)}; pass the dataset it was trained on (--dataset"
+                         f"{' ' + config['dataset'] if config.get('dataset') else ' ...'}) or the matching --crop-size.")
+    from torch.utils.data import Subset
+
+    n = min(args.eval_samples or len(pipe.test_set), len(pipe.test_set))
+    idx = (pipeline_lib.ds.balanced_subset(pipe.test_targets, n, args.eval_subset_seed).tolist()
+           if args.eval_subset == "balanced" and args.eval_samples else range(n))
+    pre = ckpt["preprocess"]
+    per_image = 5 * math.prod(pipe.input_shape)
+    data = EvalSet(Subset(pipe.test_set, idx), lambda raw: data_lib.preprocess(raw, pre).to(device),
+                   args.eval_batch_size, device=device, num_workers=args.workers, pin_memory=device.type == "cuda",
+                   cache_bytes=args.eval_cache_mb << 20, bytes_per_image=per_image)
+    clip = data_lib.pixel_range(pre, pipe.input_shape, pipe.raw_max) if args.clip else None
+    candidates = args.candidates if args.candidates is not None else config.get("candidates")
+    candidates = candidates if candidates and candidates < pipe.num_classes else None
     result = engine.evaluate(
-        net, x, y, eps_ref=args.eps_ref, find_eps_ref=args.eps_ref is None, max_iter=args.eval_max_iter,
-        overshoot=args.overshoot, clip=clip, batch_size=args.eval_batch_size,
+        net, data, eps_ref=args.eps_ref, find_eps_ref=args.eps_ref is None, max_iter=args.eval_max_iter,
+        overshoot=args.overshoot, clip=clip, batch_size=args.eval_batch_size, candidates=candidates,
+        progress=not args.no_progress,
     )
-    result.update({"checkpoint": str(args.checkpoint), "arch": ckpt["arch"], "data": splits.source})
+    splits_source = pipe.source
+    result.update({"checkpoint": str(args.checkpoint), "arch": ckpt["arch"], "dataset": dataset,
+                   "data": splits_source})
     print(describe(result), flush=True)  # before writing: a failed write does not lose the results
     try:
         utils.write_json(output, result)

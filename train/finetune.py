@@ -1,9 +1,12 @@
-"""Fine-tune an MNIST or Fashion-MNIST classifier with Deep Defense (or a baseline) and evaluate its
-robustness.
+"""Fine-tune a classifier with Deep Defense (or a baseline) and evaluate its robustness: MNIST, Fashion-MNIST,
+CIFAR-10 or ImageNet, the paper's six networks or a model of one's own (``module:function``).
 
 Example::
 
     python train/finetune.py lenet --data-dir ../shared/data --out runs/lenet-dd
+    python train/finetune.py nin --data-dir DIR_WITH_cifar-10-batches-py
+    python train/finetune.py resnet18 --data-dir IMAGENET_DIR --pretrained
+    python train/finetune.py mymodels:small_cnn --dataset mnist     # mymodels.py in the current folder
 
 Without ``--reference`` a reference model is trained first with plain cross-entropy (cached under
 ``--cache-dir``, keyed by architecture, data, recipe and seed, and reused). The reference and every epoch of the
@@ -13,14 +16,21 @@ the run ends with a before/after table at the fine-tuned model's ε_ref, as in t
 The run directory ``--out`` holds ``config.json`` (flags, git commit, package versions, data source),
 ``log.jsonl`` (one line per epoch), ``metrics.json`` and ``summary.md`` (the final table), ``final.pt`` (the
 fine-tuned model, readable with ``torch.load(weights_only=True)`` / ``models.load``) and ``resume/checkpoint.pt``
-(written atomically after every epoch; ``--resume`` continues from it).
+(written atomically after every epoch, and every ``--checkpoint-every`` steps within one; ``--resume`` continues
+from it exactly). Data goes through ``torch.utils.data.DataLoader`` (``train/pipeline.py``); the defaults per
+dataset and model are in ``train/recipes.py`` (``finetune.py MODEL --help`` lists them).
+
+Test hook: with the environment variable ``REVNET_TEST_SIGKILL_AFTER_STEP=K`` the process kills itself with
+SIGKILL right after the checkpoint of its K-th training step (counted over the whole run), as a power cut
+would; the tests use it to check that ``--resume`` then ends equal to an uninterrupted run.
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import math
+import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -32,8 +42,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import data as data_lib  # noqa: E402
 import engine  # noqa: E402
+import loaders  # noqa: E402
+import pipeline as pipeline_lib  # noqa: E402
+import recipes  # noqa: E402
+import references  # noqa: E402
 import utils  # noqa: E402
 from methods import LABELS, METHODS  # noqa: E402
+from recipes import DATASET_DEFAULTS, DEFAULTS, METHOD_DEFAULTS, default_settings  # noqa: E402,F401
+from references import fingerprint  # noqa: E402,F401
 
 import models  # noqa: E402
 import revnet  # noqa: E402
@@ -76,22 +92,45 @@ def check_device(name: str | None, parser: argparse.ArgumentParser) -> None:
     parser.error(f"--device {name!r} is not a valid device; choose one of: {', '.join(valid_devices())}{hint}")
 
 
-def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
+class _HelpFormatter(utils.HelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """``utils.HelpFormatter`` that prints the description and the recipe list at the end line by line."""
+
+
+def get_args_parser(add_help: bool = True, model: str | None = None) -> argparse.ArgumentParser:
+    """The flags; with ``model`` (``finetune.py MODEL --help``) the help ends with that model's data and defaults."""
+    epilog = recipes.describe(model) if model else "\n".join(recipes.describe(m) for m in recipes.MODEL_DATASETS)
     p = argparse.ArgumentParser(
-        description="Deep Defense fine-tuning on MNIST or Fashion-MNIST (reference training, fine-tuning, "
-                    "evaluation).",
+        description="Deep Defense fine-tuning (reference, fine-tuning, evaluation) on MNIST, Fashion-MNIST, CIFAR-10 "
+                    "or ImageNet. Flags left unset take the defaults of the model, method and dataset listed at the "
+                    "end (train/recipes.py).",
         add_help=add_help,
-        formatter_class=utils.HelpFormatter,
+        formatter_class=_HelpFormatter,
+        epilog=epilog,
     )
-    p.add_argument("model", help=f"architecture: {', '.join(models.ARCHITECTURES)}")
+    p.add_argument("model", nargs="?", default=None,
+                   help=f"architecture: {', '.join(models.ARCHITECTURES)}; or module:function, a function "
+                        "of a module on the Python path (e.g. mymodels.py in the current folder) that returns "
+                        "an nn.Module, converted with revnet.convert")
+    p.add_argument("--model", dest="model_flag", default=None, metavar="MODULE:FUNCTION",
+                   help="the same as the positional model, e.g. --model mymodels:small_cnn (a model of your own)")
     p.add_argument("--method", default="deepdefense", choices=METHODS, help=METHOD_HELP)
-    p.add_argument("--dataset", default="mnist", choices=data_lib.DATASETS, help="dataset (torchvision)")
+    p.add_argument("--dataset", default=None, choices=pipeline_lib.DATASETS,
+                   help="dataset (default: the model's: mnist for mlp/lenet/resnet18-mnist and own models, cifar10 for "
+                        "convnet/nin, imagenet for alexnet/resnet18)")
     p.add_argument("--data-dir", default=None,
-                   help="folder in torchvision layout (DIR/MNIST/raw/, DIR/FashionMNIST/raw/); default ./data, "
-                        "downloading if possible, else for MNIST the embedded 5,000-image subset, for Fashion-MNIST "
-                        "the files of `apt-get install dataset-fashion-mnist` (copied into ./data)")
+                   help="MNIST/Fashion-MNIST: folder in torchvision layout (DIR/MNIST/raw/, DIR/FashionMNIST/raw/); "
+                        "default ./data, downloading if possible, else for MNIST the embedded 5,000-image subset, for "
+                        "Fashion-MNIST the files of `apt-get install dataset-fashion-mnist` (copied into ./data). "
+                        "CIFAR-10: DIR/cifar-10-batches-py/ (required; downloaded into DIR when online). ImageNet: "
+                        "DIR/train/<class>/*.JPEG and DIR/val/<class>/*.JPEG (required; never downloaded)")
     p.add_argument("--no-download", action="store_true",
                    help="never download: without MNIST on disk, use the embedded subset (offline tests)")
+    p.add_argument("--crop-size", type=int, default=224,
+                   help="ImageNet: crop of the network input (training RandomResizedCrop, evaluation Resize(256/224·"
+                        "crop) + CenterCrop); AlexNet needs at least 63")
+    p.add_argument("--workers", type=int, default=None,
+                   help="DataLoader worker processes (default: 0 for data held in memory, MNIST and CIFAR-10; 4 for "
+                        "ImageNet)")
     p.add_argument("--train-samples", type=int, default=0,
                    help="fine-tune (and train the reference) on a seeded random N of the training images (0: all)")
     p.add_argument("--out", default=None, help="run directory (default runs/<model>-<method>-s<seed>)")
@@ -99,26 +138,47 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                    help="divergence rule: an epoch whose test accuracy falls below this fraction of the reference's "
                         "(on the same images), or whose mean training cross-entropy exceeds 10·ln(classes), marks the "
                         "run FAILED (exit status 1) and is not kept as the last good state")
+    p.add_argument("--max-train-ce", type=finite_float, default=None,
+                   help="divergence rule: the largest mean training cross-entropy of a healthy epoch (default "
+                        "10·ln(classes))")
     p.add_argument("--resume", action="store_true",
-                   help="continue the run in --out from its last completed epoch (starts fresh if there is none)")
+                   help="continue the run in --out from its last checkpoint (end of an epoch, or a step of "
+                        "--checkpoint-every); starts fresh if there is none")
+    p.add_argument("--checkpoint-every", type=int, default=0, metavar="N",
+                   help="also write the resume checkpoint every N training steps within an epoch (0: at the end of "
+                        "each epoch only); --resume continues from the step exactly. One ImageNet epoch is hours")
     p.add_argument("--reference", default=None,
                    help="checkpoint of the reference model to fine-tune (default: train one, cached in --cache-dir)")
+    p.add_argument("--reference-format", default="revnet", choices=("revnet", "torchvision"),
+                   help="revnet: a checkpoint written by this code (weights, preprocessing, architecture); "
+                        "torchvision: a raw state_dict of the torchvision model (torch.save(model.state_dict())), "
+                        "taken to expect the dataset's standard preprocessing (ImageNet: Resize 256, CenterCrop 224, "
+                        "mean (0.485, 0.456, 0.406), std (0.229, 0.224, 0.225))")
+    p.add_argument("--pretrained", action="store_true",
+                   help="alexnet, resnet18 on imagenet: the reference is torchvision's pretrained IMAGENET1K_V1 model "
+                        "(downloaded into torch's hub cache; offline, download it elsewhere and pass --reference PATH "
+                        "--reference-format torchvision)")
     p.add_argument("--cache-dir", default="runs/references", help="where trained reference models are cached")
-    p.add_argument("--epochs", type=int, default=None,
-                   help="fine-tuning epochs (default on MNIST: lenet 10, mlp 60, chosen on a validation split; "
-                        "resnet18-mnist 3, untuned; "
-                        "on Fashion-MNIST: lenet 3, mlp 5; see README)")
+    p.add_argument("--epochs", type=int, default=None, help="fine-tuning epochs (default: see the list at the end)")
     p.add_argument("--lr", type=finite_float, default=None,
-                   help="fine-tuning learning rate (default on MNIST: lenet 5e-3, mlp 4e-2, resnet18-mnist 1e-3 "
-                        "(untuned), Adv. Train I half of "
-                        "that; on Fashion-MNIST: lenet 2e-3, mlp 5e-3 for every method)")
-    p.add_argument("--lr-drop-epochs", type=int, default=1, help="halve the learning rate for the last N epochs")
+                   help="fine-tuning learning rate (default: see the list at the end; MNIST: lenet 5e-3, mlp 4e-2, "
+                        "Adv. Train I half of that)")
+    p.add_argument("--lr-drop-epochs", type=int, default=None,
+                   help="halve the learning rate for the last N epochs (default: 1; CIFAR-10: 10, the paper's; "
+                        "ImageNet: 0)")
     p.add_argument("--momentum", type=finite_float, default=0.9, help="SGD momentum")
     p.add_argument("--weight-decay", type=finite_float, default=5e-4, help="SGD weight decay")
     p.add_argument("--batch-size", type=int, default=100, help="training batch size")
-    p.add_argument("--lmbda", type=finite_float, default=15.0, help="λ, weight of the Deep Defense regularizer")
-    p.add_argument("--c", type=finite_float, default=25.0, help="c: exp(-c·‖Δx‖/‖x‖) for correctly classified samples")
-    p.add_argument("--d", type=finite_float, default=5.0, help="d: exp(d·‖Δx‖/‖x‖) for misclassified samples")
+    p.add_argument("--lmbda", type=finite_float, default=None,
+                   help="λ, weight of the Deep Defense regularizer (default: 15; ImageNet 5, the paper's)")
+    p.add_argument("--c", type=finite_float, default=None,
+                   help="c: exp(-c·‖Δx‖/‖x‖) for correctly classified samples (default: 25; NIN 70, ImageNet 500, "
+                        "the paper's)")
+    p.add_argument("--d", type=finite_float, default=None,
+                   help="d: exp(d·‖Δx‖/‖x‖) for misclassified samples (default: 5, the paper's)")
+    p.add_argument("--candidates", type=int, default=None,
+                   help="DeepFool (training loss and ρ₂) considers only the top-K classes (default: 0, all; "
+                        "ImageNet: 10, DeepFool's convention)")
     p.add_argument("--max-iter", type=int, default=5, help="DeepFool iterations inside the training loss")
     p.add_argument("--overshoot", type=finite_float, default=0.02, help="DeepFool overshoot (training and evaluation)")
     p.add_argument("--reg-layers", nargs="+", default=None, metavar="MODULE",
@@ -130,10 +190,11 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                    help="advtrain-fgs, deepdefense+fgs: weight of the clean CE (Goodfellow et al.: 0.5)")
     p.add_argument("--fgs-eps", type=finite_float, default=None,
                    help="advtrain-fgs, deepdefense+fgs: FGS step of the training examples, in network-input units "
-                        "(x/255 - mean); default chosen on a validation split (see README)")
+                        "(MNIST: x/255 - mean); default chosen on a validation split on MNIST (see README), untuned "
+                        "elsewhere")
     p.add_argument("--parseval-beta", type=finite_float, default=None,
-                   help="parseval: retraction step beta (Cisse et al.: 1e-4 for MNIST); default chosen on a "
-                        "validation split (see README)")
+                   help="parseval: retraction step beta (Cisse et al.: 1e-4 for MNIST; the paper: 3e-4 on CIFAR-10); "
+                        "default chosen on a validation split on MNIST (see README)")
     p.add_argument("--parseval-fraction", type=finite_float, default=0.3,
                    help="parseval: fraction of each weight's rows retracted after every step")
     p.add_argument("--advtrain-set", default="perturbed", choices=("perturbed", "perturbed+clean"),
@@ -141,13 +202,18 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                         "'only on the perturbed training set') or on them added to the clean training set")
     p.add_argument("--advtrain-max-iter", type=int, default=50,
                    help="advtrain-deepfool: DeepFool iterations when generating the training examples")
-    p.add_argument("--ref-epochs", type=int, default=20, help="epochs of the reference (plain CE) training")
-    p.add_argument("--ref-lr", type=finite_float, default=0.01, help="learning rate of the reference training")
-    p.add_argument("--eval-samples", type=int, default=0, help="evaluate on the first N test images (0: all)")
+    p.add_argument("--ref-epochs", type=int, default=None,
+                   help="epochs of the reference (plain CE) training (default: 20; CIFAR-10 60, untuned)")
+    p.add_argument("--ref-lr", type=finite_float, default=None,
+                   help="learning rate of the reference training (default: 0.01)")
+    utils.add_eval_subset_flags(p)
     p.add_argument("--epoch-eval-samples", type=int, default=1000,
-                   help="per-epoch evaluation on the first N test images (0: same as --eval-samples)")
+                   help="per-epoch evaluation on the first N evaluation images (0: same as --eval-samples)")
     p.add_argument("--eval-max-iter", type=int, default=50, help="DeepFool iterations for ρ₂")
     p.add_argument("--eval-batch-size", type=int, default=500, help="batch size of the evaluation attacks")
+    p.add_argument("--eval-cache-mb", type=int, default=2048,
+                   help="an evaluation set that fits in this many MB (network inputs and FGS signs) is kept in memory "
+                        "for the ε_ref bisection; a larger one is streamed again for every step (bounded memory)")
     p.add_argument("--clip", action="store_true",
                    help="clip FGS images to the valid pixel range (default: not clipped, as the paper)")
     p.add_argument("--val-size", type=int, default=0,
@@ -159,48 +225,33 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     return p
 
 
-# chosen with train/sweep.py on a validation split (see README and results/sweep-*.md); METHOD_DEFAULTS
-# override DEFAULTS for one method
-METHOD_DEFAULTS: dict[str, dict[str, dict[str, float]]] = {
-    "mlp": {"advtrain-deepfool": {"lr": 2e-2}, "deepdefense+fgs": {"fgs_eps": 0.1}},
-    "lenet": {"advtrain-deepfool": {"lr": 2.5e-3}, "deepdefense+fgs": {"fgs_eps": 0.1}},
-    "resnet18-mnist": {},
-}
-DEFAULTS = {
-    "lenet": {"epochs": 10, "lr": 5e-3, "fgs_eps": 0.2, "parseval_beta": 1e-1},
-    "mlp": {"epochs": 60, "lr": 4e-2, "fgs_eps": 0.2, "parseval_beta": 1e-1},
-    # torchvision's ResNet-18 with a one-channel stem on MNIST: UNTUNED. lr 5e-3 (LeNet's) diverged in epoch 1 (CE
-    # 0 -> 8e17 within 9 batches); 1e-3 was stable; 3 epochs to fit 2 CPU cores
-    "resnet18-mnist": {"epochs": 3, "lr": 1e-3, "fgs_eps": 0.2, "parseval_beta": 1e-1},
-}
-# per dataset, override both tables above for every method: on full Fashion-MNIST (60,000 images) the MNIST
-# recipe is far too long and the MLP's lr 0.04 diverges (NaN in epoch 1); these are the settings of the committed
-# Fashion-MNIST tables (results/table1-fashion-mnist*.md), short enough for 2 CPU cores
-DATASET_DEFAULTS: dict[str, dict[str, dict[str, float]]] = {
-    "fashion-mnist": {"mlp": {"epochs": 5, "lr": 5e-3}, "lenet": {"epochs": 3, "lr": 2e-3}},
-}
-
-
-def default_settings(model: str, method: str, dataset: str) -> dict[str, float]:
-    """The defaults of the flags left unset: the model's, then the method's, then the dataset's (last wins)."""
-    return {**DEFAULTS[model], **METHOD_DEFAULTS[model].get(method, {}),
-            **DATASET_DEFAULTS.get(dataset, {}).get(model, {})}
-
-
 FLOAT_FLAGS = ("lr", "momentum", "weight_decay", "lmbda", "c", "d", "overshoot", "alpha", "fgs_eps", "parseval_beta",
                "parseval_fraction", "ref_lr")
 
 
 def check_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
-    if args.model not in models.ARCHITECTURES:
-        parser.error(f"unknown model {args.model!r}; choose one of: {', '.join(models.ARCHITECTURES)}")
-    if tuple(models.INPUT_SHAPES[args.model]) != (1, 28, 28):
-        mnist_models = [a for a, shape in models.INPUT_SHAPES.items() if tuple(shape) == (1, 28, 28)]
-        parser.error(f"model {args.model!r} takes {tuple(models.INPUT_SHAPES[args.model])} inputs, but this script loads "
-            f"MNIST/Fashion-MNIST (1, 28, 28) only; choose one of: {', '.join(mnist_models)}")
+    flag = getattr(args, "model_flag", None)
+    if flag and args.model and flag != args.model:
+        parser.error(f"two models named: {args.model!r} and --model {flag!r}; name one")
+    args.model = args.model or flag
+    if not args.model:
+        parser.error(f"name a model: one of {', '.join(models.ARCHITECTURES)}, or --model module:function")
+    if args.model not in models.ARCHITECTURES and not models.is_user_model(args.model):
+        parser.error(f"unknown model {args.model!r}; choose one of: {', '.join(models.ARCHITECTURES)}, or "
+                     "module:function for a model of your own")
+    if args.dataset is None:
+        args.dataset = recipes.default_dataset(args.model)
+    if getattr(args, "crop_size", 224) < 1:
+        parser.error(f"--crop-size must be at least 1, got {args.crop_size}")
+    why = recipes.incompatibility(args.model, args.dataset, getattr(args, "crop_size", 224))
+    if why:
+        parser.error(why)
+    explicit_drop = args.lr_drop_epochs is not None
     for key, value in default_settings(args.model, args.method, args.dataset).items():
-        if getattr(args, key) is None:
+        if getattr(args, key, None) is None:
             setattr(args, key, value)
+    if not explicit_drop and args.epochs > 1 and args.lr_drop_epochs >= args.epochs:
+        args.lr_drop_epochs = args.epochs - 1  # a short run of a recipe that halves for the last 10 epochs
     positive = ["epochs", "batch_size", "max_iter", "eval_max_iter", "eval_batch_size", "ref_epochs",
                 "advtrain_max_iter"]
     for name in positive:
@@ -215,9 +266,11 @@ def check_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Non
         if not getattr(args, name) > 0:
             parser.error(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
     for name in ["lmbda", "c", "d", "overshoot", "weight_decay", "momentum", "eval_samples", "epoch_eval_samples",
-                 "val_size", "lr_drop_epochs", "train_samples", "fgs_eps", "parseval_beta"]:
-        if not getattr(args, name) >= 0:
-            parser.error(f"--{name.replace('_', '-')} must not be negative, got {getattr(args, name)}")
+                 "val_size", "lr_drop_epochs", "train_samples", "fgs_eps", "parseval_beta", "candidates",
+                 "checkpoint_every", "workers", "eval_cache_mb"]:
+        value = getattr(args, name, 0)
+        if value is not None and not value >= 0:
+            parser.error(f"--{name.replace('_', '-')} must not be negative, got {value}")
     if not args.momentum < 1:
         parser.error(f"--momentum must lie in [0, 1), got {args.momentum}")
     if hasattr(args, "min_acc_ratio") and not 0 <= args.min_acc_ratio <= 1:
@@ -229,51 +282,62 @@ def check_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Non
     check_device(args.device, parser)
     if args.lr_drop_epochs >= args.epochs and args.epochs > 1:
         parser.error("--lr-drop-epochs must be smaller than --epochs")
+    if getattr(args, "pretrained", False) and args.reference:
+        parser.error("--pretrained and --reference both name a reference; pass one")
+    if getattr(args, "reference_format", "revnet") == "torchvision" and not args.reference:
+        parser.error("--reference-format torchvision needs --reference PATH (the state_dict file)")
     if args.out is None:
-        args.out = f"runs/{args.model}-{args.method}-s{args.seed}"
+        safe = args.model.replace(":", "_").replace("/", "_")
+        args.out = f"runs/{safe}-{args.method}-s{args.seed}"
 
 
-def fingerprint(*tensors: torch.Tensor) -> str:
-    h = hashlib.sha1()
-    for t in tensors:
-        h.update(t.contiguous().numpy().tobytes())
-    return h.hexdigest()[:12]
+def arch_args(model: str, pipe) -> dict:
+    """The builder's arguments for this data (``num_classes`` of alexnet and resnet18)."""
+    return {"num_classes": pipe.num_classes} if "num_classes" in models.ARCH_ARGS.get(model, ()) else {}
 
 
-def get_reference(args, splits, preprocess, device) -> tuple[torch.nn.Module, dict, str]:
-    """The reference model: ``--reference``, a cached one, or a freshly trained (and then cached) one."""
+def get_reference(args, pipe, device) -> tuple[torch.nn.Module, dict, str]:
+    """The reference model: ``--reference``, ``--pretrained``, a cached one, or a freshly trained (and then
+    cached) one."""
+    build = lambda: models.build(args.model, **arch_args(args.model, pipe))  # noqa: E731
     if args.reference:
-        try:
-            net, ckpt = models.load(args.reference, arch=args.model, map_location=device)
-        except models.CheckpointError as exc:
-            raise SystemExit(f"error: {exc}") from None
-        return net, ckpt["preprocess"], f"given: {args.reference}"
-    key = (
-        f"{args.model}-{args.dataset}-{fingerprint(splits.train_x, splits.train_y)}"
-        f"-e{args.ref_epochs}-lr{args.ref_lr:g}-b{args.batch_size}-s{args.seed}"
-    )
-    path = Path(args.cache_dir) / f"{key}.pt"
+        return references.load_given(args, build, pipe, device)
+    data_key = (fingerprint(*pipe.fingerprint_tensors) if pipe.fingerprint_tensors
+                else references.hashlib.sha1(pipe.source.encode()).hexdigest()[:12])
+    if args.pretrained:
+        cache = Path(args.cache_dir) / f"{args.model}-imagenet-torchvision-pretrained-c{args.crop_size}.pt"
+        return references.load_pretrained(args, build, pipe, device, cache)
+    path = Path(args.cache_dir) / f"{references.cache_name(args.model, args.dataset, data_key, args)}.pt"
     if path.exists():
-        try:
-            net, ckpt = models.load(path, arch=args.model, map_location=device)
-        except models.CheckpointError as exc:
-            raise SystemExit(f"error: cached reference: {exc} Delete {path} to train a new reference.") from None
-        return net, ckpt["preprocess"], f"cached: {path}"
+        return references.load_cached(path, args, pipe, device)
     print(f"training the reference model ({args.ref_epochs} epochs, lr {args.ref_lr}) -> {path}", flush=True)
     utils.seed_everything(args.seed)
-    net = models.build(args.model).to(device)
-    x = data_lib.preprocess(splits.train_x, preprocess).to(device)
+    net = build().to(device)
+    preprocess = pipe.preprocess
     start = time.perf_counter()
     log = engine.train_reference(
-        net, x, splits.train_y.to(device), epochs=args.ref_epochs, lr=args.ref_lr, batch_size=args.batch_size,
+        net, None, None, epochs=args.ref_epochs, lr=args.ref_lr, batch_size=args.batch_size,
         seed=args.seed, progress=not args.no_progress,
-    )
+        epoch_batches=lambda epoch: train_batches(pipe.train_set, preprocess, args, device, epoch))
     seconds = time.perf_counter() - start
     models.save(path, args.model, net, preprocess, metrics={"train_log": log, "train_seconds": seconds},
                 config={"recipe": "SGD momentum 0.9, weight decay 5e-4, lr halved for the last 20% of epochs",
                         "epochs": args.ref_epochs, "lr": args.ref_lr, "batch_size": args.batch_size,
-                        "seed": args.seed, "data": splits.source})
+                        "seed": args.seed, "data": pipe.source},
+                arch_args=arch_args(args.model, pipe), input_shape=pipe.input_shape)
     return net, preprocess, f"trained ({seconds:.0f} s), cached: {path}"
+
+
+def train_batches(dataset, preprocess: dict | None, args, device, epoch: int, start: int = 0):
+    """One epoch of training batches ``(x, y)`` on ``device`` (``preprocess`` applied unless ``None``: data
+    already preprocessed), the number of batches left and the epoch's generator (see ``loaders.EpochBatches``)."""
+    loader, sampler = loaders.epoch_loader(dataset, args.batch_size, seed=args.seed, epoch=epoch, start=start,
+                                           num_workers=args.workers or 0, pin_memory=device.type == "cuda")
+    if preprocess is None:
+        batches = ((x.to(device), y.to(device)) for x, y in loader)
+    else:
+        batches = ((data_lib.preprocess(x, preprocess).to(device), y.to(device)) for x, y in loader)
+    return batches, len(sampler), sampler.generator
 
 
 def advtrain_set(args, ref_net, train_x, train_y, out: Path, clip) -> tuple[torch.Tensor, torch.Tensor, dict]:
@@ -339,9 +403,51 @@ def summary_markdown(args, ref_final: dict, ft_final: dict, eps: float, wall: fl
     )
 
 
+def eval_sets(args, pipe, preprocess: dict, device) -> tuple[loaders.EvalSet, loaders.EvalSet, loaders.EvalSet]:
+    """The final evaluation set (``--eval-samples``, first N or class-balanced), its first
+    ``--epoch-eval-samples`` for the per-epoch evaluation, and the validation set, as ``loaders.EvalSet``."""
+    from torch.utils.data import Subset
+
+    n_test = len(pipe.test_set)
+    n_eval = min(args.eval_samples or n_test, n_test)
+    if args.eval_samples > n_test:
+        raise SystemExit(f"error: --eval-samples {args.eval_samples} exceeds the {n_test} test images.")
+    if args.eval_subset == "balanced" and args.eval_samples:
+        idx = pipeline_lib.ds.balanced_subset(pipe.test_targets, n_eval, args.eval_subset_seed).tolist()
+    else:
+        idx = range(n_eval)
+    prepare = lambda raw: data_lib.preprocess(raw, preprocess).to(device)  # noqa: E731
+    per_image = 4 * math.prod(pipe.input_shape) + math.prod(pipe.input_shape)  # float32 input + int8 FGS sign
+    kw = dict(device=device, num_workers=args.workers or 0, pin_memory=device.type == "cuda",
+              cache_bytes=args.eval_cache_mb << 20, bytes_per_image=per_image)
+    test = loaders.EvalSet(Subset(pipe.test_set, idx), prepare, args.eval_batch_size, **kw)
+    n_epoch = min(args.epoch_eval_samples or n_eval, n_eval)
+    return test, test.subset(n_epoch), loaders.EvalSet(pipe.val_set, prepare, args.eval_batch_size, **kw)
+
+
+def materialize(dataset, preprocess: dict, device, batch_size: int, budget_bytes: int, what: str) -> tuple:
+    """All of ``dataset`` preprocessed, as tensors ``(x, y)`` on ``device`` (Adv. Train I's DeepFool set needs
+    the whole training set); refused with one line if it would exceed ``budget_bytes``."""
+    from torch.utils.data import DataLoader
+
+    first = dataset[0][0] if len(dataset) else None
+    size = len(dataset) * (4 * first.numel() if first is not None else 0)
+    if size > budget_bytes:
+        raise SystemExit(f"error: {what} needs the {len(dataset)} training images in memory ({size / 2**20:.0f} MB, "
+                         f"more than --eval-cache-mb {budget_bytes >> 20}); fine-tune on fewer with --train-samples N "
+                         "or raise --eval-cache-mb.")
+    xs, ys = [], []
+    for raw, y in DataLoader(dataset, batch_size=batch_size, shuffle=False, generator=loaders.quiet_generator()):
+        xs.append(data_lib.preprocess(raw, preprocess).to(device))
+        ys.append(y.to(device))
+    return torch.cat(xs), torch.cat(ys)
+
+
 def main(args: argparse.Namespace) -> dict[str, Any]:
     parser = get_args_parser()
     check_args(args, parser)
+    if args.workers is None:
+        args.workers = 0 if args.dataset != "imagenet" else 4
     device = utils.resolve_device(args.device)
     out = Path(args.out)
     resume_path = out / "resume" / "checkpoint.pt"
@@ -355,20 +461,19 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     wall_start = time.perf_counter()
 
     try:
-        splits = data_lib.load(args.dataset, args.data_dir, download=not args.no_download)
-        splits, (val_x_raw, val_y) = splits.hold_out(args.val_size, args.seed)
+        pipe = pipeline_lib.load_pipeline(args.dataset, args.data_dir, download=not args.no_download,
+                                          val_size=args.val_size, train_samples=args.train_samples, seed=args.seed,
+                                          crop=args.crop_size)
     except data_lib.DataError as exc:
         raise SystemExit(f"error: {exc}") from None
-    if args.train_samples:
-        keep = torch.randperm(len(splits.train_y), generator=torch.Generator().manual_seed(args.seed))
-        keep = keep[: args.train_samples].sort().values  # a seeded random subset (the files are sorted by class)
-        splits.train_x, splits.train_y = splits.train_x[keep], splits.train_y[keep]
-    config["data"] = splits.source
-    print(f"data: {splits.source}; training on {len(splits.train_y)} images, {len(val_y)} held out", flush=True)
+    config["data"] = pipe.source
+    print(f"data: {pipe.source}; training on {len(pipe.train_set)} images, {len(pipe.val_set)} held out", flush=True)
 
-    preprocess = data_lib.preprocess_params(splits.train_x)
     utils.seed_everything(args.seed)
-    ref_net, preprocess, ref_origin = get_reference(args, splits, preprocess, device)
+    try:
+        ref_net, preprocess, ref_origin = get_reference(args, pipe, device)
+    except ValueError as exc:  # a user's --model that cannot be built
+        raise SystemExit(f"error: {exc}") from None
     config["reference"] = ref_origin
     print(f"reference: {ref_origin}", flush=True)
     try:
@@ -376,17 +481,15 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     except models.WriteError as exc:
         raise SystemExit(f"error: {exc}") from None
 
-    prep = lambda t: data_lib.preprocess(t, preprocess).to(device)  # noqa: E731
-    train_x, train_y = prep(splits.train_x), splits.train_y.to(device)
-    n_eval = args.eval_samples or len(splits.test_y)
-    test_x, test_y = prep(splits.test_x[:n_eval]), splits.test_y[:n_eval].to(device)
-    n_epoch_eval = min(args.epoch_eval_samples or n_eval, n_eval)
-    val_x, val_y = prep(val_x_raw), val_y.to(device)
+    test_set, epoch_set, val_set = eval_sets(args, pipe, preprocess, device)
+    n_eval, n_epoch_eval = len(test_set), len(epoch_set)
+    clip = data_lib.pixel_range(preprocess, pipe.input_shape, pipe.raw_max) if args.clip else None
+    # top-K DeepFool classes; K >= the number of classes (a small ImageFolder) means all of them
+    candidates = args.candidates if args.candidates and args.candidates < pipe.num_classes else None
     eval_kw = dict(max_iter=args.eval_max_iter, overshoot=args.overshoot, batch_size=args.eval_batch_size,
-                   clip=(float(prep(torch.zeros(1, 1, 28, 28, dtype=torch.uint8)).min()),
-                         float(prep(torch.full((1, 1, 28, 28), 255, dtype=torch.uint8)).max())) if args.clip else None)
+                   clip=clip, candidates=candidates, progress=not args.no_progress)
 
-    net = models.build(args.model).to(device)
+    net = models.build(args.model, **arch_args(args.model, pipe)).to(device)
     modules_with_params = [name for name, m in net.named_modules() if name and any(True for _ in m.parameters(False))]
     all_modules = {name for name, _ in net.named_modules() if name}
     if args.reg_layers and not set(args.reg_layers) <= all_modules:
@@ -398,6 +501,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     milestones = [args.epochs - args.lr_drop_epochs] if args.lr_drop_epochs else []
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=0.5)
 
+    mid = None  # a mid-epoch checkpoint: {"epoch", "step", "totals", "generator", "rng"}
     if args.resume and resume_path.exists():
         state = utils.load_resume(resume_path, net, device)
         check_resume_args(state.get("args", {}), vars(args), resume_path)
@@ -406,64 +510,95 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         scheduler.load_state_dict(state["lr_scheduler"])
         torch.set_rng_state(state["rng"]["torch"])
         start_epoch, history, ref_metrics = state["epoch"] + 1, list(state["history"]), state["reference_metrics"]
-        print(f"resuming {out} after epoch {state['epoch']}", flush=True)
+        mid = state.get("mid_epoch")
+        where = f"step {mid['step']} of epoch {mid['epoch']}" if mid else f"epoch {state['epoch']}"
+        print(f"resuming {out} after {where}", flush=True)
     else:
         net.load_state_dict(ref_net.state_dict())
         print(f"evaluating the reference on {n_epoch_eval} test images ...", flush=True)
-        ref_metrics = engine.evaluate(net, test_x[:n_epoch_eval], test_y[:n_epoch_eval], find_eps_ref=True, **eval_kw)
-        if len(val_y):
-            ref_metrics["val"] = engine.evaluate(net, val_x, val_y, **eval_kw)
+        ref_metrics = engine.evaluate(net, epoch_set, find_eps_ref=True, desc="reference", **eval_kw)
+        if len(val_set):
+            ref_metrics["val"] = engine.evaluate(net, val_set, desc="reference (validation)", **eval_kw)
         print(f"reference: acc {ref_metrics['acc']:.4f}, rho2 {ref_metrics['rho2']:.4f}, "
               f"eps_ref {ref_metrics['own_eps_ref']:.4g}", flush=True)
         start_epoch, history = 1, []
     epoch_eps = ref_metrics["own_eps_ref"]  # fixed for the whole run so the curves are comparable
     print(epoch_legend(epoch_eps), flush=True)
 
-    advtrain_info = None
+    train_set, train_pre, advtrain_info = pipe.train_set, preprocess, None
     if args.method == "advtrain-deepfool":
-        train_x, train_y, advtrain_info = advtrain_set(args, ref_net, train_x, train_y, out, eval_kw["clip"])
+        train_x, train_y = materialize(pipe.train_set if pipe.in_memory else pipe.train_eval_set, preprocess, device,
+                                       args.eval_batch_size, args.eval_cache_mb << 20, "advtrain-deepfool")
+        train_x, train_y, advtrain_info = advtrain_set(args, ref_net, train_x, train_y, out, clip)
+        train_set, train_pre = loaders.TensorImages(train_x, train_y), None
+
+    kill_after = int(os.environ.get("REVNET_TEST_SIGKILL_AFTER_STEP", "0") or 0)
+    steps_done = [0]
+
+    def save_resume(epoch_done: int, extra: dict | None = None) -> None:
+        models.save_atomic(
+            {"model": net.state_dict(), "optimizer": optimizer.state_dict(), "lr_scheduler": scheduler.state_dict(),
+             "epoch": epoch_done, "rng": {"torch": torch.get_rng_state()}, "args": _plain(vars(args)),
+             "history": history, "reference_metrics": ref_metrics, **({"mid_epoch": extra} if extra else {})},
+            resume_path,
+        )
 
     for epoch in range(start_epoch, args.epochs + 1):
-        gen = torch.Generator().manual_seed(args.seed * 1000 + epoch)
+        start_step = mid["step"] if mid and mid["epoch"] == epoch else 0
+        batches, num_left, gen = train_batches(train_set, train_pre, args, device, epoch, start_step)
+        totals = None
+        if start_step:
+            gen.set_state(mid["generator"])
+            torch.set_rng_state(mid["rng"])
+            totals = mid["totals"]
+        total_steps = start_step + num_left
+
+        def on_step(step: int, running: dict, epoch=epoch, gen=gen, total_steps=total_steps) -> None:
+            steps_done[0] += 1
+            if args.checkpoint_every and step % args.checkpoint_every == 0 and step < total_steps:
+                save_resume(epoch - 1, {"epoch": epoch, "step": step, "totals": dict(running),
+                                        "generator": gen.get_state(), "rng": torch.get_rng_state()})
+                if kill_after and steps_done[0] >= kill_after:
+                    os.kill(os.getpid(), signal.SIGKILL)
+
         t0 = time.perf_counter()
         try:
             stats = engine.train_one_epoch(
-                net, optimizer, train_x, train_y, method=args.method, batch_size=args.batch_size, generator=gen,
+                net, optimizer, method=args.method, generator=gen, batches=batches, num_batches=num_left,
+                start_step=start_step, totals=totals, on_step=on_step,
                 lmbd=args.lmbda, c=args.c, d=args.d, max_iter=args.max_iter, overshoot=args.overshoot,
-                reg_layers=args.reg_layers,
-                fgs_eps=args.fgs_eps, alpha=args.alpha, clip=eval_kw["clip"], parseval_beta=args.parseval_beta,
+                candidates=candidates, reg_layers=args.reg_layers,
+                fgs_eps=args.fgs_eps, alpha=args.alpha, clip=clip, parseval_beta=args.parseval_beta,
                 parseval_fraction=args.parseval_fraction,
                 desc=f"epoch {epoch}/{args.epochs}", progress=not args.no_progress,
             )
         except engine.NonFiniteLossError as exc:
             fail_run(out, args, history, f"{exc} (epoch {epoch})", resume_path)
+        mid = None
         lr_used = optimizer.param_groups[0]["lr"]  # this epoch's rate (the scheduler then sets the next one)
         scheduler.step()
         train_seconds = time.perf_counter() - t0
         row = {"epoch": epoch, "lr": lr_used, "train_seconds": train_seconds, **stats}
-        row["test"] = engine.evaluate(net, test_x[:n_epoch_eval], test_y[:n_epoch_eval], eps_ref=epoch_eps, **eval_kw)
-        if len(val_y):
-            row["val"] = engine.evaluate(net, val_x, val_y, **eval_kw)
-        reason = engine.collapse_reason(stats, row["test"]["acc"], ref_metrics["acc"],
-                                        models.NUM_CLASSES[args.model], args.min_acc_ratio)
+        row["test"] = engine.evaluate(net, epoch_set, eps_ref=epoch_eps, desc=f"epoch {epoch} evaluation", **eval_kw)
+        if len(val_set):
+            row["val"] = engine.evaluate(net, val_set, desc=f"epoch {epoch} validation", **eval_kw)
+        reason = engine.collapse_reason(stats, row["test"]["acc"], ref_metrics["acc"], pipe.num_classes,
+                                        args.min_acc_ratio, getattr(args, "max_train_ce", None))
         if reason is not None:  # never kept as the last good state
             fail_run(out, args, history + [{**row, "failed": reason}], f"{reason} (epoch {epoch})", resume_path)
         history.append(row)
-        models.save_atomic(
-            {"model": net.state_dict(), "optimizer": optimizer.state_dict(), "lr_scheduler": scheduler.state_dict(),
-             "epoch": epoch, "rng": {"torch": torch.get_rng_state()}, "args": _plain(vars(args)),
-             "history": history, "reference_metrics": ref_metrics},
-            resume_path,
-        )
+        save_resume(epoch)
         utils.write_text_atomic(out / "log.jsonl", "".join(utils.json.dumps(r, sort_keys=True) + "\n" for r in history))
         t = row["test"]
         print(f"epoch {epoch}/{args.epochs}: loss {stats['train_loss']:.4f}, test acc {t['acc']:.4f}, "
               f"rho2 {t['rho2']:.4f}, fgs@1.0 {t['fgs_acc@1.0']:.4f} ({train_seconds:.0f} s train)", flush=True)
+        if kill_after and steps_done[0] >= kill_after:
+            os.kill(os.getpid(), signal.SIGKILL)
 
     print(f"final evaluation on {n_eval} test images ...", flush=True)
-    ft_final = engine.evaluate(net, test_x, test_y, find_eps_ref=True, **eval_kw)
+    ft_final = engine.evaluate(net, test_set, find_eps_ref=True, desc="final (fine-tuned)", **eval_kw)
     eps = ft_final["own_eps_ref"]
-    ref_final = engine.evaluate(ref_net, test_x, test_y, eps_ref=eps, **eval_kw)
+    ref_final = engine.evaluate(ref_net, test_set, eps_ref=eps, desc="final (reference)", **eval_kw)
     ref_final["own_eps_ref"] = ref_metrics["own_eps_ref"] if n_epoch_eval == n_eval else None
     wall = time.perf_counter() - wall_start
     # ρ₂ = 0 for the reference (no image perturbed): the ratio is undefined, not a ZeroDivisionError after training
@@ -475,20 +610,21 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             wall_seconds = utils.json.loads((out / "metrics.json").read_text(encoding="utf-8"))["wall_seconds"]
         except (OSError, ValueError, KeyError, TypeError):
             pass  # no earlier metrics.json: this session's time is all there is
-    result = {"model": args.model, "method": args.method, "reference": ref_final, "finetuned": ft_final,
-              "reference_val": ref_metrics.get("val"),
+    result = {"model": args.model, "method": args.method, "dataset": args.dataset, "reference": ref_final,
+              "finetuned": ft_final, "reference_val": ref_metrics.get("val"),
               "reference_epoch_eval": {k: v for k, v in ref_metrics.items() if k != "val"},
               "advtrain_set": advtrain_info,
               "eps_ref": eps, "rho2_ratio": rho2_ratio, "wall_seconds": wall_seconds,
-              "history": history, "data": splits.source}
+              "history": history, "data": pipe.source}
     if rho2_ratio is None:
         result["rho2_ratio_note"] = "undefined: the reference's rho2 is 0 (DeepFool left every test image unchanged)"
     if reevaluation_seconds is not None:
         result["reevaluation_seconds"] = reevaluation_seconds
-    summary = summary_markdown(args, ref_final, ft_final, eps, wall_seconds, splits.source)
+    summary = summary_markdown(args, ref_final, ft_final, eps, wall_seconds, pipe.source)
     try:  # final.pt first: the model is never lost to a later failure
         models.save(out / "final.pt", args.model, net, preprocess, metrics=_plain(
-            {k: v for k, v in result.items() if k != "history"}), config=_plain(vars(args)))
+            {k: v for k, v in result.items() if k != "history"}), config=_plain(vars(args)),
+            arch_args=arch_args(args.model, pipe), input_shape=pipe.input_shape)
         utils.write_json(out / "metrics.json", result)
         utils.write_text_atomic(out / "summary.md", summary)
         (out / "failed.json").unlink(missing_ok=True)  # a resumed run that failed before has now finished
@@ -498,7 +634,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
-RESUME_FREE_ARGS = {"resume", "out", "no_progress", "device", "eval_batch_size", "data_dir", "cache_dir", "no_download"}
+RESUME_FREE_ARGS = {"resume", "out", "no_progress", "device", "eval_batch_size", "data_dir", "cache_dir", "no_download",
+                    "workers", "eval_cache_mb", "checkpoint_every", "model_flag"}
 
 
 def check_resume_args(saved: dict[str, Any], now: dict[str, Any], path: Path) -> None:
@@ -535,8 +672,16 @@ def _plain(obj: Any) -> Any:
     return str(obj)
 
 
+def model_named(argv: list[str]) -> str | None:
+    """The model named in ``argv`` (a built-in architecture or ``module:function``), for ``finetune.py MODEL
+    --help``."""
+    return next((a for a in argv if a in models.ARCHITECTURES or models.is_user_model(a)), None)
+
+
+
+
 if __name__ == "__main__":
     try:
-        main(get_args_parser().parse_args())
+        main(get_args_parser(model=model_named(sys.argv[1:])).parse_args())
     except models.WriteError as exc:  # a failed write anywhere (resume checkpoint, log.jsonl): one line
         raise SystemExit(f"error: {exc}") from None

@@ -32,6 +32,17 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
+def add_eval_subset_flags(p: argparse.ArgumentParser) -> None:
+    """``--eval-samples``, ``--eval-subset`` and ``--eval-subset-seed`` (finetune.py and evaluate.py)."""
+    p.add_argument("--eval-samples", type=int, default=0,
+                   help="evaluate on N test images (0: all): the first N, or with --eval-subset balanced a fixed, "
+                        "seeded, class-balanced N")
+    p.add_argument("--eval-subset", default="first", choices=("first", "balanced"),
+                   help="which --eval-samples images: the first N of the test set (the committed tables), or N "
+                        "chosen class-balanced with --eval-subset-seed (ImageNet's 50,000 validation images)")
+    p.add_argument("--eval-subset-seed", type=int, default=0, help="seed of --eval-subset balanced")
+
+
 def prepare_dir(path: str | os.PathLike, flag: str) -> Path:
     """Create the output folder ``path`` (given with ``flag``, e.g. ``--out``) if needed, check that files can be
     written in it, and delete the temporary files that killed processes left there (and in its ``resume/``).

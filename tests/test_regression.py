@@ -1,0 +1,32 @@
+"""MNIST on the DataLoader path reproduces the whole-tensor path bit for bit (time budget: ~30 s).
+
+``tests/fixtures/regression-lenet-mnist.json`` holds the metrics of a small LeNet run (reference training, Deep
+Defense fine-tuning, per-epoch and final evaluation with ε_ref bisection and a validation split) made with the
+code before MNIST moved to ``torch.utils.data`` (commit b13e52c). The same command must give every number again,
+exactly: same sample order, same batches, same arithmetic.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from helpers import strip_timings  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURE = ROOT / "tests" / "fixtures" / "regression-lenet-mnist.json"
+
+
+def test_mnist_dataloader_path_reproduces_the_committed_metrics_exactly(tmp_path):
+    fixture = json.loads(FIXTURE.read_text())
+    argv = [*fixture["argv"], "--out", str(tmp_path / "run"), "--cache-dir", str(tmp_path / "refs")]
+    proc = subprocess.run([sys.executable, str(ROOT / "train" / "finetune.py"), *argv], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    for key, expected in fixture["metrics"].items():
+        assert strip_timings(metrics[key]) == expected, key

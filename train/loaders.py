@@ -1,0 +1,159 @@
+"""``torch.utils.data`` pieces of the training scripts: in-memory image datasets, seeded and resumable epoch
+order, seeded per-image augmentation, and evaluation sets that stream batches in bounded memory.
+
+* ``TensorImages(images, labels)`` — a ``Dataset`` over in-memory images (MNIST's and CIFAR-10's uint8
+  ``(N, C, H, W)``); item ``i`` is ``(images[i], int(labels[i]))``.
+* ``EpochBatches(n, batch_size, seed, epoch, start=0)`` — the batch sampler of one training epoch:
+  ``torch.randperm(n)`` from a generator seeded with ``seed * 1000 + epoch``, split into batches (the order the
+  scripts have always used, so MNIST runs are bit-exact with the earlier whole-tensor path), skipping the first
+  ``start`` batches (a resumed mid-epoch checkpoint). ``generator`` is that generator after the permutation:
+  Parseval training draws its rows from it, as before.
+* ``SeededItems(dataset, seed)`` — random augmentation that is a function of ``(seed, epoch, index)`` only, not of
+  the worker process or of how often the run was resumed: each item is drawn under ``torch.random.fork_rng``
+  seeded with those three numbers, and the caller's global RNG is left untouched.
+* ``EvalSet(dataset, prepare, batch_size, ...)`` — a re-iterable set of evaluation batches ``(x, y)`` already on
+  the device and preprocessed. It keeps them (and whatever the caller caches with them) in memory only if the
+  whole set fits in ``cache_bytes``; otherwise every pass streams from the ``DataLoader`` again, so memory is
+  bounded by the batch size, not by the data set.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Iterator, Optional
+
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+DEFAULT_CACHE_BYTES = 2 << 30  # evaluation sets up to 2 GiB (10,000 CIFAR-10 images: 0.15 GiB) stay in memory
+
+
+class TensorImages(Dataset):
+    """Images held in memory: item ``i`` is ``(images[i], int(labels[i]))`` (``images`` e.g. uint8
+    ``(N, C, H, W)``, ``labels`` int64 ``(N,)``)."""
+
+    def __init__(self, images: Tensor, labels: Tensor) -> None:
+        if len(images) != len(labels):
+            raise ValueError(f"{len(images)} images but {len(labels)} labels; pass one label per image.")
+        self.images, self.targets = images, labels
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, int]:
+        return self.images[index], int(self.targets[index])
+
+
+class EpochBatches(Sampler):
+    """Index batches of one epoch: ``randperm(n)`` drawn from ``torch.Generator().manual_seed(seed * 1000 +
+    epoch)`` (when the sampler is built), split into ``batch_size`` chunks, from batch ``start`` on."""
+
+    def __init__(self, n: int, batch_size: int, seed: int, epoch: int, start: int = 0) -> None:
+        self.generator = torch.Generator().manual_seed(seed * 1000 + epoch)
+        self.order = torch.randperm(n, generator=self.generator)
+        self.batches = [b.tolist() for b in self.order.split(batch_size)]
+        if not 0 <= start <= len(self.batches):
+            raise ValueError(f"cannot start epoch {epoch} at batch {start}: it has {len(self.batches)} batches.")
+        self.start = start
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return iter(self.batches[self.start:])
+
+    def __len__(self) -> int:
+        return len(self.batches) - self.start
+
+
+class SeededItems(Dataset):
+    """``dataset`` with reproducible random augmentation: item ``i`` of epoch ``epoch`` (set the attribute
+    before building an epoch's ``DataLoader``) is read under a forked global RNG seeded with
+    ``(seed, epoch, i)``."""
+
+    def __init__(self, dataset: Dataset, seed: int) -> None:
+        self.dataset, self.seed, self.epoch = dataset, seed, 0
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> Any:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed((self.seed * 1_000_003 + self.epoch * 10_007 + index) % (2 ** 63))
+            return self.dataset[index]
+
+
+def epoch_loader(dataset: Dataset, batch_size: int, *, seed: int, epoch: int, start: int = 0,
+                 num_workers: int = 0, pin_memory: bool = False) -> tuple[DataLoader, EpochBatches]:
+    """The ``DataLoader`` of one training epoch (``EpochBatches`` order, from batch ``start``) and its sampler.
+    The loader's own generator (which seeds its workers) is seeded from ``seed`` and ``epoch`` too, so the global
+    RNG (Dropout masks) is not drawn from."""
+    if isinstance(dataset, SeededItems):
+        dataset.epoch = epoch
+    sampler = EpochBatches(len(dataset), batch_size, seed, epoch, start)
+    loader = DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers, pin_memory=pin_memory,
+                        generator=torch.Generator().manual_seed(seed * 1000 + epoch + 1))
+    return loader, sampler
+
+
+class EvalSet:
+    """Evaluation batches ``(x, y)``: ``prepare(raw_x)`` (to the device, preprocessed) and ``y`` on the device,
+    ``batch_size`` images each, in dataset order.
+
+    ``len(evalset)`` is the number of images, ``evalset.num_batches`` that of batches. If ``n_images ·
+    bytes_per_image`` fits in ``cache_bytes`` (``bytes_per_image`` of the prepared input, plus what the caller
+    keeps per image, see :meth:`cached`), the first pass keeps the batches and later passes reuse them; else
+    every pass reads the data again (bounded memory)."""
+
+    def __init__(self, dataset: Dataset, prepare: Callable[[Tensor], Tensor], batch_size: int, *,
+                 device: torch.device | str = "cpu", num_workers: int = 0, pin_memory: bool = False,
+                 cache_bytes: int = DEFAULT_CACHE_BYTES, bytes_per_image: Optional[int] = None) -> None:
+        self.dataset, self.prepare, self.batch_size = dataset, prepare, batch_size
+        self.device, self.num_workers, self.pin_memory = torch.device(device), num_workers, pin_memory
+        self.bytes_per_image = bytes_per_image
+        self.cache_bytes = cache_bytes
+        self._batches: Optional[list[tuple[Tensor, Tensor]]] = None
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    @property
+    def num_batches(self) -> int:
+        return math.ceil(len(self.dataset) / self.batch_size)
+
+    def cached(self, extra_bytes_per_image: int = 0) -> bool:
+        """Whether the prepared batches (plus ``extra_bytes_per_image`` the caller keeps per image, e.g. FGS
+        signs) fit in the cache budget."""
+        if self.bytes_per_image is None:
+            return False
+        return len(self) * (self.bytes_per_image + extra_bytes_per_image) <= self.cache_bytes
+
+    def _stream(self) -> Iterator[tuple[Tensor, Tensor]]:
+        loader = DataLoader(self.dataset, batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers,
+                            pin_memory=self.pin_memory, generator=quiet_generator())
+        for raw, y in loader:
+            yield self.prepare(raw), y.to(self.device)
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        if self._batches is not None:
+            return iter(self._batches)
+        if not self.cached():
+            return self._stream()
+        self._batches = list(self._stream())
+        return iter(self._batches)
+
+    def subset(self, n: int) -> "EvalSet":
+        """The first ``n`` images as an ``EvalSet`` with the same settings."""
+        from torch.utils.data import Subset
+
+        n = min(n, len(self))
+        sub = EvalSet(Subset(self.dataset, range(n)), self.prepare, self.batch_size, device=self.device,
+                      num_workers=self.num_workers, pin_memory=self.pin_memory, cache_bytes=self.cache_bytes,
+                      bytes_per_image=self.bytes_per_image)
+        if self._batches is not None and n % self.batch_size == 0:
+            sub._batches = self._batches[: n // self.batch_size]
+        return sub
+
+
+def quiet_generator() -> torch.Generator:
+    """A generator for a ``DataLoader`` that needs no randomness: without one, every iterator draws its workers'
+    base seed from the global RNG, which would shift the Dropout masks of the training that follows."""
+    return torch.Generator().manual_seed(0)
