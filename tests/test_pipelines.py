@@ -318,3 +318,19 @@ def test_a_users_own_model_fine_tunes_with_model_module_function(tmp_path, monke
     with pytest.raises(SystemExit) as info:
         run(["--model", "mymodels:nothing", "--out", str(tmp_path / "x"), *TINY])
     assert "mymodels has no function 'nothing'" in str(info.value.code)
+
+
+def test_table1_on_cifar10_writes_the_papers_layout_with_its_numbers(cifar_root, cache, tmp_path):
+    import table1
+
+    out = tmp_path / "table"
+    table1.main(table1.get_args_parser().parse_args(
+        ["--dataset", "cifar10", "--models", "convnet", "--methods", "deepdefense", "parseval", "--data-dir",
+         str(cifar_root), "--cache-dir", str(cache), "--out", str(out), "--pgd-samples", "10", "--pgd-steps", "2",
+         "--no-figure", "--extra", *CIFAR_TINY]))
+    text = (out / "table1.md").read_text()
+    assert "# Table 1 (cifar10)" in text and "## convnet (20 test images" in text
+    assert "| Par. Train |" in text and "| Ours |" in text
+    assert "79.74 / 0.0259 / 61.62 / 37.84 / 23.85" in text  # the paper's Reference row, from paper.py
+    rows = json.loads((out / "table1.json").read_text())["table"]["convnet"]["rows"]
+    assert set(rows) == {"reference", "parseval", "deepdefense"}

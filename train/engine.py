@@ -215,6 +215,20 @@ class _TensorBatches:
             yield self.x[start:start + self.batch_size], self.y[start:start + self.batch_size]
 
 
+def fgs_accuracy_stream(net: nn.Module, data, eps: float, *, clip: Optional[tuple[float, float]] = None,
+                        signs: Optional[list[Tensor]] = None) -> float:
+    """FGS accuracy at ``eps`` over a re-iterable set of batches ``(x, y)`` (a ``loaders.EvalSet``), one batch in
+    memory at a time; ``signs``: the batches' ``sign(∇ₓ CE)`` if already known (int8), else computed per batch.
+    The same chunks give the same number as ``revnet.metrics.fgs_accuracy`` on the whole tensor."""
+    clip = _check_clip(clip)
+    total = n = 0
+    for j, (xb, yb) in enumerate(data):
+        sb = signs[j].to(xb.dtype) if signs is not None else metrics.fgs_signs(net, xb, yb)
+        total += metrics.correct_at_step(net, xb, yb, eps * sb, clip)
+        n += len(yb)
+    return total / n
+
+
 def evaluate(
     net: nn.Module,
     x,
@@ -268,11 +282,7 @@ def evaluate(
                            "mean_iterations": steps / n}
 
     def fgs_acc(eps: float) -> float:
-        total = 0
-        for j, (xb, yb) in enumerate(data):
-            sb = signs[j].to(xb.dtype) if keep_signs else metrics.fgs_signs(net, xb, yb)
-            total += metrics.correct_at_step(net, xb, yb, eps * sb, clip)
-        return total / n
+        return fgs_accuracy_stream(net, data, eps, clip=clip, signs=signs if keep_signs else None)
 
     if find_eps_ref:
         with tqdm(desc=f"{desc}: eps_ref bisection", leave=False, unit="step",

@@ -5,6 +5,8 @@ Example::
     python train/table1.py --dataset mnist --models mlp lenet --seeds 0 --data-dir ../shared/data \\
         --out runs/table1-mnist
     python train/table1.py --dataset fashion-mnist     # after: apt-get install dataset-fashion-mnist
+    python train/table1.py --dataset cifar10 --data-dir DIR      # convnet, nin (DIR/cifar-10-batches-py/)
+    python train/table1.py --dataset imagenet --data-dir DIR --extra --pretrained   # alexnet, resnet18
 
 For every model and seed, ``finetune.py`` runs once per method (``--methods``; each with its default recipe,
 chosen on a validation split) from the same cached reference model. Runs that already finished are reused
@@ -38,11 +40,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import data as data_lib  # noqa: E402
 import engine  # noqa: E402
 import figures  # noqa: E402
 import finetune  # noqa: E402
 import paper  # noqa: E402
+import pipeline as pipeline_lib  # noqa: E402
 import utils  # noqa: E402
 from methods import EXTRA_ROWS, LABELS, METHODS, PAPER_ROWS  # noqa: E402
 
@@ -59,15 +61,20 @@ CHECKED_ARGS = ["model", "method", "dataset", "seed", "epochs", "lr", "lmbda", "
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="The paper's Table 1: all methods from one reference, side by side.",
                                 add_help=add_help, allow_abbrev=False, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--dataset", default="mnist", choices=data_lib.DATASETS,
+    p.add_argument("--dataset", default="mnist", choices=pipeline_lib.DATASETS,
                    help="dataset; fashion-mnist has its own fine-tuning defaults (MLP 5 epochs at lr 5e-3, LeNet 3 "
                         "at 2e-3, every method; see finetune.py --help) and, without --data-dir, takes the files of "
-                        "`apt-get install dataset-fashion-mnist`")
-    p.add_argument("--models", nargs="+", default=["mlp", "lenet"], help="architectures")
-    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS,
-                   help="fine-tuning methods (deepdefense is always run: it defines ε_ref)")
+                        "`apt-get install dataset-fashion-mnist`; cifar10 and imagenet need --data-dir and take the "
+                        "paper's defaults of finetune.py (λ, c, d; imagenet: pass --extra --pretrained)")
+    p.add_argument("--models", nargs="+", default=None,
+                   help="architectures (default: mlp lenet on MNIST/Fashion-MNIST, convnet nin on cifar10, alexnet "
+                        "resnet18 on imagenet)")
+    p.add_argument("--methods", nargs="+", default=None, choices=METHODS,
+                   help="fine-tuning methods (deepdefense is always run: it defines ε_ref; default: all, on imagenet "
+                        "deepdefense only, as the paper)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds (reference and fine-tuning)")
     p.add_argument("--data-dir", default=None, help="as in finetune.py")
+    p.add_argument("--crop-size", type=int, default=224, help="imagenet: as in finetune.py")
     p.add_argument("--out", default=None, help="folder for the runs and the table (default runs/table1-<dataset>)")
     p.add_argument("--cache-dir", default="runs/references", help="reference cache, as in finetune.py")
     p.add_argument("--pgd-samples", type=int, default=500, help="test images attacked with L2 PGD")
@@ -82,6 +89,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
 def run_argv(model: str, method: str, seed: int, run_dir: Path, args: argparse.Namespace) -> list[str]:
     return [model, "--method", method, "--dataset", args.dataset, "--seed", str(seed), "--out", str(run_dir),
             "--cache-dir", args.cache_dir, "--resume", "--no-progress",
+            *(["--crop-size", str(args.crop_size)] if args.dataset == "imagenet" else []),
             *(["--data-dir", args.data_dir] if args.data_dir else []), *args.extra]
 
 
@@ -108,28 +116,46 @@ def run_method(model: str, method: str, seed: int, args: argparse.Namespace) -> 
 
 
 @functools.lru_cache(maxsize=2)
-def test_split(dataset: str, data_dir: Optional[str], cwd: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """The raw test images and labels, read once per table (every row is evaluated on them); ``cwd`` is part
+def test_pipeline(dataset: str, data_dir: Optional[str], cwd: str, crop: int) -> pipeline_lib.Pipeline:
+    """The dataset's pipeline, read once per table (every row is evaluated on its test images); ``cwd`` is part
     of the cache key because the default data folder is relative."""
-    splits = data_lib.load(dataset, data_dir, download=False)
-    return splits.test_x, splits.test_y
+    return pipeline_lib.load_pipeline(dataset, data_dir, download=False, crop=crop)
 
 
-def load_test(run_dir: Path, args: argparse.Namespace, n: int) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
-    net, ckpt = models.load(run_dir / "final.pt")
-    test_x, test_y = test_split(args.dataset, args.data_dir, os.getcwd())
-    return net, data_lib.preprocess(test_x[:n], ckpt["preprocess"]), test_y[:n]
+def run_eval_set(run_dir: Path, preprocess: dict, args: argparse.Namespace):
+    """The final evaluation set of a run (its ``--eval-samples``/``--eval-subset``, from ``config.json``) with
+    ``preprocess``, streamed in batches like ``finetune.py``'s."""
+    stored = utils.json.loads((run_dir / "config.json").read_text())["args"]
+    run_args = argparse.Namespace(**{"eval_subset": "first", "eval_subset_seed": 0, "workers": 0,
+                                     "eval_cache_mb": 2048, "eval_batch_size": 500, **stored})
+    pipe = test_pipeline(args.dataset, args.data_dir, os.getcwd(), args.crop_size)
+    test_set, _, _ = finetune.eval_sets(run_args, pipe, preprocess, torch.device("cpu"))
+    return pipe, test_set
 
 
-def attack_columns(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps_ref: Optional[float],
-                   pgd_eps: float, args: argparse.Namespace) -> dict[str, float]:
-    """FGS accuracies at fractions of ``eps_ref`` (all given images) and PGD accuracy (the first pgd_samples)."""
+def first_images(test_set, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first ``k`` images of an evaluation set as tensors (PGD and the PGD radius use them)."""
+    xs, ys, n = [], [], 0
+    for x, y in test_set:
+        xs.append(x)
+        ys.append(y)
+        n += len(y)
+        if n >= k:
+            break
+    return torch.cat(xs)[:k], torch.cat(ys)[:k]
+
+
+def attack_columns(net: torch.nn.Module, test_set, eps_ref: Optional[float], pgd_eps: float,
+                   args: argparse.Namespace, clip=None) -> dict[str, float]:
+    """FGS accuracies at fractions of ``eps_ref`` (all images of the set) and PGD accuracy (the first
+    pgd_samples)."""
     out: dict[str, float] = {}
     if eps_ref is not None:
+        net.eval()
         for f in engine.FRACTIONS:
-            out[f"fgs_acc@{f}"] = revnet.metrics.fgs_accuracy(net, x, y, f * eps_ref)
-    k = min(args.pgd_samples, len(y))
-    out["pgd_acc"] = revnet.metrics.pgd_accuracy(net, x[:k], y[:k], pgd_eps, steps=args.pgd_steps)
+            out[f"fgs_acc@{f}"] = engine.fgs_accuracy_stream(net, test_set, f * eps_ref, clip=clip)
+    x, y = first_images(test_set, args.pgd_samples)
+    out["pgd_acc"] = revnet.metrics.pgd_accuracy(net, x, y, pgd_eps, steps=args.pgd_steps)
     return out
 
 
@@ -141,12 +167,18 @@ def evaluate_row(run_dir: Path, which: str, eps_ref: float, pgd_eps: float, n: i
     cache_path = run_dir / "table1_eval.json"
     cache = utils.json.loads(cache_path.read_text()) if cache_path.is_file() else {}
     if key not in cache:
-        net, x, y = load_test(run_dir, args, n)
-        if which == "reference":
-            net, _ = models.load(reference_path(run_dir))
-        cache[key] = attack_columns(net, x, y, eps_ref, pgd_eps, args)
+        net, ckpt = models.load(reference_path(run_dir) if which == "reference" else run_dir / "final.pt",
+                                arch=_user_arch(run_dir))
+        _, test_set = run_eval_set(run_dir, ckpt["preprocess"], args)
+        cache[key] = attack_columns(net, test_set, eps_ref, pgd_eps, args)
         utils.write_json(cache_path, cache)
     return cache[key]
+
+
+def _user_arch(run_dir: Path) -> Optional[str]:
+    """The ``module:function`` of a run of a user's own model (``models.load`` needs it named), else ``None``."""
+    model = utils.json.loads((run_dir / "config.json").read_text())["args"].get("model", "")
+    return model if models.is_user_model(model) else None
 
 
 def reference_path(run_dir: Path) -> Path:
@@ -161,8 +193,8 @@ def reference_path(run_dir: Path) -> Path:
 
 def reference_pgd_eps(dd_dir: Path, args: argparse.Namespace) -> float:
     """The reference's median DeepFool ‖Δx‖₂ on the first pgd_samples test images."""
-    net, ckpt = models.load(reference_path(dd_dir))
-    x = data_lib.preprocess(test_split(args.dataset, args.data_dir, os.getcwd())[0][: args.pgd_samples], ckpt["preprocess"])
+    net, ckpt = models.load(reference_path(dd_dir), arch=_user_arch(dd_dir))
+    x, _ = first_images(run_eval_set(dd_dir, ckpt["preprocess"], args)[1], args.pgd_samples)
     delta, _ = revnet.deepfool(net, x, max_iter=50)
     return torch.linalg.vector_norm(delta.flatten(1), dim=1).median().item()
 
@@ -185,9 +217,10 @@ def markdown(table: dict[str, Any], args: argparse.Namespace) -> str:
              "the Deep Defense model's accuracy drops to 50%; every row is attacked at 0.2/0.5/1.0·ε_ref. PGD: "
              f"L2, {args.pgd_steps} steps, ε = the reference's median DeepFool ‖Δx‖₂, first {args.pgd_samples} "
              "test images. Rows marked * are not in the paper's Table 1."
-             + (" Paper: the numbers printed in the paper (full MNIST, 0–255 inputs), for comparison of orderings "
+             + ((" Paper: the numbers printed in the paper (full MNIST, 0–255 inputs), for comparison of orderings "
                 "and gains only (typed in by hand, not re-checked against the PDF here: see train/paper.py)."
-                if args.dataset in paper.TABLE1 else "") + "\n"]
+                if args.dataset == "mnist" else " Paper: the numbers of the paper's Table 1 (train/paper.py, from "
+                "../shared/paper/), for comparison.") if args.dataset in paper.TABLE1 else "") + "\n"]
     with_paper = args.dataset in paper.TABLE1  # no column of dashes for a dataset the paper did not use
     for model, t in table.items():
         lines.append(f"## {model} ({t['n_test']} test images; ε_ref = {fmt(t['eps_ref'], False)}, "
@@ -199,7 +232,7 @@ def markdown(table: dict[str, Any], args: argparse.Namespace) -> str:
             name = LABELS[method] + (" *" if method in EXTRA_ROWS else "")
             cells = [fmt(row[c], percent=c != "rho2") for c in COLUMNS]
             p = paper.paper_row(args.dataset, model, method)
-            paper_cell = (f"{p['acc']:.2f} / {p['rho2']:.3f} / {p['fgs_acc@0.2']:.2f} / {p['fgs_acc@0.5']:.2f} / "
+            paper_cell = (f"{p['acc']:.2f} / {p['rho2']:.3g} / {p['fgs_acc@0.2']:.2f} / {p['fgs_acc@0.5']:.2f} / "
                           f"{p['fgs_acc@1.0']:.2f}") if p else "—"
             wall = f"{statistics.mean(row['wall_seconds']):.0f}" if row.get("wall_seconds") else "—"
             if row.get("failed"):
@@ -213,6 +246,11 @@ def markdown(table: dict[str, Any], args: argparse.Namespace) -> str:
 def main(args: argparse.Namespace) -> dict[str, Any]:
     if args.out is None:
         args.out = f"runs/table1-{args.dataset}"
+    if args.models is None:
+        args.models = {"cifar10": ["convnet", "nin"], "imagenet": ["alexnet", "resnet18"]}.get(args.dataset,
+                                                                                              ["mlp", "lenet"])
+    if args.methods is None:
+        args.methods = ["deepdefense"] if args.dataset == "imagenet" else list(METHODS)
     if args.pgd_samples < 1 or args.pgd_steps < 1:
         raise SystemExit("error: --pgd-samples and --pgd-steps must be at least 1.")
     methods = ["deepdefense"] + [m for m in args.methods if m != "deepdefense"]
