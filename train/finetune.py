@@ -129,8 +129,8 @@ def get_args_parser(add_help: bool = True, model: str | None = None) -> argparse
                    help="ImageNet: crop of the network input (training RandomResizedCrop, evaluation Resize(256/224·"
                         "crop) + CenterCrop); AlexNet needs at least 63")
     p.add_argument("--workers", type=int, default=None,
-                   help="DataLoader worker processes (default: 0 for data held in memory, MNIST and CIFAR-10; 4 for "
-                        "ImageNet)")
+                   help="DataLoader worker processes (default: 0 for data held in memory, MNIST and CIFAR-10; for "
+                        "ImageNet 4, or the number of CPU cores if fewer)")
     p.add_argument("--train-samples", type=int, default=0,
                    help="fine-tune (and train the reference) on a seeded random N of the training images (0: all)")
     p.add_argument("--out", default=None, help="run directory (default runs/<model>-<method>-s<seed>)")
@@ -447,7 +447,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     parser = get_args_parser()
     check_args(args, parser)
     if args.workers is None:
-        args.workers = 0 if args.dataset != "imagenet" else 4
+        args.workers = 0 if args.dataset != "imagenet" else min(4, os.cpu_count() or 1)
     device = utils.resolve_device(args.device)
     out = Path(args.out)
     resume_path = out / "resume" / "checkpoint.pt"
