@@ -71,6 +71,9 @@ def batches(n: int, batch_size: int, generator: Optional[torch.Generator]) -> li
     return list(order.split(batch_size))
 
 
+_index_batches = batches  # train_one_epoch's ``batches`` argument shadows the function's name
+
+
 def batch_loss(
     net: nn.Module, xb: Tensor, yb: Tensor, method: str, hp: dict[str, Any]
 ) -> tuple[Tensor, float, float, float]:
@@ -157,7 +160,7 @@ def train_one_epoch(
     if batches is None:
         if len(x) != len(y):
             raise ValueError(f"{len(x)} training images but {len(y)} labels; pass one label per image.")
-        order = globals()["batches"](len(y), batch_size, generator)  # drawn up front, before any Parseval draw
+        order = _index_batches(len(y), batch_size, generator)  # drawn up front, before any Parseval draw
         batches, num_batches = ((x[idx], y[idx]) for idx in order), len(order)
     totals = dict(totals) if totals else {"loss": 0.0, "correct": 0.0, "ratio": 0.0, "ce": 0.0, "seen": 0}
     bar = tqdm(batches, desc=desc, leave=False, disable=not show_progress(progress), total=num_batches)

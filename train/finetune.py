@@ -302,8 +302,7 @@ def get_reference(args, pipe, device) -> tuple[torch.nn.Module, dict, str]:
     build = lambda: models.build(args.model, **arch_args(args.model, pipe))  # noqa: E731
     if args.reference:
         return references.load_given(args, build, pipe, device)
-    data_key = (fingerprint(*pipe.fingerprint_tensors) if pipe.fingerprint_tensors
-                else references.hashlib.sha1(pipe.source.encode()).hexdigest()[:12])
+    data_key = references.data_key(pipe)
     if args.pretrained:
         cache = Path(args.cache_dir) / f"{args.model}-imagenet-torchvision-pretrained-c{args.crop_size}.pt"
         return references.load_pretrained(args, build, pipe, device, cache)

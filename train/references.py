@@ -31,6 +31,14 @@ def fingerprint(*tensors: torch.Tensor) -> str:
     return h.hexdigest()[:12]
 
 
+def data_key(pipe) -> str:
+    """What identifies a pipeline's training data in the cache: the fingerprint of in-memory images and labels,
+    else (an ImageFolder) of its one-line source description."""
+    if pipe.fingerprint_tensors:
+        return fingerprint(*pipe.fingerprint_tensors)
+    return hashlib.sha1(pipe.source.encode()).hexdigest()[:12]
+
+
 def cache_name(model: str, dataset: str, data_key: str, args) -> str:
     """The file name of a cached reference: model, data, recipe and seed (``module:function`` made file-safe)."""
     safe = re.sub(r"[^A-Za-z0-9_.-]", "_", model)
