@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
+import distributed
 import revnet
 from revnet import baselines, metrics
 from revnet.attacks.fgs import _check_clip
@@ -107,6 +108,28 @@ def batch_loss(
     return loss, (logits.detach().argmax(1) == yb).float().sum().item(), math.nan, ce
 
 
+class Objective(nn.Module):
+    """The whole training loss of one batch (:func:`batch_loss`: cross-entropy, and for the Deep Defense methods
+    the regularizer through the explicit DeepFool recursion) as one module's ``forward``.
+
+    This is the module ``DistributedDataParallel`` wraps (``World.wrap``): DDP prepares its gradient all-reduce
+    in the wrapped module's ``forward``, so wrapping the network alone and then calling ``net.trace`` /
+    ``net.reverse`` (which are not ``forward``) would leave the regularizer's path outside it. Here every use of
+    the weights, forward and reverse, happens inside the one ``forward`` DDP sees. ``forward(x, y)`` returns
+    ``(loss, correct, Σ‖Δx‖/‖x‖, clean CE)`` as :func:`batch_loss` does; a rank whose share of a global batch is
+    empty (fewer images than ranks) returns a zero loss that still touches every parameter, so it joins the
+    all-reduce."""
+
+    def __init__(self, net: nn.Module, method: str, hp: dict[str, Any]) -> None:
+        super().__init__()
+        self.net, self.method, self.hp = net, method, hp
+
+    def forward(self, xb: Tensor, yb: Tensor) -> tuple[Tensor, float, float, float]:
+        if len(yb) == 0:
+            return sum(p.sum() for p in self.net.parameters() if p.requires_grad) * 0.0, 0.0, 0.0, 0.0
+        return batch_loss(self.net, xb, yb, self.method, self.hp)
+
+
 def train_one_epoch(
     net: nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -136,6 +159,8 @@ def train_one_epoch(
     desc: str = "train",
     progress: bool = True,
     freeze_bn: bool = True,
+    world: Optional[distributed.World] = None,
+    amp: bool = False,
 ) -> dict[str, float]:
     """One epoch with ``method`` (see :func:`batch_loss`) over ``batches`` (an iterable of preprocessed
     ``(x_b, y_b)`` on the training device, e.g. a ``DataLoader`` mapped to the device), or over the tensors
@@ -151,7 +176,18 @@ def train_one_epoch(
     ``freeze_bn`` (fine-tuning, every method): BatchNorm layers stay in eval mode, with frozen running statistics,
     while the rest trains (Dropout included); BatchNorm reverses only with frozen statistics. Reference training
     from scratch passes ``False`` (train-mode BatchNorm, as usual).
+
+    ``world`` (several processes under ``torchrun``): ``batches`` are this rank's shares of the global batches
+    (``loaders.EpochBatches``) and the objective runs inside ``DistributedDataParallel`` (see :class:`Objective`).
+    Loss scale: DDP averages the ranks' gradients, so each rank's loss (a mean over its share) is weighted by
+    ``world_size · n_rank / n_global``; the gradient is then that of the mean over the whole global batch, the
+    single-process gradient, for any number of ranks and uneven shares (the regularizer is a per-sample sum
+    divided by the batch size, like the cross-entropy, so it scales the same way). A NaN/inf loss on any rank
+    stops every rank at the same step. The returned means are over every rank's images. ``amp``: the objective
+    runs under bf16 autocast (convolutions and matrix products; the DeepFool step's norms and divisions, and the
+    regularizer's exp, stay in float32).
     """
+    world = world or distributed.World()
     set_train_mode(net, freeze_bn=freeze_bn)
     hp = dict(lmbd=lmbd, c=c, d=d, max_iter=max_iter, overshoot=overshoot, reg_layers=reg_layers,
               fgs_eps=fgs_eps, alpha=alpha, clip=clip, candidates=candidates)
@@ -163,18 +199,26 @@ def train_one_epoch(
         order = _index_batches(len(y), batch_size, generator)  # drawn up front, before any Parseval draw
         batches, num_batches = ((x[idx], y[idx]) for idx in order), len(order)
     totals = dict(totals) if totals else {"loss": 0.0, "correct": 0.0, "ratio": 0.0, "ce": 0.0, "seen": 0}
+    objective = world.wrap(Objective(net, method, hp))
+    device_type = next(net.parameters()).device.type
     bar = tqdm(batches, desc=desc, leave=False, disable=not show_progress(progress), total=num_batches)
     for step, (xb, yb) in enumerate(bar, start_step + 1):
-        loss, logits_correct, ratio, ce = batch_loss(net, xb, yb, method, hp)
-        if not torch.isfinite(loss):
-            raise NonFiniteLossError(f"the training loss is {loss.item()} at a batch of {desc}")
+        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=amp):
+            loss, logits_correct, ratio, ce = objective(xb, yb)
+        n = len(yb)
+        finite = bool(torch.isfinite(loss))
+        n_global, *bad = world.sum([n] + [0.0 if finite or r != world.rank else 1.0 for r in range(world.size)])
+        if any(bad):
+            if not world.distributed:
+                raise NonFiniteLossError(f"the training loss is {loss.item()} at a batch of {desc}")
+            ranks = ", ".join(str(r) for r, b in enumerate(bad) if b)
+            raise NonFiniteLossError(f"the training loss is NaN or infinite on rank {ranks} at a batch of {desc}")
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        (loss * (world.size * n / n_global) if world.distributed else loss).backward()
         optimizer.step()
         if parseval is not None:
             baselines.parseval_retraction_(parseval, beta=parseval_beta, fraction=parseval_fraction,
                                            generator=generator)
-        n = len(yb)
         totals["loss"] += loss.item() * n
         totals["correct"] += logits_correct
         totals["ratio"] += ratio
@@ -187,12 +231,14 @@ def train_one_epoch(
         )
         if on_step is not None:
             on_step(step, totals)
-    seen = max(totals["seen"], 1)
+    keys = ("loss", "correct", "ratio", "ce", "seen")
+    total = dict(zip(keys, world.sum([totals[k] for k in keys])))
+    seen = max(total["seen"], 1)
     return {
-        "train_loss": totals["loss"] / seen,
-        "train_acc": totals["correct"] / seen,
-        "train_ce": totals["ce"] / seen,
-        **({"train_ratio": totals["ratio"] / seen} if dd else {}),
+        "train_loss": total["loss"] / seen,
+        "train_acc": total["correct"] / seen,
+        "train_ce": total["ce"] / seen,
+        **({"train_ratio": total["ratio"] / seen} if dd else {}),
     }
 
 
@@ -219,16 +265,18 @@ class _TensorBatches:
 
 
 def fgs_accuracy_stream(net: nn.Module, data, eps: float, *, clip: Optional[tuple[float, float]] = None,
-                        signs: Optional[list[Tensor]] = None) -> float:
+                        signs: Optional[list[Tensor]] = None, world: Optional[distributed.World] = None) -> float:
     """FGS accuracy at ``eps`` over a re-iterable set of batches ``(x, y)`` (a ``loaders.EvalSet``), one batch in
     memory at a time; ``signs``: the batches' ``sign(∇ₓ CE)`` if already known (int8), else computed per batch.
-    The same chunks give the same number as ``revnet.metrics.fgs_accuracy`` on the whole tensor."""
+    The same chunks give the same number as ``revnet.metrics.fgs_accuracy`` on the whole tensor. ``world``: each
+    rank holds its shard of the images and the counts are summed over the ranks (the global accuracy)."""
     clip = _check_clip(clip)
     total = n = 0
     for j, (xb, yb) in enumerate(data):
         sb = signs[j].to(xb.dtype) if signs is not None else metrics.fgs_signs(net, xb, yb)
         total += metrics.correct_at_step(net, xb, yb, eps * sb, clip)
         n += len(yb)
+    total, n = (world or distributed.World()).sum([total, n])
     return total / n
 
 
@@ -246,6 +294,7 @@ def evaluate(
     candidates: Optional[int] = None,
     progress: bool = False,
     desc: str = "evaluation",
+    world: Optional[distributed.World] = None,
 ) -> dict[str, Any]:
     """Accuracy, DeepFool ρ₂ (with fooling rate and mean iterations), optionally the model's own ε_ref, and FGS
     accuracy at 0.2/0.5/1.0·``eps_ref`` (the given one, else the model's own when ``find_eps_ref``).
@@ -256,17 +305,22 @@ def evaluate(
     data again and recomputes them, so memory stays bounded by the batch size. The same chunks give the same
     numbers either way. ``candidates``: DeepFool over the top-k classes only (ImageNet: 10). Progress bars with
     an ETA (``progress`` and stderr a terminal): one over the batches of the first pass, one over the bisection.
+
+    ``world`` (several processes): ``x`` is this rank's shard (``distributed.shard``, every image on one rank) and
+    every count is summed over the ranks before it becomes a number, each step of the ε_ref bisection included,
+    so every rank returns the global metrics.
     """
+    world = world or distributed.World()
     net.eval()
     start = time.perf_counter()
     data = _TensorBatches(x, y, batch_size) if isinstance(x, Tensor) else x
-    n = len(data)
+    n = int(world.sum([len(data)])[0])
     if n == 0:
         raise ValueError("evaluate: no images to evaluate (the test set or --eval-samples is empty).")
     need_fgs = find_eps_ref or eps_ref is not None
     clip = _check_clip(clip)
     keep_signs = need_fgs and data.cached(extra_bytes_per_image=0)
-    correct, ratio_sum, fooled, steps, absmax, signs = 0, 0.0, 0, 0, 0.0, []
+    correct, ratio_sum, fooled, steps, absmax, signs, dtype = 0, 0.0, 0, 0, 0.0, [], torch.float32
     bar = tqdm(data, desc=f"{desc}: accuracy, DeepFool", leave=False, total=data.num_batches,
                disable=not show_progress(progress))
     for i, (xb, yb) in enumerate(bar):
@@ -277,15 +331,18 @@ def evaluate(
                 correct += int((net(xb).argmax(1) == yb).sum())
         r, f, k = metrics.deepfool_batch_sums(net, xb, max_iter=max_iter, overshoot=overshoot, candidates=candidates)
         ratio_sum, fooled, steps = ratio_sum + r, fooled + f, steps + k
+        dtype = xb.dtype
         if need_fgs:
             absmax = max(absmax, xb.abs().max().item())
             if keep_signs:
                 signs.append(metrics.fgs_signs(net, xb, yb).to(torch.int8))
+    correct, ratio_sum, fooled, steps = world.sum([correct, ratio_sum, fooled, steps])
+    absmax = world.max(absmax)
     out: dict[str, Any] = {"n": n, "acc": correct / n, "rho2": ratio_sum / n, "fooling_rate": fooled / n,
                            "mean_iterations": steps / n}
 
     def fgs_acc(eps: float) -> float:
-        return fgs_accuracy_stream(net, data, eps, clip=clip, signs=signs if keep_signs else None)
+        return fgs_accuracy_stream(net, data, eps, clip=clip, signs=signs if keep_signs else None, world=world)
 
     if find_eps_ref:
         with tqdm(desc=f"{desc}: eps_ref bisection", leave=False, unit="step",
@@ -293,7 +350,7 @@ def evaluate(
             def tick(lo: float, hi: float) -> None:
                 ebar.update(1)
                 ebar.set_postfix(lo=f"{lo:.4g}", hi=f"{hi:.4g}")
-            out["own_eps_ref"] = metrics.bisect_eps_ref(fgs_acc, out["acc"], absmax, xb.dtype, progress=tick)
+            out["own_eps_ref"] = metrics.bisect_eps_ref(fgs_acc, out["acc"], absmax, dtype, progress=tick)
     eps = eps_ref if eps_ref is not None else out.get("own_eps_ref")
     if eps is not None:
         out["eps_ref_used"] = eps
@@ -316,10 +373,13 @@ def train_reference(
     weight_decay: float = 5e-4,
     progress: bool = True,
     epoch_batches: Optional[Callable[[int], tuple[Iterable[tuple[Tensor, Tensor]], int, torch.Generator]]] = None,
+    world: Optional[distributed.World] = None,
 ) -> list[dict[str, float]]:
     """Plain cross-entropy training: SGD with momentum, lr halved for the last 20% of the epochs; on the tensors
     ``(x, y)``, or on ``epoch_batches(epoch)`` = ``(batches, number of batches, generator)`` for epoch 0, 1, …
-    (a ``DataLoader`` whose order is drawn from ``seed * 1000 + epoch``, as for the tensors)."""
+    (a ``DataLoader`` whose order is drawn from ``seed * 1000 + epoch``, as for the tensors). ``world``: every
+    rank trains on its shares of the global batches through DDP; train-mode BatchNorm statistics are rank 0's
+    at the end (broadcast), so every rank holds the same reference."""
     optimizer = torch.optim.SGD(net.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
     drop = max(1, int(round(0.8 * epochs)))
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=[drop], gamma=0.5)
@@ -332,9 +392,10 @@ def train_reference(
             source = {"batches": batches_, "num_batches": num}
         stats = train_one_epoch(
             net, optimizer, x, y, method="clean", batch_size=batch_size, generator=gen,
-            desc=f"reference {epoch + 1}/{epochs}", progress=progress, freeze_bn=False, **source,
+            desc=f"reference {epoch + 1}/{epochs}", progress=progress, freeze_bn=False, world=world, **source,
         )
         scheduler.step()
         log.append({"epoch": epoch + 1, **stats})
+    (world or distributed.World()).broadcast_state(net)
     net.eval()
     return log

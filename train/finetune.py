@@ -41,6 +41,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import data as data_lib  # noqa: E402
+import distributed  # noqa: E402
 import engine  # noqa: E402
 import loaders  # noqa: E402
 import pipeline as pipeline_lib  # noqa: E402
@@ -168,7 +169,10 @@ def get_args_parser(add_help: bool = True, model: str | None = None) -> argparse
                         "ImageNet: 0)")
     p.add_argument("--momentum", type=finite_float, default=0.9, help="SGD momentum")
     p.add_argument("--weight-decay", type=finite_float, default=5e-4, help="SGD weight decay")
-    p.add_argument("--batch-size", type=int, default=100, help="training batch size")
+    p.add_argument("--batch-size", type=int, default=100,
+                   help="training batch size, global: under torchrun each of the N processes takes its share "
+                        "(batch size / N images) of the same batches as one process would, so the same flags "
+                        "train the same model on any number of processes")
     p.add_argument("--lmbda", type=finite_float, default=None,
                    help="λ, weight of the Deep Defense regularizer (default: 15; ImageNet 5, the paper's)")
     p.add_argument("--c", type=finite_float, default=None,
@@ -210,7 +214,9 @@ def get_args_parser(add_help: bool = True, model: str | None = None) -> argparse
     p.add_argument("--epoch-eval-samples", type=int, default=1000,
                    help="per-epoch evaluation on the first N evaluation images (0: same as --eval-samples)")
     p.add_argument("--eval-max-iter", type=int, default=50, help="DeepFool iterations for ρ₂")
-    p.add_argument("--eval-batch-size", type=int, default=500, help="batch size of the evaluation attacks")
+    p.add_argument("--eval-batch-size", type=int, default=500,
+                   help="batch size of the evaluation attacks, per process (under torchrun each process evaluates "
+                        "its shard of the images; every reported number is summed over the processes)")
     p.add_argument("--eval-cache-mb", type=int, default=2048,
                    help="an evaluation set that fits in this many MB (network inputs and FGS signs) is kept in memory "
                         "for the ε_ref bisection; a larger one is streamed again for every step (bounded memory)")
@@ -218,7 +224,15 @@ def get_args_parser(add_help: bool = True, model: str | None = None) -> argparse
                    help="clip FGS images to the valid pixel range (default: not clipped, as the paper)")
     p.add_argument("--val-size", type=int, default=0,
                    help="hold N training images out as a validation set, evaluated every epoch (for sweeps)")
-    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
+    p.add_argument("--device", default=None,
+                   help="cpu, cuda or cuda:N (default: cuda if available). Under torchrun each process takes the "
+                        "GPU of its LOCAL_RANK (NCCL); --device cpu runs the processes on the CPU (gloo)")
+    p.add_argument("--amp", action="store_true",
+                   help="training steps under bf16 autocast (meant for CUDA; it also runs on the CPU): convolutions "
+                        "and matrix products, forward and reverse, in bf16; the DeepFool step (its norms and the "
+                        "division by ‖w‖²), the accumulated perturbation, the regularizer's exp and the "
+                        "cross-entropy stay in float32. Every evaluation runs in float32. benchmarks/amp.py "
+                        "measures how far ρ₂ and the regularizer's gradient move")
     p.add_argument("--seed", type=int, default=0, help="seed of initialisation, shuffling and the hold-out split")
     p.add_argument("--no-progress", action="store_true",
                    help="no progress bars (they are off anyway when stderr is not a terminal, e.g. sent to a file)")
@@ -296,9 +310,20 @@ def arch_args(model: str, pipe) -> dict:
     return {"num_classes": pipe.num_classes} if "num_classes" in models.ARCH_ARGS.get(model, ()) else {}
 
 
-def get_reference(args, pipe, device) -> tuple[torch.nn.Module, dict, str]:
+def get_reference_on_every_rank(args, pipe, device, world: distributed.World) -> tuple[torch.nn.Module, dict, str]:
+    """:func:`get_reference` on every rank. ``--pretrained`` under torchrun: rank 0 downloads and caches the
+    weights first, then the others read its cache (no two processes write one file)."""
+    if world.distributed and args.pretrained:
+        got = get_reference(args, pipe, device, world) if world.main else None
+        world.barrier()
+        return got if world.main else get_reference(args, pipe, device, world)
+    return get_reference(args, pipe, device, world)
+
+
+def get_reference(args, pipe, device, world: distributed.World | None = None) -> tuple[torch.nn.Module, dict, str]:
     """The reference model: ``--reference``, ``--pretrained``, a cached one, or a freshly trained (and then
-    cached) one."""
+    cached) one; under torchrun every rank trains it together (DDP) and rank 0 writes the cache."""
+    world = world or distributed.World()
     build = lambda: models.build(args.model, **arch_args(args.model, pipe))  # noqa: E731
     if args.reference:
         return references.load_given(args, build, pipe, device)
@@ -309,33 +334,41 @@ def get_reference(args, pipe, device) -> tuple[torch.nn.Module, dict, str]:
     path = Path(args.cache_dir) / f"{references.cache_name(args.model, args.dataset, data_key, args)}.pt"
     if path.exists():
         return references.load_cached(path, args, pipe, device)
-    print(f"training the reference model ({args.ref_epochs} epochs, lr {args.ref_lr}) -> {path}", flush=True)
+    utils.say(f"training the reference model ({args.ref_epochs} epochs, lr {args.ref_lr}) -> {path}")
     utils.seed_everything(args.seed)
     net = build().to(device)
     preprocess = pipe.preprocess
     start = time.perf_counter()
     log = engine.train_reference(
         net, None, None, epochs=args.ref_epochs, lr=args.ref_lr, batch_size=args.batch_size,
-        seed=args.seed, progress=not args.no_progress,
-        epoch_batches=lambda epoch: train_batches(pipe.train_set, preprocess, args, device, epoch))
+        seed=args.seed, progress=not args.no_progress and world.main, world=world,
+        epoch_batches=lambda epoch: train_batches(pipe.train_set, preprocess, args, device, epoch, world=world))
     seconds = time.perf_counter() - start
-    models.save(path, args.model, net, preprocess, metrics={"train_log": log, "train_seconds": seconds},
-                config={"recipe": "SGD momentum 0.9, weight decay 5e-4, lr halved for the last 20% of epochs",
-                        "epochs": args.ref_epochs, "lr": args.ref_lr, "batch_size": args.batch_size,
-                        "seed": args.seed, "data": pipe.source},
-                arch_args=arch_args(args.model, pipe), input_shape=pipe.input_shape)
+    if world.main:
+        models.save(path, args.model, net, preprocess, metrics={"train_log": log, "train_seconds": seconds},
+                    config={"recipe": "SGD momentum 0.9, weight decay 5e-4, lr halved for the last 20% of epochs",
+                            "epochs": args.ref_epochs, "lr": args.ref_lr, "batch_size": args.batch_size,
+                            "seed": args.seed, "data": pipe.source},
+                    arch_args=arch_args(args.model, pipe), input_shape=pipe.input_shape)
     return net, preprocess, f"trained ({seconds:.0f} s), cached: {path}"
 
 
-def train_batches(dataset, preprocess: dict | None, args, device, epoch: int, start: int = 0):
+def train_batches(dataset, preprocess: dict | None, args, device, epoch: int, start: int = 0,
+                  world: distributed.World | None = None):
     """One epoch of training batches ``(x, y)`` on ``device`` (``preprocess`` applied unless ``None``: data
-    already preprocessed), the number of batches left and the epoch's generator (see ``loaders.EpochBatches``)."""
+    already preprocessed), this rank's shares of the global ``--batch-size`` batches, the number of batches left
+    and the epoch's generator (see ``loaders.EpochBatches``).
+
+    Test hook: ``REVNET_TEST_NAN_ON_RANK=R`` scales rank R's first batch by 1e38, so that its loss overflows to
+    NaN/inf on that rank only (NaN inputs themselves are refused by the library before any loss)."""
+    world = world or distributed.World()
     loader, sampler = loaders.epoch_loader(dataset, args.batch_size, seed=args.seed, epoch=epoch, start=start,
-                                           num_workers=args.workers or 0, pin_memory=device.type == "cuda")
-    if preprocess is None:
-        batches = ((x.to(device), y.to(device)) for x, y in loader)
-    else:
-        batches = ((data_lib.preprocess(x, preprocess).to(device), y.to(device)) for x, y in loader)
+                                           num_workers=args.workers or 0, pin_memory=device.type == "cuda",
+                                           rank=world.rank, world_size=world.size)
+    prepare = (lambda x: x) if preprocess is None else (lambda x: data_lib.preprocess(x, preprocess))  # noqa: E731
+    batches = ((prepare(x).to(device), y.to(device)) for x, y in loader)
+    if os.environ.get("REVNET_TEST_NAN_ON_RANK", "") == str(world.rank):
+        batches = ((x * 1e38 if i == 0 else x, y) for i, (x, y) in enumerate(batches))
     return batches, len(sampler), sampler.generator
 
 
@@ -350,15 +383,16 @@ def advtrain_set(args, ref_net, train_x, train_y, out: Path, clip) -> tuple[torc
         except models.CheckpointError as exc:
             raise SystemExit(f"error: {exc} Delete {path} to generate the DeepFool examples again.") from None
         x_adv, fooled = cached["x_adv"], cached["fooled"]
-        print(f"DeepFool training examples: reusing {path}", flush=True)
+        utils.say(f"DeepFool training examples: reusing {path}")
     else:
-        print(f"generating DeepFool examples of {len(train_y)} training images from the reference ...", flush=True)
+        utils.say(f"generating DeepFool examples of {len(train_y)} training images from the reference ...")
         t0 = time.perf_counter()
         x_adv, fooled = revnet.baselines.deepfool_adversarial_set(
             ref_net.eval(), train_x, max_iter=args.advtrain_max_iter, overshoot=args.overshoot,
             batch_size=args.eval_batch_size, clip=clip)
-        print(f"  done in {time.perf_counter() - t0:.0f} s", flush=True)
-        models.save_atomic({"x_adv": x_adv, "fooled": fooled}, path)
+        utils.say(f"  done in {time.perf_counter() - t0:.0f} s")
+        if distributed.current().main:  # every rank generates the same set; rank 0 keeps it
+            models.save_atomic({"x_adv": x_adv, "fooled": fooled}, path)
     ratio = (x_adv - train_x).flatten(1).norm(dim=1) / train_x.flatten(1).norm(dim=1).clamp_min(1e-12)
     info = {"set": args.advtrain_set, "n_adversarial": len(x_adv), "fooled_fraction": fooled.float().mean().item(),
             "mean_ratio": ratio.mean().item()}
@@ -402,9 +436,12 @@ def summary_markdown(args, ref_final: dict, ft_final: dict, eps: float, wall: fl
     )
 
 
-def eval_sets(args, pipe, preprocess: dict, device) -> tuple[loaders.EvalSet, loaders.EvalSet, loaders.EvalSet]:
+def eval_sets(args, pipe, preprocess: dict, device, world: distributed.World | None = None,
+              ) -> tuple[loaders.EvalSet, loaders.EvalSet, loaders.EvalSet]:
     """The final evaluation set (``--eval-samples``, first N or class-balanced), its first
-    ``--epoch-eval-samples`` for the per-epoch evaluation, and the validation set, as ``loaders.EvalSet``."""
+    ``--epoch-eval-samples`` for the per-epoch evaluation, and the validation set, as ``loaders.EvalSet``; under
+    torchrun each rank's shard of them (``distributed.shard``: every image on exactly one rank)."""
+    world = world or distributed.World()
     from torch.utils.data import Subset
 
     n_test = len(pipe.test_set)
@@ -419,9 +456,13 @@ def eval_sets(args, pipe, preprocess: dict, device) -> tuple[loaders.EvalSet, lo
     per_image = 4 * math.prod(pipe.input_shape) + math.prod(pipe.input_shape)  # float32 input + int8 FGS sign
     kw = dict(device=device, num_workers=args.workers or 0, pin_memory=device.type == "cuda",
               cache_bytes=args.eval_cache_mb << 20, bytes_per_image=per_image)
-    test = loaders.EvalSet(Subset(pipe.test_set, idx), prepare, args.eval_batch_size, **kw)
     n_epoch = min(args.epoch_eval_samples or n_eval, n_eval)
-    return test, test.subset(n_epoch), loaders.EvalSet(pipe.val_set, prepare, args.eval_batch_size, **kw)
+    if not world.distributed:
+        test = loaders.EvalSet(Subset(pipe.test_set, idx), prepare, args.eval_batch_size, **kw)
+        return test, test.subset(n_epoch), loaders.EvalSet(pipe.val_set, prepare, args.eval_batch_size, **kw)
+    part = lambda data, positions: loaders.EvalSet(  # noqa: E731
+        Subset(data, distributed.shard(positions, world)), prepare, args.eval_batch_size, **kw)
+    return part(pipe.test_set, idx), part(pipe.test_set, list(idx)[:n_epoch]), part(pipe.val_set, range(len(pipe.val_set)))
 
 
 def materialize(dataset, preprocess: dict, device, batch_size: int, budget_bytes: int, what: str) -> tuple:
@@ -447,16 +488,31 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     check_args(args, parser)
     if args.workers is None:
         args.workers = 0 if args.dataset != "imagenet" else min(4, os.cpu_count() or 1)
-    device = utils.resolve_device(args.device)
+    if distributed.launched_by_torchrun():
+        world, device = distributed.init(args.device)
+    else:
+        world, device = distributed.World(), utils.resolve_device(args.device)
+    try:
+        return run(args, world, device)
+    finally:
+        world.close()
+
+
+def run(args: argparse.Namespace, world: distributed.World, device: torch.device) -> dict[str, Any]:
+    """The whole run on this process (rank ``world.rank`` of ``world.size``; rank 0 alone prints and writes)."""
     out = Path(args.out)
     resume_path = out / "resume" / "checkpoint.pt"
     if resume_path.exists() and not args.resume:
         raise SystemExit(f"error: {out} already holds a run; pass --resume to continue it or choose another --out.")
-    utils.prepare_dir(out, "--out")  # a file in the way, a read-only folder or a full disk: refused now, not later
-    if not args.reference:
-        utils.prepare_dir(args.cache_dir, "--cache-dir")
-    config = {"args": vars(args), "device": str(device), **utils.environment()}
-    print("configuration:\n" + "\n".join(f"  {k}: {v}" for k, v in sorted(vars(args).items())), flush=True)
+    if world.main:  # a file in the way, a read-only folder or a full disk: refused now, not later
+        utils.prepare_dir(out, "--out")
+        if not args.reference:
+            utils.prepare_dir(args.cache_dir, "--cache-dir")
+    world.barrier()
+    progress = not args.no_progress and world.main
+    config = {"args": vars(args), "device": str(device), "world_size": world.size, "backend": world.backend,
+              **utils.environment()}
+    utils.say("configuration:\n" + "\n".join(f"  {k}: {v}" for k, v in sorted(vars(args).items())))
     wall_start = time.perf_counter()
 
     try:
@@ -466,27 +522,30 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     except data_lib.DataError as exc:
         raise SystemExit(f"error: {exc}") from None
     config["data"] = pipe.source
-    print(f"data: {pipe.source}; training on {len(pipe.train_set)} images, {len(pipe.val_set)} held out", flush=True)
+    utils.say(f"data: {pipe.source}; training on {len(pipe.train_set)} images, {len(pipe.val_set)} held out")
 
     utils.seed_everything(args.seed)
     try:
-        ref_net, preprocess, ref_origin = get_reference(args, pipe, device)
+        ref_net, preprocess, ref_origin = get_reference_on_every_rank(args, pipe, device, world)
     except ValueError as exc:  # a user's --model that cannot be built
         raise SystemExit(f"error: {exc}") from None
     config["reference"] = ref_origin
-    print(f"reference: {ref_origin}", flush=True)
-    try:
-        utils.write_json(out / "config.json", config)
-    except models.WriteError as exc:
-        raise SystemExit(f"error: {exc}") from None
+    utils.say(f"reference: {ref_origin}")
+    if world.main:
+        try:
+            utils.write_json(out / "config.json", config)
+        except models.WriteError as exc:
+            raise SystemExit(f"error: {exc}") from None
+    if world.rank:  # Dropout masks: each rank its own stream (rank 0's is the single-process one)
+        torch.manual_seed(args.seed + 1_000_003 * world.rank)
 
-    test_set, epoch_set, val_set = eval_sets(args, pipe, preprocess, device)
-    n_eval, n_epoch_eval = len(test_set), len(epoch_set)
+    test_set, epoch_set, val_set = eval_sets(args, pipe, preprocess, device, world)
+    n_eval, n_epoch_eval = int(world.sum([len(test_set)])[0]), int(world.sum([len(epoch_set)])[0])
     clip = data_lib.pixel_range(preprocess, pipe.input_shape, pipe.raw_max) if args.clip else None
     # top-K DeepFool classes; K >= the number of classes (a small ImageFolder) means all of them
     candidates = args.candidates if args.candidates and args.candidates < pipe.num_classes else None
     eval_kw = dict(max_iter=args.eval_max_iter, overshoot=args.overshoot, batch_size=args.eval_batch_size,
-                   clip=clip, candidates=candidates, progress=not args.no_progress)
+                   clip=clip, candidates=candidates, progress=progress, world=world)
 
     net = models.build(args.model, **arch_args(args.model, pipe)).to(device)
     modules_with_params = [name for name, m in net.named_modules() if name and any(True for _ in m.parameters(False))]
@@ -504,25 +563,26 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     if args.resume and resume_path.exists():
         state = utils.load_resume(resume_path, net, device)
         check_resume_args(state.get("args", {}), vars(args), resume_path)
+        check_resume_world(state, world, resume_path)
         net.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["lr_scheduler"])
-        torch.set_rng_state(state["rng"]["torch"])
+        torch.set_rng_state(state["rng"].get("ranks", [state["rng"]["torch"]])[world.rank])
         start_epoch, history, ref_metrics = state["epoch"] + 1, list(state["history"]), state["reference_metrics"]
         mid = state.get("mid_epoch")
         where = f"step {mid['step']} of epoch {mid['epoch']}" if mid else f"epoch {state['epoch']}"
-        print(f"resuming {out} after {where}", flush=True)
+        utils.say(f"resuming {out} after {where}")
     else:
         net.load_state_dict(ref_net.state_dict())
-        print(f"evaluating the reference on {n_epoch_eval} test images ...", flush=True)
+        utils.say(f"evaluating the reference on {n_epoch_eval} test images ...")
         ref_metrics = engine.evaluate(net, epoch_set, find_eps_ref=True, desc="reference", **eval_kw)
         if len(val_set):
             ref_metrics["val"] = engine.evaluate(net, val_set, desc="reference (validation)", **eval_kw)
-        print(f"reference: acc {ref_metrics['acc']:.4f}, rho2 {ref_metrics['rho2']:.4f}, "
-              f"eps_ref {ref_metrics['own_eps_ref']:.4g}", flush=True)
+        utils.say(f"reference: acc {ref_metrics['acc']:.4f}, rho2 {ref_metrics['rho2']:.4f}, "
+              f"eps_ref {ref_metrics['own_eps_ref']:.4g}")
         start_epoch, history = 1, []
     epoch_eps = ref_metrics["own_eps_ref"]  # fixed for the whole run so the curves are comparable
-    print(epoch_legend(epoch_eps), flush=True)
+    utils.say(epoch_legend(epoch_eps))
 
     train_set, train_pre, advtrain_info = pipe.train_set, preprocess, None
     if args.method == "advtrain-deepfool":
@@ -535,28 +595,37 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     steps_done = [0]
 
     def save_resume(epoch_done: int, extra: dict | None = None) -> None:
-        models.save_atomic(
-            {"model": net.state_dict(), "optimizer": optimizer.state_dict(), "lr_scheduler": scheduler.state_dict(),
-             "epoch": epoch_done, "rng": {"torch": torch.get_rng_state()}, "args": _plain(vars(args)),
-             "history": history, "reference_metrics": ref_metrics, **({"mid_epoch": extra} if extra else {})},
-            resume_path,
-        )
+        """Every rank calls it (the RNG states are gathered); rank 0 writes, and no rank goes on before the
+        checkpoint is complete, so a kill after it always finds it."""
+        rngs = world.gather(torch.get_rng_state())
+        if world.main:
+            models.save_atomic(
+                {"model": net.state_dict(), "optimizer": optimizer.state_dict(),
+                 "lr_scheduler": scheduler.state_dict(), "epoch": epoch_done,
+                 "rng": {"torch": rngs[0], "ranks": rngs}, "world_size": world.size, "args": _plain(vars(args)),
+                 "history": history, "reference_metrics": ref_metrics, **({"mid_epoch": extra} if extra else {})},
+                resume_path,
+            )
+        world.barrier()
 
     for epoch in range(start_epoch, args.epochs + 1):
         start_step = mid["step"] if mid and mid["epoch"] == epoch else 0
-        batches, num_left, gen = train_batches(train_set, train_pre, args, device, epoch, start_step)
+        batches, num_left, gen = train_batches(train_set, train_pre, args, device, epoch, start_step, world)
         totals = None
         if start_step:
             gen.set_state(mid["generator"])
-            torch.set_rng_state(mid["rng"])
-            totals = mid["totals"]
+            torch.set_rng_state(mid["rng"][world.rank] if isinstance(mid["rng"], list) else mid["rng"])
+            # the saved sums are over every rank: rank 0 carries them on, the others start from zero
+            totals = mid["totals"] if world.main else None
         total_steps = start_step + num_left
 
         def on_step(step: int, running: dict, epoch=epoch, gen=gen, total_steps=total_steps) -> None:
             steps_done[0] += 1
             if args.checkpoint_every and step % args.checkpoint_every == 0 and step < total_steps:
-                save_resume(epoch - 1, {"epoch": epoch, "step": step, "totals": dict(running),
-                                        "generator": gen.get_state(), "rng": torch.get_rng_state()})
+                keys = sorted(running)
+                summed = dict(zip(keys, world.sum([running[k] for k in keys])))
+                save_resume(epoch - 1, {"epoch": epoch, "step": step, "totals": summed,
+                                        "generator": gen.get_state(), "rng": world.gather(torch.get_rng_state())})
                 if kill_after and steps_done[0] >= kill_after:
                     os.kill(os.getpid(), signal.SIGKILL)
 
@@ -569,10 +638,10 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                 candidates=candidates, reg_layers=args.reg_layers,
                 fgs_eps=args.fgs_eps, alpha=args.alpha, clip=clip, parseval_beta=args.parseval_beta,
                 parseval_fraction=args.parseval_fraction,
-                desc=f"epoch {epoch}/{args.epochs}", progress=not args.no_progress,
+                desc=f"epoch {epoch}/{args.epochs}", progress=progress, world=world, amp=args.amp,
             )
         except engine.NonFiniteLossError as exc:
-            fail_run(out, args, history, f"{exc} (epoch {epoch})", resume_path)
+            fail_run(out, args, history, f"{exc} (epoch {epoch})", resume_path, world)
         mid = None
         lr_used = optimizer.param_groups[0]["lr"]  # this epoch's rate (the scheduler then sets the next one)
         scheduler.step()
@@ -584,17 +653,21 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         reason = engine.collapse_reason(stats, row["test"]["acc"], ref_metrics["acc"], pipe.num_classes,
                                         args.min_acc_ratio, getattr(args, "max_train_ce", None))
         if reason is not None:  # never kept as the last good state
-            fail_run(out, args, history + [{**row, "failed": reason}], f"{reason} (epoch {epoch})", resume_path)
+            fail_run(out, args, history + [{**row, "failed": reason}], f"{reason} (epoch {epoch})", resume_path,
+                     world)
         history.append(row)
         save_resume(epoch)
-        utils.write_text_atomic(out / "log.jsonl", "".join(utils.json.dumps(r, sort_keys=True) + "\n" for r in history))
+        if world.main:
+            utils.write_text_atomic(out / "log.jsonl",
+                                    "".join(utils.json.dumps(r, sort_keys=True) + "\n" for r in history))
         t = row["test"]
-        print(f"epoch {epoch}/{args.epochs}: loss {stats['train_loss']:.4f}, test acc {t['acc']:.4f}, "
-              f"rho2 {t['rho2']:.4f}, fgs@1.0 {t['fgs_acc@1.0']:.4f} ({train_seconds:.0f} s train)", flush=True)
+        utils.say(f"epoch {epoch}/{args.epochs}: loss {stats['train_loss']:.4f}, test acc {t['acc']:.4f}, "
+              f"rho2 {t['rho2']:.4f}, fgs@1.0 {t['fgs_acc@1.0']:.4f} ({train_seconds:.0f} s train)")
         if kill_after and steps_done[0] >= kill_after:
             os.kill(os.getpid(), signal.SIGKILL)
 
-    print(f"final evaluation on {n_eval} test images ...", flush=True)
+    weights_sha1 = same_weights_on_every_rank(net, world)
+    utils.say(f"final evaluation on {n_eval} test images ...")
     ft_final = engine.evaluate(net, test_set, find_eps_ref=True, desc="final (fine-tuned)", **eval_kw)
     eps = ft_final["own_eps_ref"]
     ref_final = engine.evaluate(ref_net, test_set, eps_ref=eps, desc="final (reference)", **eval_kw)
@@ -614,12 +687,15 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
               "reference_epoch_eval": {k: v for k, v in ref_metrics.items() if k != "val"},
               "advtrain_set": advtrain_info,
               "eps_ref": eps, "rho2_ratio": rho2_ratio, "wall_seconds": wall_seconds,
-              "history": history, "data": pipe.source}
+              "history": history, "data": pipe.source,
+              "processes": {"world_size": world.size, "backend": world.backend, "weights_sha1": weights_sha1}}
     if rho2_ratio is None:
         result["rho2_ratio_note"] = "undefined: the reference's rho2 is 0 (DeepFool left every test image unchanged)"
     if reevaluation_seconds is not None:
         result["reevaluation_seconds"] = reevaluation_seconds
     summary = summary_markdown(args, ref_final, ft_final, eps, wall_seconds, pipe.source)
+    if not world.main:
+        return result
     try:  # final.pt first: the model is never lost to a later failure
         models.save(out / "final.pt", args.model, net, preprocess, metrics=_plain(
             {k: v for k, v in result.items() if k != "history"}), config=_plain(vars(args)),
@@ -629,12 +705,30 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         (out / "failed.json").unlink(missing_ok=True)  # a resumed run that failed before has now finished
     except models.WriteError as exc:
         raise SystemExit(f"error: {exc}") from None
-    print("\n" + summary + final_legend(eps, epoch_eps), flush=True)
+    utils.say("\n" + summary + final_legend(eps, epoch_eps))
     return result
 
 
 RESUME_FREE_ARGS = {"resume", "out", "no_progress", "device", "eval_batch_size", "data_dir", "cache_dir", "no_download",
                     "workers", "eval_cache_mb", "checkpoint_every", "model_flag"}
+
+
+def same_weights_on_every_rank(net: torch.nn.Module, world: distributed.World) -> str:
+    """The fingerprint of the fine-tuned weights, checked to be the same on every rank (DDP keeps the replicas
+    equal bit for bit; a difference would mean that a rank trained differently, and is an error)."""
+    prints = world.gather(references.fingerprint(*(t.detach().cpu() for t in net.state_dict().values())))
+    if len(set(prints)) > 1:
+        raise SystemExit(f"error: the fine-tuned weights differ between the ranks (fingerprints {prints}); the "
+                         "processes did not train the same model. Please report this with the run's config.json.")
+    return prints[0]
+
+
+def check_resume_world(state: dict[str, Any], world: distributed.World, path: Path) -> None:
+    """Refuse ``--resume`` on another number of processes than the run's: each rank's random state is saved."""
+    saved = state.get("world_size", 1)
+    if saved != world.size:
+        raise SystemExit(f"error: --resume of {path.parent.parent} with {world.size} process(es), but it was saved by "
+                         f"{saved}; resume with torchrun --nproc_per_node={saved} (or as a single process if 1).")
 
 
 def check_resume_args(saved: dict[str, Any], now: dict[str, Any], path: Path) -> None:
@@ -648,16 +742,26 @@ def check_resume_args(saved: dict[str, Any], now: dict[str, Any], path: Path) ->
                          "resume with the run's own flags (config.json lists them) or start a new --out.")
 
 
-def fail_run(out: Path, args: argparse.Namespace, history: list[dict[str, Any]], reason: str, resume_path: Path):
+def fail_run(out: Path, args: argparse.Namespace, history: list[dict[str, Any]], reason: str, resume_path: Path,
+             world: distributed.World | None = None):
     """Mark a diverged run as failed (``summary.md``, ``failed.json``, ``log.jsonl``) and exit with status 1;
-    the resume checkpoint stays at the last good epoch (or the reference, before the first)."""
+    the resume checkpoint stays at the last good epoch (or the reference, before the first). Every rank reaches
+    this at the same step (the failure is agreed on by a collective); rank 0 writes and prints, and the others
+    wait for it at a barrier before they exit, so torchrun does not stop rank 0 halfway."""
+    world = world or distributed.World()
     last = resume_path if resume_path.exists() else "none (the reference; no epoch finished)"
-    utils.write_text_atomic(out / "summary.md", f"# {args.model} / {args.method}: FAILED\n\n- diverged: {reason}\n"
-                            f"- last good state: {last}\n")
-    utils.write_json(out / "failed.json", {"failed": reason, "history": history})  # metrics.json means finished
-    utils.write_text_atomic(out / "log.jsonl", "".join(utils.json.dumps(r, sort_keys=True) + "\n" for r in history))
-    raise SystemExit(f"error: the run diverged: {reason}. Marked FAILED in {out / 'summary.md'}; the last good state "
-                     f"is {last}. Lower --lr or --lmbda and start again in a new --out.")
+    message = (f"error: the run diverged: {reason}. Marked FAILED in {out / 'summary.md'}; the last good state "
+               f"is {last}. Lower --lr or --lmbda and start again in a new --out.")
+    if world.main:
+        utils.write_text_atomic(out / "summary.md", f"# {args.model} / {args.method}: FAILED\n\n- diverged: "
+                                f"{reason}\n- last good state: {last}\n")
+        utils.write_json(out / "failed.json", {"failed": reason, "history": history})  # metrics.json: finished
+        utils.write_text_atomic(out / "log.jsonl",
+                                "".join(utils.json.dumps(r, sort_keys=True) + "\n" for r in history))
+        if world.distributed:
+            print(message, file=sys.stderr, flush=True)
+    world.barrier()
+    raise SystemExit(1 if world.distributed else message)
 
 
 def _plain(obj: Any) -> Any:
@@ -684,3 +788,7 @@ if __name__ == "__main__":
         main(get_args_parser(model=model_named(sys.argv[1:])).parse_args())
     except models.WriteError as exc:  # a failed write anywhere (resume checkpoint, log.jsonl): one line
         raise SystemExit(f"error: {exc}") from None
+    except SystemExit as exc:  # under torchrun the other ranks met the same check: rank 0 alone says it
+        if distributed.launched_by_torchrun() and os.environ.get("RANK", "0") != "0" and exc.code not in (0, None):
+            raise SystemExit(1) from None
+        raise

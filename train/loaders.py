@@ -3,9 +3,10 @@ order, seeded per-image augmentation, and evaluation sets that stream batches in
 
 * ``TensorImages(images, labels)`` — a ``Dataset`` over in-memory images (MNIST's and CIFAR-10's uint8
   ``(N, C, H, W)``); item ``i`` is ``(images[i], int(labels[i]))``.
-* ``EpochBatches(n, batch_size, seed, epoch, start=0)`` — the batch sampler of one training epoch:
-  ``torch.randperm(n)`` from a generator seeded with ``seed * 1000 + epoch``, split into batches (the order the
-  scripts have always used, so MNIST runs are bit-exact with the earlier whole-tensor path), skipping the first
+* ``EpochBatches(n, batch_size, seed, epoch, start=0, rank=0, world_size=1)`` — the batch sampler of one
+  training epoch: ``DistributedSampler``'s permutation, ``torch.randperm(n)`` from a generator seeded with
+  ``seed * 1000 + epoch``, split into global batches (the order the scripts have always used, so MNIST runs are
+  bit-exact with the earlier whole-tensor path) of which each rank takes its share, skipping the first
   ``start`` batches (a resumed mid-epoch checkpoint). ``generator`` is that generator after the permutation:
   Parseval training draws its rows from it, as before.
 * ``SeededItems(dataset, seed)`` — random augmentation that is a function of ``(seed, epoch, index)`` only, not of
@@ -24,7 +25,7 @@ from typing import Any, Callable, Iterator, Optional
 
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 DEFAULT_CACHE_BYTES = 2 << 30  # evaluation sets up to 2 GiB (10,000 CIFAR-10 images: 0.15 GiB) stay in memory
 
@@ -46,13 +47,29 @@ class TensorImages(Dataset):
 
 
 class EpochBatches(Sampler):
-    """Index batches of one epoch: ``randperm(n)`` drawn from ``torch.Generator().manual_seed(seed * 1000 +
-    epoch)`` (when the sampler is built), split into ``batch_size`` chunks, from batch ``start`` on."""
+    """Index batches of one training epoch, for one rank of ``world_size`` (1: a single process).
 
-    def __init__(self, n: int, batch_size: int, seed: int, epoch: int, start: int = 0) -> None:
+    The order is ``DistributedSampler(shuffle=True, seed=seed * 1000)`` at ``set_epoch(epoch)``: the permutation
+    ``torch.randperm(n)`` drawn from a generator seeded with ``seed * 1000 + epoch`` (the order the scripts have
+    always used), of which rank ``r`` holds positions ``r, r + world_size, …``. Global batch ``s`` is positions
+    ``[s·B, (s+1)·B)`` of the permutation (``B = batch_size``, the global batch), whatever the number of ranks;
+    this rank's batch ``s`` is its positions in that range, without the duplicates ``DistributedSampler`` pads
+    with. ``global_sizes[s]`` is the size of global batch ``s`` (every rank's share together), for the loss
+    scale. Batches before ``start`` are skipped (a resumed mid-epoch checkpoint). ``generator`` is a generator in
+    the state after that permutation, the same on every rank: Parseval training draws its rows from it."""
+
+    def __init__(self, n: int, batch_size: int, seed: int, epoch: int, start: int = 0, *,
+                 rank: int = 0, world_size: int = 1) -> None:
+        sampler = DistributedSampler(range(n), num_replicas=world_size, rank=rank, shuffle=True, seed=seed * 1000,
+                                     drop_last=False)
+        sampler.set_epoch(epoch)
+        mine = list(sampler)  # positions rank, rank + world_size, ... of the permutation (padded at the end)
         self.generator = torch.Generator().manual_seed(seed * 1000 + epoch)
-        self.order = torch.randperm(n, generator=self.generator)
-        self.batches = [b.tolist() for b in self.order.split(batch_size)]
+        torch.randperm(n, generator=self.generator)  # the same draw, so the generator continues from there
+        num = math.ceil(n / batch_size)
+        bounds = [(s * batch_size, min((s + 1) * batch_size, n)) for s in range(num)]
+        self.batches = [mine[_first_at(lo, rank, world_size):_first_at(hi, rank, world_size)] for lo, hi in bounds]
+        self.global_sizes = [hi - lo for lo, hi in bounds]
         if not 0 <= start <= len(self.batches):
             raise ValueError(f"cannot start epoch {epoch} at batch {start}: it has {len(self.batches)} batches.")
         self.start = start
@@ -62,6 +79,12 @@ class EpochBatches(Sampler):
 
     def __len__(self) -> int:
         return len(self.batches) - self.start
+
+
+def _first_at(position: int, rank: int, world_size: int) -> int:
+    """The index ``j`` of the first of a rank's items (global positions ``rank + j·world_size``) at or after
+    global ``position``."""
+    return max(0, -(-(position - rank) // world_size))
 
 
 class SeededItems(Dataset):
@@ -82,13 +105,15 @@ class SeededItems(Dataset):
 
 
 def epoch_loader(dataset: Dataset, batch_size: int, *, seed: int, epoch: int, start: int = 0,
-                 num_workers: int = 0, pin_memory: bool = False) -> tuple[DataLoader, EpochBatches]:
-    """The ``DataLoader`` of one training epoch (``EpochBatches`` order, from batch ``start``) and its sampler.
+                 num_workers: int = 0, pin_memory: bool = False, rank: int = 0,
+                 world_size: int = 1) -> tuple[DataLoader, EpochBatches]:
+    """The ``DataLoader`` of one training epoch (``EpochBatches`` order for this rank, from batch ``start``) and
+    its sampler.
     The loader's own generator (which seeds its workers) is seeded from ``seed`` and ``epoch`` too, so the global
     RNG (Dropout masks) is not drawn from."""
     if isinstance(dataset, SeededItems):
         dataset.epoch = epoch
-    sampler = EpochBatches(len(dataset), batch_size, seed, epoch, start)
+    sampler = EpochBatches(len(dataset), batch_size, seed, epoch, start, rank=rank, world_size=world_size)
     loader = DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers, pin_memory=pin_memory,
                         generator=torch.Generator().manual_seed(seed * 1000 + epoch + 1))
     return loader, sampler

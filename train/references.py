@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 import models
+import utils
 from recipes import PRETRAINED
 
 TORCHVISION_PREPROCESSING = ("torchvision's ImageNet preprocessing: Resize(256/224·crop), CenterCrop(crop), x/1 in "
@@ -67,7 +68,7 @@ def load_given(args, build: Callable[[], nn.Module], pipe, device) -> tuple[nn.M
             raise SystemExit(f"error: --reference-format torchvision: {exc}") from None
         net.load_state_dict(state)
         what = TORCHVISION_PREPROCESSING if pipe.dataset == "imagenet" else f"the {pipe.dataset} default"
-        print(f"reference: a raw state_dict; its preprocessing is taken to be {what}", flush=True)
+        utils.say(f"reference: a raw state_dict; its preprocessing is taken to be {what}", flush=True)
         return net.to(device).eval(), pipe.preprocess, f"given (torchvision state_dict): {args.reference}"
     try:
         net, ckpt = models.load(args.reference, arch=args.model, map_location=device)

@@ -17,6 +17,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import distributed  # noqa: E402
 import models  # noqa: E402
 from models.checkpoint import write_error  # noqa: E402
 
@@ -79,6 +80,13 @@ def resolve_device(name: str | None) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit(f"error: --device {name} but CUDA is not available here; use --device cpu.")
     return device
+
+
+def say(*args: Any, **kwargs: Any) -> None:
+    """``print`` (flushed) on rank 0 only: under ``torchrun`` every process would print the same line."""
+    if distributed.current().main:
+        kwargs.setdefault("flush", True)
+        print(*args, **kwargs)
 
 
 def seed_everything(seed: int) -> None:

@@ -240,19 +240,21 @@ def _step(
     a, num_classes = logits.shape
     rows = torch.arange(a, device=logits.device)
     untargeted = target < 0
+    v_dtype = logits.dtype  # the reverse's rows have the traced logits' dtype (bf16 under autocast)
+    logits = _wide(logits)  # under bf16 autocast: the step's norms and divisions in float32 (see _wide)
     floor = norm_floor(logits.dtype)
     toward, w = target, None
     if untargeted.any():
         with torch.no_grad():  # choosing k: piecewise constant, no gradient flows through the choice
             f = logits.detach()
             # v[a, j] = e_{others[a, j]} − e_{away[a]}: the reverse gives every w_c − w_l
-            v = _one_hot(others, num_classes, f.dtype) - _one_hot(away, num_classes, f.dtype).unsqueeze(1)
+            v = _one_hot(others, num_classes, v_dtype) - _one_hot(away, num_classes, v_dtype).unsqueeze(1)
             gap = (f.gather(1, others) - f.gather(1, away[:, None])).abs()  # (A, Q−1)
             keep_w = not differentiable and bool(untargeted.all())  # then the chosen row is the step's w
             chunk = class_chunk or _default_class_chunk(a, others.shape[1], logits.device)
             best_dist = best = None
             for j in range(0, others.shape[1], chunk):
-                w_part = net.reverse(v[:, j : j + chunk], tape).flatten(2)  # (A, J, D)
+                w_part = _wide(net.reverse(v[:, j : j + chunk], tape)).flatten(2)  # (A, J, D)
                 dist, idx = (gap[:, j : j + chunk] / torch.linalg.vector_norm(w_part, dim=2).clamp_min(floor)).min(1)
                 if best is None:  # min(1): the first minimum, i.e. the higher clean logit on ties
                     best_dist, best = dist, idx
@@ -265,12 +267,20 @@ def _step(
             toward = torch.where(untargeted, others[rows, best], target)
     if w is None:
         # one row per sample, e_k − e_l, with a graph when differentiable
-        v = _one_hot(toward, num_classes, logits.dtype) - _one_hot(away, num_classes, logits.dtype)
-        w = net.reverse(v, tape).flatten(1)
+        v = _one_hot(toward, num_classes, v_dtype) - _one_hot(away, num_classes, v_dtype)
+        w = _wide(net.reverse(v, tape)).flatten(1)
     gap = (logits.gather(1, toward[:, None]) - logits.gather(1, away[:, None])).abs().squeeze(1)  # |f_k − f_l|
     norm = torch.linalg.vector_norm(w, dim=1).clamp_min(floor)  # ‖w_k − w_l‖
     r = (gap / norm).unsqueeze(1) * (w / norm.unsqueeze(1))  # |f_k − f_l| / ‖w‖² · w, without squaring ‖w‖
     return r  # (A, D)
+
+
+def _wide(t: Tensor) -> Tensor:
+    """``t`` in float32 if it is bf16/fp16 (a network run under ``torch.autocast``), else unchanged: the DeepFool
+    step ``|f_k − f_l| / ‖w‖² · w`` divides by a squared norm, which bf16's 8-bit mantissa (and its norm floor,
+    ``eps² = 6e-5``) would distort, so the step and the accumulated perturbation stay in float32 while the
+    network's convolutions and matrix products run in reduced precision."""
+    return t.float() if t.dtype in (torch.bfloat16, torch.float16) else t
 
 
 CPU_CHOICE_ROWS = 256  # rows per choosing reverse on the CPU by default (see the module docstring)
