@@ -3,9 +3,12 @@
 Example::
 
     python train/evaluate.py runs/lenet-deepdefense-s0/final.pt --data-dir ../shared/data --eps-ref 0.12
+    torchrun --nproc_per_node=4 train/evaluate.py runs/resnet18-deepdefense-s0/final.pt --data-dir IMAGENET_DIR
 
 Without ``--eps-ref`` the model's own ε_ref is found by bisection. Metrics are printed and written as JSON
-(``--output``, default next to the checkpoint: ``<checkpoint>.eval.json``).
+(``--output``, default next to the checkpoint: ``<checkpoint>.eval.json``). Under ``torchrun`` each process
+evaluates its shard of the images (every image on one process) and every count is summed over them, so the
+numbers are those of one process; rank 0 prints and writes.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import data as data_lib  # noqa: E402
+import distributed  # noqa: E402
 import engine  # noqa: E402
 import pipeline as pipeline_lib  # noqa: E402
 import utils  # noqa: E402
@@ -107,12 +111,25 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     if not (math.isfinite(args.overshoot) and args.overshoot >= 0):
         parser.error(f"--overshoot must be a non-negative finite number, got {args.overshoot}")
     check_device(args.device, parser)
-    print("configuration:\n" + "\n".join(f"  {k}: {v}" for k, v in sorted(vars(args).items())), flush=True)
+    if distributed.launched_by_torchrun():  # each process evaluates its shard; the counts are summed
+        world, device = distributed.init(args.device)
+    else:
+        world, device = distributed.World(), utils.resolve_device(args.device)
+    try:
+        return run(args, parser, world, device)
+    finally:
+        world.close()
+
+
+def run(args: argparse.Namespace, parser: argparse.ArgumentParser, world: distributed.World,
+        device: torch.device) -> dict[str, Any]:
+    """The evaluation on this process (under torchrun: its shard of the images; rank 0 prints and writes)."""
+    utils.say("configuration:\n" + "\n".join(f"  {k}: {v}" for k, v in sorted(vars(args).items())))
     output = Path(args.output or f"{args.checkpoint}.eval.json")
     if output.is_dir():
         parser.error(f"--output {output} is a folder; pass a file name such as {output / 'eval.json'}")
-    utils.prepare_dir(output.parent, "the folder of --output")  # fail now, not after the evaluation
-    device = utils.resolve_device(args.device)
+    if world.main:
+        utils.prepare_dir(output.parent, "the folder of --output")  # fail now, not after the evaluation
     if args.eval_samples < 0 or args.workers < 0 or (args.candidates or 0) < 0:
         parser.error("--eval-samples, --workers and --candidates must not be negative")
     try:
@@ -135,7 +152,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
            if args.eval_subset == "balanced" and args.eval_samples else range(n))
     pre = ckpt["preprocess"]
     per_image = 5 * math.prod(pipe.input_shape)
-    data = EvalSet(Subset(pipe.test_set, idx), lambda raw: data_lib.preprocess(raw, pre).to(device),
+    data = EvalSet(Subset(pipe.test_set, distributed.shard(idx, world)), lambda raw: data_lib.preprocess(raw, pre).to(device),
                    args.eval_batch_size, device=device, num_workers=args.workers, pin_memory=device.type == "cuda",
                    cache_bytes=args.eval_cache_mb << 20, bytes_per_image=per_image)
     clip = data_lib.pixel_range(pre, pipe.input_shape, pipe.raw_max) if args.clip else None
@@ -144,11 +161,15 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     result = engine.evaluate(
         net, data, eps_ref=args.eps_ref, find_eps_ref=args.eps_ref is None, max_iter=args.eval_max_iter,
         overshoot=args.overshoot, clip=clip, batch_size=args.eval_batch_size, candidates=candidates,
-        progress=not args.no_progress,
+        progress=not args.no_progress and world.main, world=world,
     )
     splits_source = pipe.source
     result.update({"checkpoint": str(args.checkpoint), "arch": ckpt["arch"], "dataset": dataset,
                    "data": splits_source})
+    if world.size > 1:
+        result["processes"] = world.size
+    if not world.main:
+        return result
     print(describe(result), flush=True)  # before writing: a failed write does not lose the results
     try:
         utils.write_json(output, result)
