@@ -105,11 +105,15 @@ def compare(arch: str, path: str, device: torch.device, args) -> dict[str, Any]:
             row[f"{name}_rel_err"] = ((g - g64).norm() / g64.norm()).item()
             row[f"{name}_cosine"] = torch.nn.functional.cosine_similarity(g, g64, dim=0).item()
         row["rho2"] = dfs[mode]["rho2"]
+        row["fooling_rate"] = dfs[mode]["success"].double().mean().item()
+        row["mean_iterations"] = dfs[mode]["iterations"].double().mean().item()
         row["rho2_rel_change"] = abs(dfs[mode]["rho2"] / dfs["float64"]["rho2"] - 1)
         row["iterations_differ_frac"] = (dfs[mode]["iterations"] != dfs["float64"]["iterations"]).double().mean().item()
         row["success_differ_frac"] = (dfs[mode]["success"] != dfs["float64"]["success"]).double().mean().item()
         out[mode] = row
-    out["float64_rho2"] = dfs["float64"]["rho2"]
+    out["float64"] = {"rho2": dfs["float64"]["rho2"],
+                      "fooling_rate": dfs["float64"]["success"].double().mean().item(),
+                      "mean_iterations": dfs["float64"]["iterations"].double().mean().item()}
     return out
 
 
@@ -122,13 +126,17 @@ def markdown(results: list[dict[str, Any]], meta: dict[str, Any], command: str) 
              f"λ {meta['lmbda']}, c {meta['c']}, d {meta['d']}. ρ₂: {meta['eval_samples']} test images, "
              f"{meta['eval_max_iter']} iterations.", "",
              "| model | precision | reg. gradient rel. error | reg. gradient cosine | loss gradient rel. error | "
-             "ρ₂ | ρ₂ rel. change | DeepFool iterations differ | success differs |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "ρ₂ | ρ₂ rel. change | fooling rate | mean iterations | DeepFool iterations differ | success differs |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in results:
+        f = r["float64"]
+        lines.append(f"| {r['model']} | float64 | 0 | 1 | 0 | {f['rho2']:.5f} | 0 | {100 * f['fooling_rate']:.1f}% | "
+                     f"{f['mean_iterations']:.2f} | — | — |")
         for mode in MODES[1:]:
             m = r[mode]
             lines.append(f"| {r['model']} | {mode} | {m['reg_grad_rel_err']:.2e} | {m['reg_grad_cosine']:.6f} | "
                          f"{m['loss_grad_rel_err']:.2e} | {m['rho2']:.5f} | {m['rho2_rel_change']:.2e} | "
+                         f"{100 * m['fooling_rate']:.1f}% | {m['mean_iterations']:.2f} | "
                          f"{100 * m['iterations_differ_frac']:.1f}% | {100 * m['success_differ_frac']:.1f}% |")
     return "\n".join(lines) + "\n"
 

@@ -137,3 +137,44 @@ def test_a_nan_on_one_rank_stops_every_rank_with_one_message(runs):
     assert "the training loss is NaN or infinite on rank 1" in ours[0]
     assert json.loads((runs / "nan" / "failed.json").read_text())["failed"].startswith("the training loss is NaN")
     assert not (runs / "nan" / "metrics.json").exists()
+
+
+def test_evaluate_under_torchrun_equals_one_process(runs):
+    import evaluate
+
+    ckpt = runs / "single" / "final.pt"
+    flags = [str(ckpt), *_data_flags(), "--eval-samples", "100", "--eval-max-iter", "10", "--no-progress",
+             "--device", "cpu", "--eval-batch-size", "30"]
+    one = evaluate.main(evaluate.get_args_parser().parse_args(flags + ["--output", str(runs / "eval1.json")]))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           str(ROOT / "train" / "evaluate.py"), *flags, "--output", str(runs / "eval2.json")]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=runs,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("written:") == 1  # rank 0 alone prints and writes
+    two = json.loads((runs / "eval2.json").read_text())
+    assert two["processes"] == 2 and two["n"] == one["n"] == 100
+    for key in ("acc", "fooling_rate", "mean_iterations", "own_eps_ref", "fgs_acc@1.0"):
+        assert two[key] == one[key], key
+    assert two["rho2"] == pytest.approx(one["rho2"], rel=1e-6)
+
+
+def test_amp_trains_in_bf16_with_the_deepfool_step_in_float32():
+    import engine
+
+    torch.manual_seed(0)
+    net = finetune.models.build("mlp")
+    x, y = torch.randn(40, 1, 28, 28), torch.randint(0, 10, (40,))
+    losses = {}
+    for amp in (False, True):
+        model = finetune.models.build("mlp")
+        model.load_state_dict(net.state_dict())
+        opt = torch.optim.SGD(model.parameters(), lr=0.01)
+        stats = engine.train_one_epoch(model, opt, x, y, method="deepdefense", batch_size=20,
+                                       generator=torch.Generator().manual_seed(0), progress=False, amp=amp)
+        losses[amp] = stats["train_loss"]
+        assert all(p.dtype == torch.float32 and torch.isfinite(p).all() for p in model.parameters())
+    assert losses[True] == pytest.approx(losses[False], rel=0.05)  # bf16 matmuls: a few % (benchmarks/amp.md)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        delta, _ = finetune.revnet.deepfool(net.eval(), x[:5], max_iter=3)
+    assert delta.dtype == torch.float32
