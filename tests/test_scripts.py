@@ -164,3 +164,21 @@ def test_sweep_chooses_on_validation_and_reuses_finished_runs(tmp_path, monkeypa
     mtime = (tmp_path / "sw" / "lr0.01" / "final.pt").stat().st_mtime
     sweep.main(sweep.get_args_parser().parse_args(argv))
     assert (tmp_path / "sw" / "lr0.01" / "final.pt").stat().st_mtime == mtime
+
+
+def test_sweep_grid_runs_every_combination_and_names_the_chosen_one(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    argv = ["mlp", "--grid", "c=5,25", "lmbda=15", "--epochs", "1", "--val-size", "100", "--out", "sw",
+            "--cache-dir", "c", "--extra", *TINY]
+    result = sweep.main(sweep.get_args_parser().parse_args(argv))
+    assert sorted(p.name for p in (tmp_path / "sw").iterdir() if p.is_dir()) == ["c25-lmbda15", "c5-lmbda15"]
+    assert {(c["c"], c["lmbda"]) for c in result["candidates"]} == {(5.0, 15.0), (25.0, 15.0)}
+    stored = json.loads((tmp_path / "sw" / "c5-lmbda15" / "config.json").read_text())["args"]
+    assert (stored["c"], stored["lmbda"]) == (5.0, 15.0)
+    text = (tmp_path / "sw" / "sweep.md").read_text()
+    assert f"Chosen: c {result['best']['c']:g}, lmbda 15" in text and "| c | lmbda | epoch |" in text
+    with pytest.raises(SystemExit, match="PARAM=V1,V2"):
+        sweep.main(sweep.get_args_parser().parse_args(["mlp", "--grid", "c=five", "--epochs", "1", "--out", "x"]))
+    with pytest.raises(SystemExit, match="exactly one of"):
+        sweep.main(sweep.get_args_parser().parse_args(["mlp", "--grid", "c=5", "--lrs", "0.1", "--epochs", "1",
+                                                       "--out", "x"]))

@@ -1,15 +1,14 @@
 """The numbers printed in the Deep Defense paper's Table 1 (Yan, Guo & Zhang, NeurIPS 2018).
 
-The CIFAR-10 and ImageNet rows are transcribed from ``../shared/paper/deep-defense-neurips2018.md`` (Table 1) and
-were checked against it twice. The MNIST rows below predate that copy (see the next paragraph; their re-check
-is the fidelity issue's).
-
-Typed in by hand from the paper. This offline environment has no copy of the paper to check them against,
-so they have not been re-checked since: if one disagrees with the PDF, the PDF wins. Columns: test accuracy
-(%), ρ₂, and FGS accuracy (%) at 0.2/0.5/1.0·ε_ref (ε_ref: the FGS step at which the paper's own Deep Defense
-model drops to 50% accuracy). The paper's models were trained on the full 60,000-image MNIST training set with
-0–255 inputs; ours use the 5,000-image subset in ``../shared/data``, so only the *ordering* of the methods and
-the size of the gains are comparable.
+Every row (MNIST, CIFAR-10, ImageNet) is transcribed from ``../shared/paper/deep-defense-neurips2018.md``
+(Table 1) and was checked against it twice, number by number. (The MNIST rows were first typed from memory;
+five LeNet cells were wrong then: Par. Train's FGS columns, Adv. Train I's ρ₂ and FGS columns, and Ours' Acc.@0.2
+and @0.5. ``tests/test_paper.py`` pins the corrected ones.) Columns: test accuracy (%), ρ₂, and FGS accuracy
+(%) at 0.2/0.5/1.0·ε_ref (ε_ref: the FGS step at which the paper's own Deep Defense model drops to 50%
+accuracy). The paper's MNIST models were trained on the full 60,000-image training set with 0–255 inputs; ours
+use the 5,000-image subset in ``../shared/data``, so only the *ordering* of the methods and the size of the gains
+are comparable. The paper prints Ours' LeNet Acc.@0.5ε_ref as 88.93%, the same digits as its MLP cell; it is
+kept as printed.
 """
 
 from __future__ import annotations
@@ -26,9 +25,9 @@ TABLE1 = {
         },
         "lenet": {
             "reference": (99.02, 0.205, 90.95, 53.88, 19.75),
-            "parseval": (99.10, 0.203, 90.63, 55.81, 20.34),
-            "advtrain-deepfool": (99.18, 0.249, 93.47, 63.46, 28.12),
-            "deepdefense": (99.34, 0.284, 96.15, 80.03, 50.00),
+            "parseval": (99.10, 0.203, 91.68, 66.48, 19.64),
+            "advtrain-deepfool": (99.18, 0.263, 95.20, 74.82, 41.40),
+            "deepdefense": (99.34, 0.284, 96.51, 88.93, 50.00),
         },
     },
     "cifar10": {

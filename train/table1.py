@@ -217,10 +217,10 @@ def markdown(table: dict[str, Any], args: argparse.Namespace) -> str:
              "the Deep Defense model's accuracy drops to 50%; every row is attacked at 0.2/0.5/1.0·ε_ref. PGD: "
              f"L2, {args.pgd_steps} steps, ε = the reference's median DeepFool ‖Δx‖₂, first {args.pgd_samples} "
              "test images. Rows marked * are not in the paper's Table 1."
-             + ((" Paper: the numbers printed in the paper (full MNIST, 0–255 inputs), for comparison of orderings "
-                "and gains only (typed in by hand, not re-checked against the PDF here: see train/paper.py)."
-                if args.dataset == "mnist" else " Paper: the numbers of the paper's Table 1 (train/paper.py, from "
-                "../shared/paper/), for comparison.") if args.dataset in paper.TABLE1 else "") + "\n"]
+             + ((" Paper: the numbers printed in the paper's Table 1 (train/paper.py, transcribed from ../shared/paper/ "
+                 "and checked twice)" + (" — full MNIST, 0–255 inputs, so for comparison of orderings and gains only."
+                                         if args.dataset == "mnist" else ", for comparison.")
+                 ) if args.dataset in paper.TABLE1 else "") + "\n"]
     with_paper = args.dataset in paper.TABLE1  # no column of dashes for a dataset the paper did not use
     for model, t in table.items():
         lines.append(f"## {model} ({t['n_test']} test images; ε_ref = {fmt(t['eps_ref'], False)}, "
