@@ -9,5 +9,5 @@ setup(
     python_requires=">=3.9",
     packages=find_packages(include=["revnet", "revnet.*", "models", "models.*"]),
     install_requires=["torch>=2.1", "torchvision>=0.16", "tqdm>=4.60", "matplotlib>=3.5"],
-    extras_require={"test": ["pytest>=7", "hypothesis>=6.80"]},
+    extras_require={"test": ["pytest>=7", "hypothesis>=6.80", "foolbox>=3.3", "pyautoattack>=0.2"]},
 )

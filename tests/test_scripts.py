@@ -145,6 +145,19 @@ def test_defaults_depend_on_model_method_and_dataset_and_explicit_flags_win():
     assert explicit == {"epochs": 2, "lr": 0.1, "fgs_eps": 0.3, "parseval_beta": 0.1}
 
 
+def test_deep_defense_takes_the_tuned_c_and_lambda_on_mnist_only():
+    def c_lmbda(argv: list[str]) -> tuple:
+        args = finetune.get_args_parser().parse_args(argv)
+        finetune.check_args(args, finetune.get_args_parser())
+        return args.c, args.lmbda
+
+    assert c_lmbda(["mlp"]) == c_lmbda(["lenet"]) == (5.0, 25.0)  # results/sweeps/sweep-*-deepdefense.md
+    assert c_lmbda(["lenet", "--dataset", "fashion-mnist"]) == (25.0, 15.0)  # the paper's
+    assert c_lmbda(["lenet", "--method", "deepdefense+fgs"]) == (25.0, 15.0)
+    assert c_lmbda(["mlp", "--c", "25", "--lmbda", "15"]) == (25.0, 15.0)
+    assert "tuned on validation here" in finetune.get_args_parser().format_help()
+
+
 def test_missing_data_dir_and_wrong_reference_are_clear_errors(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit, match="does not exist"):

@@ -1,4 +1,5 @@
-"""Evaluate any checkpoint: accuracy, DeepFool ρ₂, ε_ref and FGS accuracy at 0.2/0.5/1.0·ε_ref.
+"""Evaluate any checkpoint: accuracy, DeepFool ρ₂, ε_ref and FGS accuracy at 0.2/0.5/1.0·ε_ref; optionally
+AutoAttack-L2 accuracy (``--autoattack-samples``) and the FMN-L2 median ‖Δx‖/‖x‖ (``--fmn-samples``).
 
 Example::
 
@@ -26,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import data as data_lib  # noqa: E402
 import distributed  # noqa: E402
 import engine  # noqa: E402
+import library_attacks  # noqa: E402
 import pipeline as pipeline_lib  # noqa: E402
 import utils  # noqa: E402
 from finetune import check_device, finite_float  # noqa: E402
@@ -65,6 +67,10 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--clip", action="store_true", help="clip FGS images to the valid pixel range (default: not clipped)")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
     p.add_argument("--output", default=None, help="JSON file for the metrics (default <checkpoint>.eval.json)")
+    library_attacks.add_flags(p, autoattack_samples=0, fmn_samples=0, eps="--autoattack-eps")
+    p.add_argument("--autoattack-eps", type=finite_float, default=None,
+                   help="L2 radius of AutoAttack in network-input units (ρ₂'s space), e.g. the reference's median "
+                        "DeepFool ‖Δx‖, as table1.py uses; required with --autoattack-samples")
     return p
 
 
@@ -81,6 +87,11 @@ MEANINGS = {
     "arch": "architecture",
     "data": "where the test images came from",
     "dataset": "the dataset evaluated on",
+    "aa_acc": "accuracy under AutoAttack-L2 at --autoattack-eps, [0, 1] box (higher = more robust)",
+    "aa_n": "images attacked with AutoAttack",
+    "fmn_median": "median ‖Δx‖/‖x‖ of foolbox's FMN-L2, [0, 1] box (higher = more robust)",
+    "fmn_success_rate": "fraction of the images FMN managed to push to another label",
+    "fmn_n": "images attacked with FMN",
 }
 
 
@@ -110,6 +121,10 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         parser.error(f"--eps-ref must be a positive finite number, got {args.eps_ref}")
     if not (math.isfinite(args.overshoot) and args.overshoot >= 0):
         parser.error(f"--overshoot must be a non-negative finite number, got {args.overshoot}")
+    if args.autoattack_samples < 0 or args.fmn_samples < 0 or args.fmn_steps < 1:
+        parser.error("--autoattack-samples and --fmn-samples must not be negative, --fmn-steps at least 1")
+    if args.autoattack_samples and not (args.autoattack_eps and args.autoattack_eps > 0):
+        parser.error("--autoattack-samples needs --autoattack-eps (a positive L2 radius in network-input units)")
     check_device(args.device, parser)
     if distributed.launched_by_torchrun():  # each process evaluates its shard; the counts are summed
         world, device = distributed.init(args.device)
@@ -163,6 +178,10 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser, world: distri
         overshoot=args.overshoot, clip=clip, batch_size=args.eval_batch_size, candidates=candidates,
         progress=not args.no_progress and world.main, world=world,
     )
+    if world.main and (args.autoattack_samples or args.fmn_samples):
+        first = EvalSet(Subset(pipe.test_set, list(idx)[:max(args.autoattack_samples, args.fmn_samples)]),
+                        lambda raw: data_lib.preprocess(raw, pre).to(device), args.eval_batch_size, device=device)
+        result.update(library_metrics(net, first, pre, pipe.raw_max, args))
     splits_source = pipe.source
     result.update({"checkpoint": str(args.checkpoint), "arch": ckpt["arch"], "dataset": dataset,
                    "data": splits_source})
@@ -177,6 +196,25 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser, world: distri
         raise SystemExit(f"error: {exc} The results are printed above.") from None
     print(f"written: {output}")
     return result
+
+
+def library_metrics(net: torch.nn.Module, first: EvalSet, preprocess: dict, raw_max: float,
+                    args: argparse.Namespace) -> dict[str, Any]:
+    """AutoAttack-L2 accuracy and the FMN-L2 median of the images in ``first`` ("not installed" if a package is
+    missing)."""
+    out: dict[str, Any] = {}
+    progress = not args.no_progress
+    if args.autoattack_samples:
+        x, y = library_attacks.first_images(first, args.autoattack_samples)
+        aa = library_attacks.autoattack_accuracy(net, x, y, args.autoattack_eps, preprocess, raw_max,
+                                                 seed=args.attack_seed, progress=progress)
+        out.update({"aa_acc": aa} if isinstance(aa, str) else {"aa_acc": aa["acc"], "aa_n": aa["n"]})
+    if args.fmn_samples:
+        x, _ = library_attacks.first_images(first, args.fmn_samples)
+        fmn = library_attacks.fmn_median(net, x, preprocess, raw_max, steps=args.fmn_steps, progress=progress)
+        out.update({"fmn_median": fmn} if isinstance(fmn, str) else
+                   {"fmn_median": fmn["median"], "fmn_success_rate": fmn["success_rate"], "fmn_n": fmn["n"]})
+    return out
 
 
 if __name__ == "__main__":

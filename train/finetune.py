@@ -174,10 +174,11 @@ def get_args_parser(add_help: bool = True, model: str | None = None) -> argparse
                         "(batch size / N images) of the same batches as one process would, so the same flags "
                         "train the same model on any number of processes")
     p.add_argument("--lmbda", type=finite_float, default=None,
-                   help="λ, weight of the Deep Defense regularizer (default: 15; ImageNet 5, the paper's)")
+                   help="λ, weight of the Deep Defense regularizer (default: MNIST mlp/lenet 25, tuned on validation here "
+                        "(results/sweeps/); else 15, ImageNet 5, the paper's)")
     p.add_argument("--c", type=finite_float, default=None,
-                   help="c: exp(-c·‖Δx‖/‖x‖) for correctly classified samples (default: 25; NIN 70, ImageNet 500, "
-                        "the paper's)")
+                   help="c: exp(-c·‖Δx‖/‖x‖) for correctly classified samples (default: MNIST mlp/lenet 5, tuned on "
+                        "validation here (results/sweeps/); else 25, NIN 70, ImageNet 500, the paper's)")
     p.add_argument("--d", type=finite_float, default=None,
                    help="d: exp(d·‖Δx‖/‖x‖) for misclassified samples (default: 5, the paper's)")
     p.add_argument("--candidates", type=int, default=None,

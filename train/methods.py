@@ -9,6 +9,7 @@ LABELS = {
     "parseval": "Par. Train",
     "advtrain-deepfool": "Adv. Train I",
     "deepdefense": "Ours",
+    "deepdefense-paper": "Ours (paper's c, λ)",  # table1.py's row where the defaults are tuned ones (MNIST)
     "clean": "Clean",
     "advtrain-fgs": "Adv. Train II",
     "deepdefense+fgs": "Ours+FGS",

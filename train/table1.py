@@ -44,14 +44,17 @@ import engine  # noqa: E402
 import figures  # noqa: E402
 import finetune  # noqa: E402
 import paper  # noqa: E402
+import library_attacks  # noqa: E402
 import pipeline as pipeline_lib  # noqa: E402
+import recipes  # noqa: E402
 import utils  # noqa: E402
 from methods import EXTRA_ROWS, LABELS, METHODS, PAPER_ROWS  # noqa: E402
 
 import models  # noqa: E402
 import revnet  # noqa: E402
 
-COLUMNS = ["acc", "rho2", "fgs_acc@0.2", "fgs_acc@0.5", "fgs_acc@1.0", "pgd_acc"]
+COLUMNS = ["acc", "rho2", "fgs_acc@0.2", "fgs_acc@0.5", "fgs_acc@1.0", "pgd_acc", "aa_acc", "fmn_median"]
+PAPER_OURS = "deepdefense-paper"  # the row of Ours at the paper's c and λ, where the defaults are tuned ones
 # finetune.py flags that must agree between a stored run and the one asked for, so a reused run is the same run
 CHECKED_ARGS = ["model", "method", "dataset", "seed", "epochs", "lr", "lmbda", "c", "d", "max_iter", "alpha",
                 "fgs_eps", "parseval_beta", "parseval_fraction", "advtrain_set", "train_samples", "eval_samples",
@@ -79,6 +82,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", default="runs/references", help="reference cache, as in finetune.py")
     p.add_argument("--pgd-samples", type=int, default=500, help="test images attacked with L2 PGD")
     p.add_argument("--pgd-steps", type=int, default=20, help="L2 PGD steps (step size 2.5·ε/steps)")
+    library_attacks.add_flags(p, autoattack_samples=100, fmn_samples=500, eps="the PGD ε")
     p.add_argument("--no-figure", action="store_true",
                    help="do not draw Figure 2 (accuracy and rho2 per epoch, first seed) into --out at the end")
     p.add_argument("--extra", nargs=argparse.REMAINDER, default=[],
@@ -87,6 +91,10 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
 
 
 def run_argv(model: str, method: str, seed: int, run_dir: Path, args: argparse.Namespace) -> list[str]:
+    if method == PAPER_OURS:  # Deep Defense with the paper's c and λ instead of the tuned defaults
+        paper_cl = recipes.paper_c_lmbda(args.dataset, model)
+        return [*run_argv(model, "deepdefense", seed, run_dir, args), "--c", f"{paper_cl['c']:g}",
+                "--lmbda", f"{paper_cl['lmbda']:g}"]
     return [model, "--method", method, "--dataset", args.dataset, "--seed", str(seed), "--out", str(run_dir),
             "--cache-dir", args.cache_dir, "--resume", "--no-progress",
             *(["--crop-size", str(args.crop_size)] if args.dataset == "imagenet" else []),
@@ -133,16 +141,7 @@ def run_eval_set(run_dir: Path, preprocess: dict, args: argparse.Namespace):
     return pipe, test_set
 
 
-def first_images(test_set, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The first ``k`` images of an evaluation set as tensors (PGD and the PGD radius use them)."""
-    xs, ys, n = [], [], 0
-    for x, y in test_set:
-        xs.append(x)
-        ys.append(y)
-        n += len(y)
-        if n >= k:
-            break
-    return torch.cat(xs)[:k], torch.cat(ys)[:k]
+first_images = library_attacks.first_images  # PGD and the PGD radius use it too
 
 
 def attack_columns(net: torch.nn.Module, test_set, eps_ref: Optional[float], pgd_eps: float,
@@ -159,6 +158,23 @@ def attack_columns(net: torch.nn.Module, test_set, eps_ref: Optional[float], pgd
     return out
 
 
+def library_columns(net: torch.nn.Module, test_set, pgd_eps: float, preprocess: dict, raw_max: float,
+                    args: argparse.Namespace) -> dict[str, Any]:
+    """AutoAttack-L2 accuracy at the PGD ε (first ``--autoattack-samples`` images) and the median FMN-L2
+    ‖Δx‖/‖x‖ (first ``--fmn-samples``); "not installed" / "not run" where they cannot be or were not asked."""
+    net.eval()
+    out: dict[str, Any] = {"aa_acc": "not run", "fmn_median": "not run"}
+    if args.autoattack_samples:
+        x, y = first_images(test_set, args.autoattack_samples)
+        aa = library_attacks.autoattack_accuracy(net, x, y, pgd_eps, preprocess, raw_max, seed=args.attack_seed)
+        out["aa_acc"] = aa if isinstance(aa, str) else aa["acc"]
+    if args.fmn_samples:
+        x, _ = first_images(test_set, args.fmn_samples)
+        fmn = library_attacks.fmn_median(net, x, preprocess, raw_max, steps=args.fmn_steps)
+        out["fmn_median"] = fmn if isinstance(fmn, str) else fmn["median"]
+    return out
+
+
 def evaluate_row(run_dir: Path, which: str, eps_ref: float, pgd_eps: float, n: int,
                  args: argparse.Namespace) -> dict[str, float]:
     """The attack columns of ``final.pt`` (``which="finetuned"``) or of the run's reference; cached in the run
@@ -166,13 +182,19 @@ def evaluate_row(run_dir: Path, which: str, eps_ref: float, pgd_eps: float, n: i
     key = f"{which}|eps_ref={eps_ref!r}|pgd_eps={pgd_eps!r}|n={n}|pgd={args.pgd_samples}x{args.pgd_steps}"
     cache_path = run_dir / "table1_eval.json"
     cache = utils.json.loads(cache_path.read_text()) if cache_path.is_file() else {}
-    if key not in cache:
+    lib_key = (f"{which}|pgd_eps={pgd_eps!r}|aa={args.autoattack_samples}|seed={args.attack_seed}|"
+               f"fmn={args.fmn_samples}x{args.fmn_steps}")
+    missing = [k for k in (key, lib_key) if k not in cache or "not installed" in cache[k].values()]
+    if missing:
         net, ckpt = models.load(reference_path(run_dir) if which == "reference" else run_dir / "final.pt",
                                 arch=_user_arch(run_dir))
-        _, test_set = run_eval_set(run_dir, ckpt["preprocess"], args)
-        cache[key] = attack_columns(net, test_set, eps_ref, pgd_eps, args)
+        pipe, test_set = run_eval_set(run_dir, ckpt["preprocess"], args)
+        if key in missing:
+            cache[key] = attack_columns(net, test_set, eps_ref, pgd_eps, args)
+        if lib_key in missing:
+            cache[lib_key] = library_columns(net, test_set, pgd_eps, ckpt["preprocess"], pipe.raw_max, args)
         utils.write_json(cache_path, cache)
-    return cache[key]
+    return {**cache[key], **cache[lib_key]}
 
 
 def _user_arch(run_dir: Path) -> Optional[str]:
@@ -199,7 +221,15 @@ def reference_pgd_eps(dd_dir: Path, args: argparse.Namespace) -> float:
     return torch.linalg.vector_norm(delta.flatten(1), dim=1).median().item()
 
 
-def fmt(values: list[float], percent: bool) -> str:
+def paper_row(dataset: str, model: str, method: str) -> Optional[dict[str, float]]:
+    """The paper's numbers for a row; both Ours rows stand beside the paper's Ours."""
+    return paper.paper_row(dataset, model, "deepdefense" if method == PAPER_OURS else method)
+
+
+def fmt(values: list, percent: bool) -> str:
+    words = [v for v in values if isinstance(v, str)]  # "not installed", "not run"
+    if words:
+        return words[0]
     scale = 100.0 if percent else 1.0
     vals = [scale * v for v in values]
     if any(v != v for v in vals):
@@ -216,7 +246,11 @@ def markdown(table: dict[str, Any], args: argparse.Namespace) -> str:
              f"Seeds {args.seeds}{' (mean ± sd)' if len(args.seeds) > 1 else ''}. ε_ref: the FGS step at which "
              "the Deep Defense model's accuracy drops to 50%; every row is attacked at 0.2/0.5/1.0·ε_ref. PGD: "
              f"L2, {args.pgd_steps} steps, ε = the reference's median DeepFool ‖Δx‖₂, first {args.pgd_samples} "
-             "test images. Rows marked * are not in the paper's Table 1."
+             f"test images. AutoAttack-L2 (pyautoattack, standard: APGD-CE, APGD-T, FAB-T, Square; seed "
+             f"{args.attack_seed}) at the same ε on the first {args.autoattack_samples} test images; FMN-L2 "
+             f"(foolbox, {args.fmn_steps} steps, the clean predictions as labels): median ‖Δx‖/‖x‖ on the first "
+             f"{args.fmn_samples}. AutoAttack and FMN stay in the [0, 1] pixel box; DeepFool, FGS and PGD here are "
+             "unclipped. Rows marked * are not in the paper's Table 1."
              + ((" Paper: the numbers printed in the paper's Table 1 (train/paper.py, transcribed from ../shared/paper/ "
                  "and checked twice)" + (" — full MNIST, 0–255 inputs, so for comparison of orderings and gains only."
                                          if args.dataset == "mnist" else ", for comparison.")
@@ -226,12 +260,14 @@ def markdown(table: dict[str, Any], args: argparse.Namespace) -> str:
         lines.append(f"## {model} ({t['n_test']} test images; ε_ref = {fmt(t['eps_ref'], False)}, "
                      f"PGD ε = {fmt(t['pgd_eps'], False)})\n")
         lines.append("| method | Acc. (%) | ρ₂ | Acc. @0.2 ε_ref | Acc. @0.5 ε_ref | Acc. @1.0 ε_ref | PGD-L2 acc. (%) | "
+                     "AutoAttack-L2 acc. (%) | FMN-L2 median ‖Δx‖/‖x‖ | "
                      + ("paper: Acc. / ρ₂ / @0.2 / @0.5 / @1.0 | " if with_paper else "") + "wall time (s) |")
-        lines.append("| --- " * (9 if with_paper else 8) + "|")
+        lines.append("| --- " * (11 if with_paper else 10) + "|")
         for method, row in t["rows"].items():
-            name = LABELS[method] + (" *" if method in EXTRA_ROWS else "")
-            cells = [fmt(row[c], percent=c != "rho2") for c in COLUMNS]
-            p = paper.paper_row(args.dataset, model, method)
+            name = ("Ours (tuned)" if method == "deepdefense" and PAPER_OURS in t["rows"] else LABELS[method]) + (
+                " *" if method in EXTRA_ROWS else "")
+            cells = [fmt(row[c], percent=c not in ("rho2", "fmn_median")) for c in COLUMNS]
+            p = paper_row(args.dataset, model, method)
             paper_cell = (f"{p['acc']:.2f} / {p['rho2']:.3g} / {p['fgs_acc@0.2']:.2f} / {p['fgs_acc@0.5']:.2f} / "
                           f"{p['fgs_acc@1.0']:.2f}") if p else "—"
             wall = f"{statistics.mean(row['wall_seconds']):.0f}" if row.get("wall_seconds") else "—"
@@ -254,6 +290,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     if args.pgd_samples < 1 or args.pgd_steps < 1:
         raise SystemExit("error: --pgd-samples and --pgd-steps must be at least 1.")
     methods = ["deepdefense"] + [m for m in args.methods if m != "deepdefense"]
+    if args.dataset in recipes.TUNED_OURS:  # Ours at the tuned defaults and at the paper's c and λ
+        methods.insert(1, PAPER_OURS)
     print("configuration:\n" + "\n".join(f"  {k}: {v}" for k, v in sorted(vars(args).items())), flush=True)
     start = time.perf_counter()
     jobs = [(model, seed, method) for model in args.models for seed in args.seeds for method in methods]
@@ -310,10 +348,10 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                 for col in COLUMNS:
                     rows[method][col].append(cols[col])
                 rows[method]["wall_seconds"].append(result["wall_seconds"])
-        order = [m for m in (*PAPER_ROWS, *EXTRA_ROWS) if m in rows]
+        order = [m for m in (*PAPER_ROWS, PAPER_OURS, *EXTRA_ROWS) if m in rows]
         table[model] = {"rows": {m: rows[m] for m in order}, "eps_ref": eps_refs, "pgd_eps": pgd_epss,
                         "n_test": n_test,
-                        "paper": {m: paper.paper_row(args.dataset, model, m) for m in order}}
+                        "paper": {m: paper_row(args.dataset, model, m) for m in order}}
     text = markdown(table, args)
     out = Path(args.out)
     utils.write_text_atomic(out / "table1.md", text)
@@ -322,7 +360,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     print(text, flush=True)
     if not args.no_figure:
         figures.figure2(argparse.Namespace(
-            figure="figure2", runs=[args.out], from_json=None, models=list(args.models), methods=methods,
+            figure="figure2", runs=[args.out], from_json=None, models=list(args.models),
+            methods=[m for m in methods if m != PAPER_OURS],
             seed=args.seeds[0], dataset=args.dataset, out=args.out, dpi=150))
     return table
 
