@@ -22,7 +22,7 @@ TINY = ["--no-download", "--train-samples", "200", "--ref-epochs", "8", "--lr", 
 
 def run_table1(extra: list[str], *flags: str) -> dict:
     argv = ["--models", "mlp", "--out", "t1", "--cache-dir", "cache", "--pgd-samples", "20", "--pgd-steps", "3",
-            "--autoattack-samples", "3", "--fmn-samples", "6", "--fmn-steps", "10",
+            "--autoattack-samples", "3", "--fmn-samples", "6", "--fmn-steps", "100",
             *flags, "--extra", *extra]
     return table1.main(table1.get_args_parser().parse_args(argv))
 

@@ -123,6 +123,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         parser.error(f"--overshoot must be a non-negative finite number, got {args.overshoot}")
     if args.autoattack_samples < 0 or args.fmn_samples < 0 or args.fmn_steps < 1:
         parser.error("--autoattack-samples and --fmn-samples must not be negative, --fmn-steps at least 1")
+    if args.fmn_init_steps < 0:
+        parser.error("--fmn-init-steps must not be negative")
     if args.autoattack_samples and not (args.autoattack_eps and args.autoattack_eps > 0):
         parser.error("--autoattack-samples needs --autoattack-eps (a positive L2 radius in network-input units)")
     check_device(args.device, parser)
@@ -211,7 +213,8 @@ def library_metrics(net: torch.nn.Module, first: EvalSet, preprocess: dict, raw_
         out.update({"aa_acc": aa} if isinstance(aa, str) else {"aa_acc": aa["acc"], "aa_n": aa["n"]})
     if args.fmn_samples:
         x, _ = library_attacks.first_images(first, args.fmn_samples)
-        fmn = library_attacks.fmn_median(net, x, preprocess, raw_max, steps=args.fmn_steps, progress=progress)
+        fmn = library_attacks.fmn_median(net, x, preprocess, raw_max, steps=args.fmn_steps,
+                                         init_steps=args.fmn_init_steps, progress=progress)
         out.update({"fmn_median": fmn} if isinstance(fmn, str) else
                    {"fmn_median": fmn["median"], "fmn_success_rate": fmn["success_rate"], "fmn_n": fmn["n"]})
     return out

@@ -170,7 +170,8 @@ def library_columns(net: torch.nn.Module, test_set, pgd_eps: float, preprocess: 
         out["aa_acc"] = aa if isinstance(aa, str) else aa["acc"]
     if args.fmn_samples:
         x, _ = first_images(test_set, args.fmn_samples)
-        fmn = library_attacks.fmn_median(net, x, preprocess, raw_max, steps=args.fmn_steps)
+        fmn = library_attacks.fmn_median(net, x, preprocess, raw_max, steps=args.fmn_steps,
+                                         init_steps=args.fmn_init_steps)
         out["fmn_median"] = fmn if isinstance(fmn, str) else fmn["median"]
     return out
 
@@ -183,7 +184,7 @@ def evaluate_row(run_dir: Path, which: str, eps_ref: float, pgd_eps: float, n: i
     cache_path = run_dir / "table1_eval.json"
     cache = utils.json.loads(cache_path.read_text()) if cache_path.is_file() else {}
     lib_key = (f"{which}|pgd_eps={pgd_eps!r}|aa={args.autoattack_samples}|seed={args.attack_seed}|"
-               f"fmn={args.fmn_samples}x{args.fmn_steps}")
+               f"fmn={args.fmn_samples}x{args.fmn_steps}+ddn{args.fmn_init_steps}")
     missing = [k for k in (key, lib_key) if k not in cache or "not installed" in cache[k].values()]
     if missing:
         net, ckpt = models.load(reference_path(run_dir) if which == "reference" else run_dir / "final.pt",
@@ -248,7 +249,8 @@ def markdown(table: dict[str, Any], args: argparse.Namespace) -> str:
              f"L2, {args.pgd_steps} steps, ε = the reference's median DeepFool ‖Δx‖₂, first {args.pgd_samples} "
              f"test images. AutoAttack-L2 (pyautoattack, standard: APGD-CE, APGD-T, FAB-T, Square; seed "
              f"{args.attack_seed}) at the same ε on the first {args.autoattack_samples} test images; FMN-L2 "
-             f"(foolbox, {args.fmn_steps} steps, the clean predictions as labels): median ‖Δx‖/‖x‖ on the first "
+             f"(foolbox, {args.fmn_steps} steps from a {args.fmn_init_steps}-step DDN start, its L2 projection repaired "
+             "(train/library_attacks.py); the clean predictions as labels): median ‖Δx‖/‖x‖ on the first "
              f"{args.fmn_samples}. AutoAttack and FMN stay in the [0, 1] pixel box; DeepFool, FGS and PGD here are "
              "unclipped. Rows marked * are not in the paper's Table 1."
              + ((" Paper: the numbers printed in the paper's Table 1 (train/paper.py, transcribed from ../shared/paper/ "
@@ -289,6 +291,9 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         args.methods = ["deepdefense"] if args.dataset == "imagenet" else list(METHODS)
     if args.pgd_samples < 1 or args.pgd_steps < 1:
         raise SystemExit("error: --pgd-samples and --pgd-steps must be at least 1.")
+    if min(args.autoattack_samples, args.fmn_samples, args.fmn_init_steps) < 0 or args.fmn_steps < 1:
+        raise SystemExit("error: --autoattack-samples, --fmn-samples and --fmn-init-steps must not be negative, "
+                         "--fmn-steps at least 1.")
     methods = ["deepdefense"] + [m for m in args.methods if m != "deepdefense"]
     if args.dataset in recipes.TUNED_OURS:  # Ours at the tuned defaults and at the paper's c and λ
         methods.insert(1, PAPER_OURS)
