@@ -137,11 +137,12 @@ def fmn_norms(net: nn.Module, x_net: Tensor, preprocess: dict, raw_max: float, *
     returns Δ = 0 for misclassified images). Or :data:`NOT_INSTALLED`."""
     if missing("fmn"):
         return NOT_INSTALLED
+    import eagerpy as ep
     import foolbox
 
     model = PixelModel(net, preprocess, raw_max).to(x_net.device).eval()
     fmodel = foolbox.PyTorchModel(model, bounds=(0.0, 1.0))
-    attack = l2_fmn_attack(steps, init_steps)
+    attack = l2_fmn_attack(steps)
     factor = pixel_factor(preprocess, raw_max).to(x_net)
     out = []
     for start in _chunks(len(x_net), chunk, "FMN-L2", progress):
@@ -149,16 +150,48 @@ def fmn_norms(net: nn.Module, x_net: Tensor, preprocess: dict, raw_max: float, *
         x01 = to_pixels(xs, preprocess, raw_max)
         with torch.no_grad():
             labels = model(x01).argmax(1)
-        _, x_adv, success = attack(fmodel, x01, foolbox.criteria.Misclassification(labels), epsilons=None)
-        delta = ((x_adv - x01) * factor).flatten(1)
-        ratio = torch.linalg.vector_norm(delta, dim=1) / torch.linalg.vector_norm(xs.flatten(1), dim=1)
-        out.append(torch.where(success, ratio, torch.full_like(ratio, math.inf)))
+        ratio = torch.full((len(xs),), math.inf, device=xs.device)
+        if init_steps:  # FMN needs adversarial starting points: DDN's, else (rarely) a blend with uniform noise
+            x_start, ok = fmn_starting_points(fmodel, x01, labels, init_steps)
+            idx = ok.nonzero().squeeze(1)
+            if len(idx):
+                _, x_adv, success = attack(fmodel, x01[idx], foolbox.criteria.Misclassification(labels[idx]),
+                                           epsilons=None, starting_points=ep.astensor(x_start[idx]))
+                ratio[idx] = _ratio(x_adv, x01[idx], xs[idx], factor, success)
+        else:
+            _, x_adv, success = attack(fmodel, x01, foolbox.criteria.Misclassification(labels), epsilons=None)
+            ratio = _ratio(x_adv, x01, xs, factor, success)
+        out.append(ratio)
     return torch.cat(out)
 
 
-def l2_fmn_attack(steps: int, init_steps: int = DDN_INIT_STEPS):
-    """foolbox's ``L2FMNAttack(steps=steps)`` started from foolbox's ``DDNAttack(steps=init_steps)`` (0: from
-    the clean image), with its projection onto the L2 ball repaired if it is broken.
+def _ratio(x_adv: Tensor, x01: Tensor, x_net: Tensor, factor: Tensor, success: Tensor) -> Tensor:
+    """‖Δ_net‖/‖x_net‖ per image, ``inf`` where the attack failed."""
+    delta = ((x_adv - x01) * factor).flatten(1)
+    ratio = torch.linalg.vector_norm(delta, dim=1) / torch.linalg.vector_norm(x_net.flatten(1), dim=1)
+    return torch.where(success, ratio, torch.full_like(ratio, math.inf))
+
+
+def fmn_starting_points(fmodel, x01: Tensor, labels: Tensor, ddn_steps: int) -> tuple[Tensor, Tensor]:
+    """Adversarial starting points for FMN, ``(x_start (N, *in), found (N,) bool)``: foolbox's DDN attack of
+    ``ddn_steps`` steps, and for the images it does not fool, foolbox's gradient-free blend with uniform noise."""
+    import foolbox
+
+    _, x_start, ok = foolbox.attacks.DDNAttack(steps=ddn_steps)(
+        fmodel, x01, foolbox.criteria.Misclassification(labels), epsilons=None)
+    x_start, ok = x_start.clone(), ok.clone()
+    if not ok.all():
+        rest = (~ok).nonzero().squeeze(1)
+        noise = foolbox.attacks.LinearSearchBlendedUniformNoiseAttack(distance=foolbox.distances.l2)
+        _, x_noise, ok_noise = noise(fmodel, x01[rest], foolbox.criteria.Misclassification(labels[rest]),
+                                     epsilons=None)
+        x_start[rest], ok[rest] = x_noise, ok_noise
+    return x_start, ok
+
+
+def l2_fmn_attack(steps: int):
+    """foolbox's ``L2FMNAttack(steps=steps)``, with its projection onto the L2 ball repaired if it is broken;
+    :func:`fmn_norms` starts it from :func:`fmn_starting_points`.
 
     Two things were measured here (tests/test_library_attacks.py; the MLP reference, 10 test images):
     * foolbox 3.3.4 (and its main branch when this was written) projects with the factor
@@ -174,9 +207,8 @@ def l2_fmn_attack(steps: int, init_steps: int = DDN_INIT_STEPS):
     import foolbox
 
     stock = foolbox.attacks.L2FMNAttack
-    init = foolbox.attacks.DDNAttack(steps=init_steps) if init_steps else None
     if not stock_l2_fmn_projection_is_broken():
-        return stock(steps=steps, init_attack=init)
+        return stock(steps=steps)
 
     class RepairedL2FMNAttack(stock):
         def project(self, x, x0, epsilon):
@@ -186,7 +218,7 @@ def l2_fmn_attack(steps: int, init_steps: int = DDN_INIT_STEPS):
             factor = ep.minimum(1, epsilon / norms)
             return x0 + (x - x0) * foolbox.devutils.atleast_kd(factor, x.ndim)
 
-    return RepairedL2FMNAttack(steps=steps, init_attack=init)
+    return RepairedL2FMNAttack(steps=steps)
 
 
 def stock_l2_fmn_projection_is_broken() -> bool:

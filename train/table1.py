@@ -192,6 +192,7 @@ def evaluate_row(run_dir: Path, which: str, eps_ref: float, pgd_eps: float, n: i
         pipe, test_set = run_eval_set(run_dir, ckpt["preprocess"], args)
         if key in missing:
             cache[key] = attack_columns(net, test_set, eps_ref, pgd_eps, args)
+            utils.write_json(cache_path, cache)  # kept if the library attacks below fail or are killed
         if lib_key in missing:
             cache[lib_key] = library_columns(net, test_set, pgd_eps, ckpt["preprocess"], pipe.raw_max, args)
         utils.write_json(cache_path, cache)
