@@ -38,7 +38,7 @@ def test_finetune_runs_end_to_end_and_writes_its_run_directory(tmp_path, monkeyp
     for name in ["config.json", "log.jsonl", "metrics.json", "summary.md", "final.pt", "resume/checkpoint.pt"]:
         assert (run / name).is_file(), name
     config = json.loads((run / "config.json").read_text())
-    assert config["args"]["lmbda"] == 15.0 and "git_commit" in config and "torch" in config
+    assert config["args"]["lmbda"] == 25.0 and "git_commit" in config and "torch" in config  # MNIST's tuned λ
     assert "EMBEDDED" in config["data"]
     assert len((run / "log.jsonl").read_text().splitlines()) == 2
     summary = (run / "summary.md").read_text()
