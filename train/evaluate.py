@@ -183,7 +183,10 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser, world: distri
     if world.main and (args.autoattack_samples or args.fmn_samples):
         first = EvalSet(Subset(pipe.test_set, list(idx)[:max(args.autoattack_samples, args.fmn_samples)]),
                         lambda raw: data_lib.preprocess(raw, pre).to(device), args.eval_batch_size, device=device)
-        result.update(library_metrics(net, first, pre, pipe.raw_max, args))
+        result.update(library_attacks.metrics(
+            net, first, pre, pipe.raw_max, autoattack_samples=args.autoattack_samples,
+            autoattack_eps=args.autoattack_eps, fmn_samples=args.fmn_samples, fmn_steps=args.fmn_steps,
+            fmn_init_steps=args.fmn_init_steps, seed=args.attack_seed, progress=not args.no_progress))
     splits_source = pipe.source
     result.update({"checkpoint": str(args.checkpoint), "arch": ckpt["arch"], "dataset": dataset,
                    "data": splits_source})
@@ -198,26 +201,6 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser, world: distri
         raise SystemExit(f"error: {exc} The results are printed above.") from None
     print(f"written: {output}")
     return result
-
-
-def library_metrics(net: torch.nn.Module, first: EvalSet, preprocess: dict, raw_max: float,
-                    args: argparse.Namespace) -> dict[str, Any]:
-    """AutoAttack-L2 accuracy and the FMN-L2 median of the images in ``first`` ("not installed" if a package is
-    missing)."""
-    out: dict[str, Any] = {}
-    progress = not args.no_progress
-    if args.autoattack_samples:
-        x, y = library_attacks.first_images(first, args.autoattack_samples)
-        aa = library_attacks.autoattack_accuracy(net, x, y, args.autoattack_eps, preprocess, raw_max,
-                                                 seed=args.attack_seed, progress=progress)
-        out.update({"aa_acc": aa} if isinstance(aa, str) else {"aa_acc": aa["acc"], "aa_n": aa["n"]})
-    if args.fmn_samples:
-        x, _ = library_attacks.first_images(first, args.fmn_samples)
-        fmn = library_attacks.fmn_median(net, x, preprocess, raw_max, steps=args.fmn_steps,
-                                         init_steps=args.fmn_init_steps, progress=progress)
-        out.update({"fmn_median": fmn} if isinstance(fmn, str) else
-                   {"fmn_median": fmn["median"], "fmn_success_rate": fmn["success_rate"], "fmn_n": fmn["n"]})
-    return out
 
 
 if __name__ == "__main__":

@@ -93,6 +93,26 @@ def first_images(test_set, k: int) -> tuple[Tensor, Tensor]:
     return torch.cat(xs)[:k], torch.cat(ys)[:k]
 
 
+def metrics(net: nn.Module, test_set, preprocess: dict, raw_max: float, *, autoattack_samples: int,
+            autoattack_eps: Optional[float], fmn_samples: int, fmn_steps: int, fmn_init_steps: int, seed: int,
+            progress: bool = True) -> dict:
+    """AutoAttack-L2 accuracy at ``autoattack_eps`` on the first ``autoattack_samples`` images of ``test_set``
+    (an iterable of preprocessed ``(x, y)`` batches) and the FMN-L2 median ‖Δx‖/‖x‖ of the first ``fmn_samples``;
+    keys ``aa_acc``, ``aa_n``, ``fmn_median``, ``fmn_success_rate``, ``fmn_n`` for the attacks asked for (0: not
+    asked), each value :data:`NOT_INSTALLED` where its package is missing."""
+    out: dict = {}
+    if autoattack_samples:
+        x, y = first_images(test_set, autoattack_samples)
+        aa = autoattack_accuracy(net, x, y, autoattack_eps, preprocess, raw_max, seed=seed, progress=progress)
+        out.update({"aa_acc": aa, "aa_n": aa} if isinstance(aa, str) else {"aa_acc": aa["acc"], "aa_n": aa["n"]})
+    if fmn_samples:
+        x, _ = first_images(test_set, fmn_samples)
+        fmn = fmn_median(net, x, preprocess, raw_max, steps=fmn_steps, init_steps=fmn_init_steps, progress=progress)
+        out.update({k: fmn for k in ("fmn_median", "fmn_success_rate", "fmn_n")} if isinstance(fmn, str) else
+                   {"fmn_median": fmn["median"], "fmn_success_rate": fmn["success_rate"], "fmn_n": fmn["n"]})
+    return out
+
+
 def _chunks(n: int, size: int, what: str, progress: bool):
     starts = range(0, n, size)
     return tqdm(starts, desc=what, unit="chunk", total=len(starts), leave=False, disable=not show_progress(progress),

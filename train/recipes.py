@@ -118,8 +118,8 @@ def describe(model: str) -> str:
         s = default_settings(model, "deepdefense", dataset)
         lines.append(f"  --dataset {dataset}: {pipeline.DATA_HELP[dataset]}")
         lines.append(f"    Deep Defense: λ {s['lmbda']:g}, c {s['c']:g}, d {s['d']:g}"
-                     + (" (tuned on validation here; the paper's: c 25, λ 15)" if model in TUNED_OURS.get(dataset, {})
-                        else "")
+                     + (" (tuned on validation here; the paper's: c {c:g}, λ {lmbda:g})".format(
+                         **paper_c_lmbda(dataset, model)) if model in TUNED_OURS.get(dataset, {}) else "")
                      + (f", DeepFool over the top-{s['candidates']:g} classes" if s["candidates"] else "")
                      + f"; {s['epochs']:g} epochs at lr {s['lr']:g}"
                      + (f", halved for the last {s['lr_drop_epochs']:g}" if s["lr_drop_epochs"] else ""))

@@ -163,17 +163,11 @@ def library_columns(net: torch.nn.Module, test_set, pgd_eps: float, preprocess: 
     """AutoAttack-L2 accuracy at the PGD ε (first ``--autoattack-samples`` images) and the median FMN-L2
     ‖Δx‖/‖x‖ (first ``--fmn-samples``); "not installed" / "not run" where they cannot be or were not asked."""
     net.eval()
-    out: dict[str, Any] = {"aa_acc": "not run", "fmn_median": "not run"}
-    if args.autoattack_samples:
-        x, y = first_images(test_set, args.autoattack_samples)
-        aa = library_attacks.autoattack_accuracy(net, x, y, pgd_eps, preprocess, raw_max, seed=args.attack_seed)
-        out["aa_acc"] = aa if isinstance(aa, str) else aa["acc"]
-    if args.fmn_samples:
-        x, _ = first_images(test_set, args.fmn_samples)
-        fmn = library_attacks.fmn_median(net, x, preprocess, raw_max, steps=args.fmn_steps,
-                                         init_steps=args.fmn_init_steps)
-        out["fmn_median"] = fmn if isinstance(fmn, str) else fmn["median"]
-    return out
+    found = library_attacks.metrics(
+        net, test_set, preprocess, raw_max, autoattack_samples=args.autoattack_samples, autoattack_eps=pgd_eps,
+        fmn_samples=args.fmn_samples, fmn_steps=args.fmn_steps, fmn_init_steps=args.fmn_init_steps,
+        seed=args.attack_seed, progress=True)
+    return {col: found.get(col, "not run") for col in ("aa_acc", "fmn_median")}
 
 
 def evaluate_row(run_dir: Path, which: str, eps_ref: float, pgd_eps: float, n: int,
