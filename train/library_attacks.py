@@ -213,18 +213,17 @@ def l2_fmn_attack(steps: int):
     """foolbox's ``L2FMNAttack(steps=steps)``, with its projection onto the L2 ball repaired if it is broken;
     :func:`fmn_norms` starts it from :func:`fmn_starting_points`.
 
-    Two things were measured here (tests/test_library_attacks.py; the MLP reference, 10 test images):
+    Two things were measured here (tests/test_library_attacks.py and benchmarks/fmn_calibration.py on the MLP
+    reference's first 10 test images, medians in pixel units):
     * foolbox 3.3.4 (and its main branch when this was written) projects with the factor
       ``min(1, ‖x‖/‖x‖) = 1``, i.e. not at all, so its "minimal" perturbation is just the first adversarial its
-      gradient steps reach (1.2-9× the exact distance on a linear model; on the MLP, from a noise-blend
-      start, median 7.5-8.3 in 300-1,000 steps against
-      DeepFool's 1.19). The repair is the FMN paper's projection ``x0 + (x − x0)·min(1, ε/‖x − x0‖)``; if
+      gradient steps reach (several times the exact distance on a linear model; 7.36 on the MLP against
+      DeepFool's 1.24). The repair is the FMN paper's projection ``x0 + (x − x0)·min(1, ε/‖x − x0‖)``; if
       foolbox's own projection works, it is used as it is.
     * Repaired and started from the clean image, FMN approaches the decision boundary from the inside and never
-      crosses it on a ReLU MLP (0 of 10 images fooled in 100 or 1,000 steps). From a gradient-free start (a
-      blend with uniform noise) it stalls at twice the distance on half the images (median 1.39). From a
-      30-step DDN start (another minimal-norm attack, unrelated to DeepFool) its median is 1.152, against
-      Carlini-Wagner's 1.152 (1,000 steps) and DeepFool's 1.19."""
+      crosses it on a ReLU MLP (0 of 10 images in 1,000 steps); from a blend with uniform noise it stalls (1.57).
+      From a 30-step DDN start (another minimal-norm attack, unrelated to DeepFool) its median is 1.215, equal
+      to Carlini-Wagner's (1,000 steps) and 2% below DeepFool's."""
     import foolbox
 
     stock = foolbox.attacks.L2FMNAttack
