@@ -48,12 +48,18 @@ from benchmarks.step import (  # noqa: E402  (also puts train/ on sys.path)
     MiB, PeakMemory, amp_context, fmt, load_batch, machine_info, reference_checkpoints, resolve_device,
     summarize, synchronize, write_text,
 )
+from benchmarks.rounds import MIN_ROUNDS, interleaved, spread  # noqa: E402
+from benchmarks.peers import PEERS, foolbox_attack, missing, torchattacks_attack  # noqa: E402
 from benchmarks.variants import ATOL, RTOL, EquivalenceError, eval_deepfool, to_torch  # noqa: E402
 
 import models  # noqa: E402
 import revnet  # noqa: E402
 
 ENGINES = ("revnet", "loop", "batched", "func")
+AUTOGRAD = ("loop", "batched")  # the target's "fastest autograd DeepFool": the per-row loop or the batched form
+TARGET_AUTOGRAD = 1.5  # revnet's images/s over the fastest autograd engine's
+TARGET_FOOLBOX = 10.0  # revnet's images/s over foolbox's (LeNet), at a median ‖Δx‖ within NORM_TOLERANCE
+NORM_TOLERANCE = 0.05
 AMP_TOLERANCE = 1e-2  # relative change of the mean ‖Δx‖/‖x‖ above which mixed precision "changes the result"
 
 
@@ -77,12 +83,20 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--candidates", type=int, default=10,
                    help="scaling part: also run with only the top-N clean classes as candidates (0: never)")
     p.add_argument("--scaling-batch", type=int, default=100, help="scaling part: synthetic images (one batch)")
+    p.add_argument("--peers", nargs="*", default=list(PEERS), choices=list(PEERS),
+                   help="mnist part: the peers' DeepFool on the same networks and images (benchmarks/peers.py); a "
+                        "peer that is not installed is reported as such")
+    p.add_argument("--torchattacks-images", type=int, default=20,
+                   help="mnist part: torchattacks attacks one image at a time (about 1-2 images/s on LeNet here), so it "
+                        "runs once on the first N images only; its ‖Δx‖ is compared with revnet's on the same images")
     p.add_argument("--max-iter", type=int, default=50, help="DeepFool iterations")
     p.add_argument("--overshoot", type=float, default=0.02, help="DeepFool overshoot")
     p.add_argument("--warmup", type=int, default=1, help="untimed runs before timing")
-    p.add_argument("--repeats", type=int, default=5, help="timed runs per configuration")
-    p.add_argument("--time-budget", type=float, default=60.0,
-                   help="seconds of timed runs per configuration; stops early (>= 2 repeats)")
+    p.add_argument("--repeats", type=int, default=7,
+                   help="timed rounds per configuration; one round runs every engine (and foolbox) once, in "
+                        "alternating order (A B C, C B A, ...)")
+    p.add_argument("--time-budget", type=float, default=120.0,
+                   help="seconds of timed rounds per configuration; stops early (>= 3 rounds)")
     p.add_argument("--reference", action="append", default=[], metavar="PATH",
                    help="reference checkpoint (models.load format), repeat for several models; default: train one "
                         "on the embedded MNIST subset, cached")
@@ -153,25 +167,25 @@ def check_engines(net: revnet.Sequential, x: torch.Tensor, engines: list[str], m
     return report
 
 
-def time_attack(fn, device: torch.device, warmup: int, repeats: int, budget: float) -> dict[str, Any]:
-    for _ in range(warmup):
-        fn()
+def peak_mib(fn, device: torch.device) -> Optional[float]:
+    """CUDA: ``max_memory_allocated`` above the allocation before one run of ``fn``; ``None`` on the CPU."""
+    if device.type != "cuda":
+        return None
     memory = PeakMemory(device)
-    if device.type == "cuda":
-        memory.start()
-    times: list[float] = []
-    start = time.perf_counter()
-    while len(times) < repeats:
-        synchronize(device)
-        t0 = time.perf_counter()
-        fn()
-        synchronize(device)
-        times.append(time.perf_counter() - t0)
-        if len(times) >= 2 and time.perf_counter() - start > budget:
-            break
-    out = summarize(times)
-    out["peak_mib"] = memory.peak_bytes() / MiB if device.type == "cuda" else None
-    return out
+    memory.start()
+    fn()
+    return memory.peak_bytes() / MiB
+
+
+def _norms(delta: torch.Tensor) -> torch.Tensor:
+    return delta.detach().float().flatten(1).norm(dim=1)
+
+
+def norm_ratio(delta: torch.Tensor, ref: torch.Tensor) -> Optional[float]:
+    """Median over images of ‖Δx_peer‖ / ‖Δx_revnet‖ (images where revnet's is 0 are left out)."""
+    a, b = _norms(delta), _norms(ref)
+    keep = b > 0
+    return (a[keep] / b[keep]).median().item() if keep.any() else None
 
 
 def amp_change(reference, amp, x: torch.Tensor) -> dict[str, Any]:
@@ -188,33 +202,91 @@ def amp_change(reference, amp, x: torch.Tensor) -> dict[str, Any]:
             "beyond_tolerance": bool(rel > AMP_TOLERANCE or success > 0)}
 
 
-def run_config(args, device, dtype, autocast, net, x, batch_size, candidates, label: dict) -> list[dict[str, Any]]:
-    rows = []
+def run_config(args, device, dtype, autocast, net, x, batch_size, candidates, label: dict,
+               peers: Optional[dict[str, Any]] = None) -> list[dict[str, Any]]:
+    """Every engine (and the batched peers, e.g. foolbox) on all of ``x``, timed interleaved; one row each.
+    ``peers``: ``{name: attack}`` with ``attack(x) -> (Δx, fooled)``, or ``{name: "reason"}`` if missing."""
     where = ", ".join(f"{k} {v}" for k, v in label.items() if k != "shape")
+    outputs: dict[str, Any] = {}
+    fns: dict[str, Any] = {}
     for engine in args.engines:
         enet = engine_net(engine, net)
 
         def fn(enet=enet, engine=engine):
             with autocast() if autocast is not None else contextlib.nullcontext():
-                return attack_all(engine, enet, x, batch_size, args.max_iter, args.overshoot, candidates)
+                outputs[engine] = attack_all(engine, enet, x, batch_size, args.max_iter, args.overshoot, candidates)
 
-        try:
-            timing = time_attack(fn, device, args.warmup, args.repeats, args.time_budget)
-            result = fn()
-        except Exception as exc:  # noqa: BLE001 - e.g. out of memory: reported, not fatal
-            rows.append({**label, "engine": engine, "error": repr(exc)})
-            print(f"  {where} {engine:8s} FAILED: {exc!r}", flush=True)
+        fns[engine] = fn
+    missing_peers = {}
+    for name, attack in (peers or {}).items():
+        if isinstance(attack, str):
+            missing_peers[name] = attack
             continue
-        row = {**label, "engine": engine, **timing, "images": len(x), "images_per_s": len(x) / timing["median_s"],
-               "mean_iterations": result[1].double().mean().item(), "fooling_rate": result[2].double().mean().item()}
-        if autocast is not None:  # the same engine without autocast, on the same images
-            full = attack_all(engine, enet, x, batch_size, args.max_iter, args.overshoot, candidates)
-            row["amp_vs_full"] = amp_change(full, result, x)
+
+        def peer_fn(attack=attack, name=name):
+            parts = [attack(x[i:i + batch_size]) for i in range(0, len(x), batch_size)]
+            outputs[name] = (torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]))
+
+        fns[name] = peer_fn
+    try:
+        times = interleaved(fns, rounds=args.repeats, budget_s=args.time_budget, warmup=args.warmup,
+                            device=device)
+    except Exception as exc:  # noqa: BLE001 - e.g. out of memory: reported, not fatal
+        print(f"  {where} FAILED: {exc!r}", flush=True)
+        return [{**label, "engine": name, "error": repr(exc)} for name in fns]
+    ref = outputs.get("revnet")
+    rows = []
+    for name, fn in fns.items():
+        timing = summarize(times[name])
+        out = outputs[name]
+        row = {**label, "engine": name, **timing, "images": len(x), "images_per_s": len(x) / timing["median_s"],
+               "median_norm": _norms(out[0]).median().item(),
+               "fooling_rate": (out[1] if name in (peers or {}) else out[2]).double().mean().item(),
+               "peak_mib": peak_mib(fn, device)}
+        if name not in (peers or {}):
+            row["mean_iterations"] = out[1].double().mean().item()
+        if ref is not None and name != "revnet":
+            row["revnet_speedup"] = spread([t / r for t, r in zip(times[name], times["revnet"])])
+            row["norm_ratio"] = norm_ratio(out[0], ref[0])
+        if autocast is not None and name in args.engines:  # the same engine without autocast, same images
+            full = attack_all(name, engine_net(name, net), x, batch_size, args.max_iter, args.overshoot, candidates)
+            row["amp_vs_full"] = amp_change(full, out, x)
         rows.append(row)
-        print(f"  {where} {engine:8s} {row['images_per_s']:10.1f} images/s (median {timing['median_s']:.3f} s, "
-              f"IQR {timing['iqr_s']:.3f}, n={timing['repeats']}), DeepFool iters {row['mean_iterations']:.2f}",
-              flush=True)
+        speed = row.get("revnet_speedup", {}).get("median")
+        print(f"  {where} {name:12s} {row['images_per_s']:10.1f} images/s (median {timing['median_s']:.3f} s, "
+              f"IQR {timing['iqr_s']:.3f}, n={timing['repeats']})"
+              + (f", revnet {speed:.2f}x faster" if speed else ""), flush=True)
+    for name, reason in missing_peers.items():
+        rows.append({**label, "engine": name, "missing": reason})
+        print(f"  {where} {name:12s} {reason}", flush=True)
     return rows
+
+
+def torchattacks_row(args, net, x, pre: dict, revnet_delta: torch.Tensor, label: dict) -> dict[str, Any]:
+    """torchattacks' DeepFool once on the first ``--torchattacks-images`` images (it attacks one at a time)."""
+    reason = missing("torchattacks")
+    if reason:
+        return {**label, "engine": "torchattacks", "missing": reason}
+    k = min(args.torchattacks_images, len(x))
+    plain = engine_net("loop", net)
+    attack = torchattacks_attack(plain, args.max_iter, args.overshoot, float(pre["scale"]) * 255.0, pre["mean"])
+    attack(x[:1])  # warm-up on one image
+    t0 = time.perf_counter()
+    delta, fooled = attack(x[:k])
+    seconds = time.perf_counter() - t0
+    return {**label, "engine": "torchattacks", **summarize([seconds]), "images": k, "images_per_s": k / seconds,
+            "median_norm": _norms(delta).median().item(), "fooling_rate": fooled.double().mean().item(),
+            "norm_ratio": norm_ratio(delta, revnet_delta[:k]), "peak_mib": None,
+            "note": f"first {k} images, one run"}
+
+
+def peer_attacks(args, net, num_classes: int) -> dict[str, Any]:
+    """The batched peers for :func:`run_config`: ``{"foolbox": attack}`` or ``{"foolbox": "not installed ..."}``."""
+    out: dict[str, Any] = {}
+    if "foolbox" in args.peers:
+        reason = missing("foolbox")
+        out["foolbox"] = reason or foolbox_attack(engine_net("loop", net), args.max_iter, args.overshoot, num_classes)
+    return out
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
@@ -234,8 +306,10 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     print("configuration:\n" + "\n".join(f"  {k}: {v}" for k, v in sorted(resolved.items())), flush=True)
     machine = machine_info(device, threads)
     report: dict[str, Any] = {"name": name, "config": resolved, "machine": machine,
-                              "timing_method": f"explicit loop: {args.warmup} warm-up runs, then up to {args.repeats} "
-                                               f"timed runs (budget {args.time_budget:g} s, at least 2)"
+                              "timing_method": f"interleaved rounds in one process: {args.warmup} warm-up run(s) of "
+                                               f"each engine, then up to {args.repeats} rounds (budget "
+                                               f"{args.time_budget:g} s, at least {MIN_ROUNDS}), each running every "
+                                               "engine once in alternating order"
                                                + ("; CUDA synchronised" if device.type == "cuda" else ""),
                               "equivalence": {}, "mnist": [], "scaling": []}
 
@@ -245,11 +319,22 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         for arch in args.models:
             print(f"reference {arch}: {refs[arch]['origin']}", flush=True)
             net, x, _ = load_batch(refs[arch]["path"], args.num_images, device, dtype, split="test")
+            pre = models.load(refs[arch]["path"], map_location="cpu")[1]["preprocess"]
             report["equivalence"][f"{arch}"] = check_engines(net, x[:args.check_batch], args.engines, args.max_iter,
                                                               args.overshoot, None)
             print(f"equivalence {arch}: every engine's DeepFool equals revnet's (float64)", flush=True)
-            report["mnist"] += run_config(args, device, dtype, autocast, net, x, args.batch_size, None,
-                                          {"model": arch, "shape": [args.batch_size, *x.shape[1:]]})
+            label = {"model": arch, "shape": [args.batch_size, *x.shape[1:]]}
+            with torch.no_grad():
+                num_classes = net(x[:1]).shape[1]
+            rows = run_config(args, device, dtype, autocast, net, x, args.batch_size, None, label,
+                              peers=peer_attacks(args, net, num_classes))
+            if "torchattacks" in args.peers and "revnet" in args.engines:
+                revnet_delta = attack_all("revnet", net, x[:args.torchattacks_images], args.batch_size,
+                                          args.max_iter, args.overshoot, None)[0]
+                rows.append(torchattacks_row(args, net, x, pre, revnet_delta, label))
+                print(f"  model {arch} torchattacks {rows[-1].get('missing') or rows[-1]['images_per_s']}",
+                      flush=True)
+            report["mnist"] += rows
 
     if "scaling" in args.parts:
         gen = torch.Generator().manual_seed(args.seed)
@@ -273,14 +358,6 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     return report
 
 
-def _speedups(rows: list[dict[str, Any]], keys: tuple[str, ...]) -> dict[tuple, dict[str, Any]]:
-    groups: dict[tuple, dict[str, Any]] = {}
-    for r in rows:
-        if "error" not in r:
-            groups.setdefault(tuple(r[k] for k in keys), {})[r["engine"]] = r
-    return groups
-
-
 def markdown(report: dict[str, Any]) -> str:
     cfg, m = report["config"], report["machine"]
     lines = [
@@ -295,25 +372,20 @@ def markdown(report: dict[str, Any]) -> str:
         "one `is_grads_batched` backward / `torch.func.vmap(vjp)`, on a plain torch.nn copy with frozen weights",
         f"- command: `{m['command']}`", "",
     ]
-    groups = _speedups(report["mnist"], ("model",))
+    cuda = m["device"].startswith("cuda")
+    head = ("| engine | images/s | median s | IQR s | revnet speed-up: median (IQR, min–max of the rounds) | median ‖Δx‖ | "
+            "‖Δx‖ / revnet's (median) | DeepFool iters | fooled |" + (" peak MiB |" if cuda else ""))
+    rule = "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |" + (" ---: |" if cuda else "")
     if report["mnist"]:
         lines += [f"## MNIST, reference weights ({cfg['num_images']} test images, batches of {cfg['batch_size']})", "",
-                  "| model | engine | images/s | median s | IQR s | revnet speed-up | DeepFool iters | fooled |"
-                  + (" peak MiB |" if m["device"].startswith("cuda") else ""),
-                  "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"
-                  + (" ---: |" if m["device"].startswith("cuda") else "")]
-        for r in report["mnist"]:
-            lines.append(_row(r, [r["model"]], groups.get((r["model"],), {}), m))
-    groups = _speedups(report["scaling"], ("classes", "candidates"))
+                  "| model " + head, "| --- " + rule]
+        lines += [_row(r, [r["model"]], cuda) for r in report["mnist"]]
+        lines += ["", "### Against the targets", ""] + target_lines(report["mnist"]) + [""] + PEER_NOTES
     if report["scaling"]:
         lines += ["", f"## Scaling with the number of classes (random MLP 784-500-150-C, {cfg['scaling_batch']} "
                       "synthetic N(0,1) images)", "",
-                  "| classes | candidates | engine | images/s | median s | IQR s | revnet speed-up | DeepFool iters | "
-                  "fooled |" + (" peak MiB |" if m["device"].startswith("cuda") else ""),
-                  "| ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |"
-                  + (" ---: |" if m["device"].startswith("cuda") else "")]
-        for r in report["scaling"]:
-            lines.append(_row(r, [r["classes"], r["candidates"]], groups.get((r["classes"], r["candidates"]), {}), m))
+                  "| classes | candidates " + head, "| ---: | ---: " + rule]
+        lines += [_row(r, [r["classes"], r["candidates"]], cuda) for r in report["scaling"]]
     amp_rows = [r for r in report["mnist"] + report["scaling"] if "amp_vs_full" in r]
     if amp_rows:
         lines += ["", f"## Mixed precision ({cfg['amp_dtype']}) against {cfg['dtype']}", "",
@@ -337,15 +409,66 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _row(r: dict[str, Any], head: list, group: dict[str, Any], m: dict[str, Any]) -> str:
-    cuda = m["device"].startswith("cuda")
+PEER_NOTES = [
+    "Peers (`benchmarks/peers.py`): foolbox `L2DeepFoolAttack(candidates=C, loss='logits')` on the same plain network, "
+    "images (batches as revnet's) and iteration budget, bounds (−inf, inf), the clean predictions as labels, timed in "
+    "the same rounds; torchattacks `DeepFool` attacks one image at a time, so it runs once on the first "
+    "`--torchattacks-images` images, on [0, 1] pixels (its only box) behind the checkpoint's preprocessing, and its "
+    "‖Δx‖ is compared with revnet's on the same images.",
+]
+
+
+def target_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """The issue-17 targets per model: revnet ≥ 1.5× the fastest autograd engine's images/s; LeNet ≥ 10×
+    foolbox's at a median ‖Δx‖ within 5% of foolbox's."""
+    out = []
+    for model in dict.fromkeys(r["model"] for r in rows):
+        group = {r["engine"]: r for r in rows if r["model"] == model and "images_per_s" in r}
+        rev = group.get("revnet")
+        if rev is None:
+            continue
+        autograd = [group[e] for e in AUTOGRAD if e in group]
+        if autograd:
+            best = max(autograd, key=lambda r: r["images_per_s"])
+            ratio = rev["images_per_s"] / best["images_per_s"]
+            sp = best["revnet_speedup"]
+            out.append(f"- {model}: revnet {rev['images_per_s']:.0f} images/s vs the fastest autograd engine "
+                       f"({best['engine']}, {best['images_per_s']:.0f}): **{ratio:.2f}×** (rounds: median "
+                       f"{sp['median']:.2f}, IQR {sp['q25']:.2f}–{sp['q75']:.2f}); target ≥ {TARGET_AUTOGRAD:g}×: "
+                       f"{'met' if ratio >= TARGET_AUTOGRAD else 'MISSED'}.")
+        fb = group.get("foolbox")
+        if fb is not None:
+            ratio = rev["images_per_s"] / fb["images_per_s"]
+            norm = fb["norm_ratio"]
+            dev = abs(1 / norm - 1) if norm else float("inf")  # revnet's ‖Δx‖ relative to foolbox's
+            goal = f"target ≥ {TARGET_FOOLBOX:g}× within {NORM_TOLERANCE:.0%}"
+            verdict = ("met" if ratio >= TARGET_FOOLBOX and dev <= NORM_TOLERANCE else "MISSED") if model == "lenet" \
+                else "reported (the target is LeNet's)"
+            out.append(f"- {model}: revnet vs foolbox: **{ratio:.1f}×** the images/s (rounds: median "
+                       f"{fb['revnet_speedup']['median']:.1f}, IQR {fb['revnet_speedup']['q25']:.1f}–"
+                       f"{fb['revnet_speedup']['q75']:.1f}); median ‖Δx‖ foolbox / revnet {fmt(norm)} "
+                       f"(revnet's {dev:.1%} from foolbox's); {goal}: {verdict}.")
+        ta = group.get("torchattacks")
+        if ta is not None:
+            out.append(f"- {model}: revnet vs torchattacks: {rev['images_per_s'] / ta['images_per_s']:.0f}× the "
+                       f"images/s ({ta['note']}); median ‖Δx‖ torchattacks / revnet {fmt(ta['norm_ratio'])}.")
+    return out
+
+
+def _row(r: dict[str, Any], head: list, cuda: bool) -> str:
     cells = [str(h) for h in head] + [r["engine"]]
+    if "missing" in r:
+        return "| " + " | ".join(cells + [r["missing"]]) + " |"
     if "error" in r:
         return "| " + " | ".join(cells + [f"failed: {r['error'][:80]}"]) + " |"
-    rev = group.get("revnet")
-    speedup = rev["images_per_s"] / r["images_per_s"] if rev and r["engine"] != "revnet" else None
-    cells += [f"{r['images_per_s']:.1f}", f"{r['median_s']:.3f}", f"{r['iqr_s']:.3f}",
-              fmt(speedup) + ("×" if speedup else ""), f"{r['mean_iterations']:.2f}", f"{r['fooling_rate']:.0%}"]
+    sp = r.get("revnet_speedup")
+    speed = (f"{sp['median']:.2f}× ({sp['q25']:.2f}–{sp['q75']:.2f}, {sp['min']:.2f}–{sp['max']:.2f})" if sp
+             else ("–" if r["engine"] == "revnet" else r.get("note", "–")))
+    if r["engine"] == "torchattacks" and r.get("note"):
+        speed = r["note"]
+    cells += [f"{r['images_per_s']:.1f}", f"{r['median_s']:.3f}", f"{r['iqr_s']:.3f}", speed,
+              f"{r['median_norm']:.4f}", fmt(r.get("norm_ratio")),
+              f"{r['mean_iterations']:.2f}" if "mean_iterations" in r else "–", f"{r['fooling_rate']:.0%}"]
     if cuda:
         cells.append(fmt(r.get("peak_mib")))
     return "| " + " | ".join(cells) + " |"

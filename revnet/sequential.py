@@ -12,6 +12,7 @@ from collections import OrderedDict
 from typing import Any, NamedTuple, Optional
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import registry
@@ -142,6 +143,27 @@ class Sequential(nn.Sequential):
         g = self.reverse_rows(rows, tape)
         in_rest = tuple(tape.in_shape[1:])
         return g.reshape(tape.in_shape[0], k, *in_rest) if k is not None else g
+
+    def reverse_differences(self, toward: Tensor, away: Tensor, tape: SequentialTape) -> Tensor:
+        """``reverse`` of the logit-difference rows ``e_toward − e_away`` (DeepFool's ``w_k − w_l``): toward
+        ``(N, K)``, away ``(N,)`` -> ``(N, K, *in)``, or toward ``(N,)`` -> ``(N, *in)``. With a final layer that
+        has ``reverse_differences`` (``Linear``) and logits ``(N, C)``, the rows start as ``W[k] − W[l]``
+        instead of a product with one-hot rows; otherwise the one-hot rows go through ``reverse``."""
+        self._check_tape(tape)
+        children = list(self.children())
+        k = toward.shape[1] if toward.dim() == 2 else None
+        toward_rows = toward if k is not None else toward.unsqueeze(1)
+        last = children[-1] if children else None
+        if last is None or not callable(getattr(last, "reverse_differences", None)) or len(tape.out_shape) != 2:
+            classes = tape.out_shape[-1]
+            v = (F.one_hot(toward_rows, classes) - F.one_hot(away, classes).unsqueeze(1)).to(tape.dtype)
+            g = self.reverse(v, tape)
+            return g if k is not None else g.squeeze(1)
+        g = last.reverse_differences(toward_rows, away).to(tape.dtype).flatten(0, 1)  # (N·K, D)
+        for layer, entry in zip(reversed(children[:-1]), reversed(tape.entries[:-1])):
+            g = reverse_rows(layer, g, entry)
+        rest = tuple(tape.in_shape[1:])
+        return g.reshape(tape.in_shape[0], k, *rest) if k is not None else g.reshape(tape.in_shape[0], *rest)
 
     def reversed(self) -> "Reversed":
         """The reverse network, a printable module that shares this network's parameters."""

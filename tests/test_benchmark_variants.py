@@ -203,6 +203,7 @@ def _step_main(argv):
 def test_step_script_runs_end_to_end(tmp_path, checkpoints):
     report = _step_main(["--models", "mlp", "lenet", "--batch-sizes", "2", "3", "--repeats", "2", "--warmup", "1",
                          "--max-iter", "2", "--isolation", "inprocess", "--threads", "1", "--output", str(tmp_path),
+                         "--rounds", "3",
                          "--reference", checkpoints["mlp"], "--reference", checkpoints["lenet"]])
     for suffix in ("json", "md", "png"):
         assert (tmp_path / f"step.{suffix}").stat().st_size > 0
@@ -215,11 +216,20 @@ def test_step_script_runs_end_to_end(tmp_path, checkpoints):
     assert "| lenet | 3 | 5. autograd-shortcut |" in md and "| lenet | 3 | 1g. revnet-graph |" in md
     assert "not measured in this run" in md
     assert all(r["graph_vs_sequential"] > 0 for r in report["ratios"])
+    # the interleaved rounds: every variant once per round, the ratios per round with their spread
+    assert len(saved["interleaved"]) == 4 and all(b["rounds"] == 3 for b in saved["interleaved"])
+    block = saved["interleaved"][0]
+    assert set(block["variants"]) == set(V.VARIANTS) and block["variants"]["revnet"]["repeats"] == 3
+    sp = block["revnet_over"]["autograd-shortcut"]
+    assert sp["n"] == 3 and sp["min"] <= sp["median"] <= sp["max"]
+    ratio = next(r for r in report["ratios"] if r["model"] == block["model"] and r["batch_size"] == block["batch_size"])
+    assert ratio["time_source"] == "interleaved rounds" and ratio["time_vs_shortcut"] == sp["median"]
+    assert "## Interleaved rounds (one process)" in md and [t["model"] for t in report["targets"]] == ["lenet", "mlp"]
 
 
 def test_min_repeats_caps_a_slow_variant(tmp_path, checkpoints):
     report = _step_main(["--models", "mlp", "--batch-sizes", "2", "--variants", "revnet", "revnet-graph",
-                         "--repeats", "5", "--min-repeats", "1", "--time-budget", "0", "--warmup", "0",
+                         "--repeats", "5", "--min-repeats", "1", "--time-budget", "0", "--warmup", "0", "--rounds", "0",
                          "--max-iter", "2", "--isolation", "inprocess", "--threads", "1", "--output", str(tmp_path),
                          "--reference", checkpoints["mlp"]])
     assert [r["repeats"] for r in report["results"]] == [1, 1]
@@ -245,6 +255,7 @@ def test_graph_vs_sequential_mode_runs_interleaved(tmp_path, checkpoints):
 def test_step_script_subprocess_memory_amp_and_no_early_stop(tmp_path, checkpoints):
     report = _step_main(["--models", "mlp", "--batch-sizes", "2", "--repeats", "2", "--warmup", "0",
                          "--max-iter", "2", "--variants", "revnet", "autograd-shortcut", "--no-early-stop", "--amp",
+                         "--rounds", "2",
                          "--threads", "1", "--output", str(tmp_path), "--reference", checkpoints["mlp"]])
     assert (tmp_path / "step-amp-no-early-stop.json").is_file() and (tmp_path / "step-amp-no-early-stop.png").is_file()
     assert report["equivalence"]["mlp"]["revnet"]["mean_iterations"] == 2
@@ -271,8 +282,30 @@ def test_deepfool_script_runs_end_to_end(tmp_path, checkpoints):
          "--classes", "10", "20", "--candidates", "5", "--scaling-batch", "4", "--max-iter", "3", "--repeats", "2",
          "--warmup", "0", "--threads", "1", "--output", str(tmp_path)]))
     saved = json.loads((tmp_path / "deepfool.json").read_text())
-    assert len(saved["mnist"]) == 4 and len(saved["scaling"]) == 4 * 4
+    # four engines, foolbox (test extra) and torchattacks (optional bench extra: a row either way)
+    assert [r["engine"] for r in saved["mnist"]] == ["revnet", "loop", "batched", "func", "foolbox", "torchattacks"]
+    assert len(saved["scaling"]) == 4 * 4
     assert not any("error" in r for r in saved["mnist"] + saved["scaling"])
     assert {(r["classes"], r["candidates"]) for r in report["scaling"]} == {(10, 10), (10, 5), (20, 20), (20, 5)}
+    rows = {r["engine"]: r for r in saved["mnist"]}
+    for name in ("loop", "foolbox"):  # interleaved rounds: one ratio per round, and the norms against revnet's
+        assert rows[name]["repeats"] == 2 and rows[name]["revnet_speedup"]["min"] > 0
+        assert 0.9 < rows[name]["norm_ratio"] < 1.1
+    assert rows["loop"]["norm_ratio"] == pytest.approx(1, abs=1e-4)  # the same algorithm
+    ta = rows["torchattacks"]
+    assert ta.get("missing", "").startswith("not installed") or ta["images"] == 4
     md = (tmp_path / "deepfool.md").read_text()
     assert "## Scaling with the number of classes" in md and "| lenet | revnet |" in md
+    assert "### Against the targets" in md and "revnet vs foolbox" in md
+
+
+def test_deepfool_script_reports_a_missing_peer(tmp_path, checkpoints, monkeypatch):
+    real = deepfool_script.missing
+    monkeypatch.setattr(deepfool_script, "missing", lambda name: "not installed (test)" if name == "foolbox"
+                        else real(name))
+    deepfool_script.main(deepfool_script.get_args_parser().parse_args(
+        ["--parts", "mnist", "--models", "lenet", "--reference", checkpoints["lenet"], "--num-images", "2",
+         "--batch-size", "2", "--max-iter", "2", "--repeats", "1", "--warmup", "0", "--engines", "revnet", "loop",
+         "--peers", "foolbox", "--threads", "1", "--output", str(tmp_path)]))
+    md = (tmp_path / "deepfool.md").read_text()
+    assert "| lenet | foolbox | not installed (test) |" in md

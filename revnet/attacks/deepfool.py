@@ -247,14 +247,14 @@ def _step(
     if untargeted.any():
         with torch.no_grad():  # choosing k: piecewise constant, no gradient flows through the choice
             f = logits.detach()
-            # v[a, j] = e_{others[a, j]} − e_{away[a]}: the reverse gives every w_c − w_l
-            v = _one_hot(others, num_classes, v_dtype) - _one_hot(away, num_classes, v_dtype).unsqueeze(1)
+            # the rows e_{others[a, j]} − e_{away[a]}: their reverse gives every w_c − w_l
             gap = (f.gather(1, others) - f.gather(1, away[:, None])).abs()  # (A, Q−1)
             keep_w = not differentiable and bool(untargeted.all())  # then the chosen row is the step's w
             chunk = class_chunk or _default_class_chunk(a, others.shape[1], logits.device)
             best_dist = best = None
             for j in range(0, others.shape[1], chunk):
-                w_part = _wide(net.reverse(v[:, j : j + chunk], tape)).flatten(2)  # (A, J, D)
+                part = _reverse_differences(net, others[:, j : j + chunk], away, tape, num_classes, v_dtype)
+                w_part = _wide(part).flatten(2)  # (A, J, D)
                 dist, idx = (gap[:, j : j + chunk] / torch.linalg.vector_norm(w_part, dim=2).clamp_min(floor)).min(1)
                 if best is None:  # min(1): the first minimum, i.e. the higher clean logit on ties
                     best_dist, best = dist, idx
@@ -267,8 +267,7 @@ def _step(
             toward = torch.where(untargeted, others[rows, best], target)
     if w is None:
         # one row per sample, e_k − e_l, with a graph when differentiable
-        v = _one_hot(toward, num_classes, v_dtype) - _one_hot(away, num_classes, v_dtype)
-        w = _wide(net.reverse(v, tape)).flatten(1)
+        w = _wide(_reverse_differences(net, toward, away, tape, num_classes, v_dtype)).flatten(1)
     gap = (logits.gather(1, toward[:, None]) - logits.gather(1, away[:, None])).abs().squeeze(1)  # |f_k − f_l|
     norm = torch.linalg.vector_norm(w, dim=1).clamp_min(floor)  # ‖w_k − w_l‖
     r = (gap / norm).unsqueeze(1) * (w / norm.unsqueeze(1))  # |f_k − f_l| / ‖w‖² · w, without squaring ‖w‖
@@ -292,6 +291,19 @@ def _default_class_chunk(samples: int, classes: int, device: torch.device) -> in
     if device.type != "cpu":
         return classes
     return max(1, min(classes, CPU_CHOICE_ROWS // max(samples, 1)))
+
+
+def _reverse_differences(net: nn.Module, toward: Tensor, away: Tensor, tape: object, num_classes: int,
+                         dtype: torch.dtype) -> Tensor:
+    """The reverse of the rows ``e_toward − e_away``: toward ``(A, J)`` -> ``(A, J, *in)``, toward ``(A,)`` ->
+    ``(A, *in)``. A network with ``reverse_differences`` (``revnet.Sequential`` ending in a ``Linear``) starts
+    from the row difference ``W[k] − W[l]``; any other gets the one-hot rows (in ``dtype``) through ``reverse``."""
+    rows = getattr(net, "reverse_differences", None)
+    if rows is not None:
+        return rows(toward, away, tape)
+    away_rows = _one_hot(away, num_classes, dtype)
+    v = _one_hot(toward, num_classes, dtype) - (away_rows.unsqueeze(1) if toward.dim() == 2 else away_rows)
+    return net.reverse(v, tape)
 
 
 def _one_hot(index: Tensor, num_classes: int, dtype: torch.dtype) -> Tensor:

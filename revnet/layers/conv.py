@@ -4,12 +4,21 @@ The forward may drop the last rows/columns of the padded input when ``(H_in + 2p
 multiple of the stride; the reverse restores the input size exactly with
 ``output_padding = (H_in + 2p − d(k−1) − 1) mod s`` in each spatial dimension. ``padding="same"`` with an
 even receptive field pads asymmetrically: then the reverse transposes without padding and crops.
+
+Kernel choice (the same transposed convolution either way, exact up to float rounding): on the CPU a
+convolution with one input channel (the first layer of an MNIST network) reverses through ATen's im2col/GEMM
+kernel (``slow_conv_transpose2d``) instead of oneDNN's, whose transposed convolution onto a single channel is
+slow there. LeNet's conv1 reverse (20→1 channels, 24×24→28×28, float32, 2 cores): 2.3 instead of 5.9 ms at
+100 rows, 4.7 instead of 11.4 ms at 200 rows, 5.6 instead of 8.8 ms with its backward. With more input
+channels oneDNN was as fast or faster (LeNet conv2 2.1× slower in im2col, CIFAR conv1 1.5× slower with the
+backward), so they keep it. ``python benchmarks/conv_kernels.py``, ``benchmarks/results/conv-kernels.md``.
 """
 
 from __future__ import annotations
 
 from typing import NamedTuple
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -64,11 +73,21 @@ class Conv2d(nn.Conv2d):
                 (size + 2 * p - d * (k - 1) - 1) % s
                 for size, (p, _), d, k, s in zip(tape.in_size, pads, self.dilation, self.kernel_size, self.stride)
             ]
-            return F.conv_transpose2d(
-                v, self.weight, None, self.stride, [p for p, _ in pads], output_padding, self.groups, self.dilation
-            )
+            padding = [p for p, _ in pads]
+            if _single_channel_on_cpu(self, v):
+                return torch.ops.aten.slow_conv_transpose2d(
+                    v, self.weight, self.kernel_size, None, self.stride, padding, output_padding, self.dilation)
+            return F.conv_transpose2d(v, self.weight, None, self.stride, padding, output_padding, self.groups,
+                                      self.dilation)
         # Asymmetric ("same" with an even receptive field; torch allows it only with stride 1): transpose
         # onto the whole padded grid (H_in + total padding), then crop the padding away.
         g = F.conv_transpose2d(v, self.weight, None, self.stride, 0, 0, self.groups, self.dilation)
         (top, _), (left, _) = pads
         return g[..., top : top + tape.in_size[0], left : left + tape.in_size[1]]
+
+
+def _single_channel_on_cpu(conv: nn.Conv2d, v: Tensor) -> bool:
+    """True where the im2col kernel beats oneDNN's transposed convolution (see the module docstring): one input
+    channel, no groups, float32/float64 rows on the CPU."""
+    return (v.device.type == "cpu" and conv.in_channels == 1 and conv.groups == 1
+            and v.dtype in (torch.float32, torch.float64))

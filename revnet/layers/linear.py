@@ -29,3 +29,9 @@ class Linear(nn.Linear):
         expect_tape(self, tape, LinearTape)
         # g[..., i] = Σ_o v[..., o] · W[o, i]
         return torch.matmul(v, self.weight)
+
+    def reverse_differences(self, toward: Tensor, away: Tensor) -> Tensor:
+        """The reverse of the one-hot difference rows ``e_toward − e_away`` without building them: the row
+        difference ``W[toward] − W[away]`` (what DeepFool reverses; equal to ``reverse`` of those rows, since
+        the product adds exact zeros). Shapes: toward ``(N, K)``, away ``(N,)`` -> ``(N, K, D_in)``."""
+        return self.weight[toward] - self.weight[away].unsqueeze(1)

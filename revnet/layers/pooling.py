@@ -60,7 +60,8 @@ class MaxPool2d(nn.MaxPool2d):
         h, w = tape.in_size
         rows = v.reshape(n, -1, c, v.shape[-2] * v.shape[-1])  # (N, K, C, H_out·W_out)
         index = tape.indices.flatten(2).unsqueeze(1).expand_as(rows)
-        g = rows.new_zeros(n, rows.shape[1], c, h * w).scatter_add(3, index, rows)
+        # in place into fresh zeros (the out-of-place scatter_add would copy the zeros once more)
+        g = rows.new_zeros(n, rows.shape[1], c, h * w).scatter_add_(3, index, rows)
         return g.reshape(v.shape[0], c, h, w)
 
 
