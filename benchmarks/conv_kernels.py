@@ -1,14 +1,15 @@
 """Which kernel should a Conv2d's reverse (a transposed convolution) use on the CPU? oneDNN's (``F.conv_transpose2d``)
-against ATen's im2col/GEMM kernel (``torch.ops.aten.slow_conv_transpose2d``), on the layer shapes of the
+against ATen's im2col/GEMM kernel (``torch.ops.aten.slow_conv_transpose2d``) and against oneDNN's on
+``channels_last`` rows (with the layout conversions in and out), on the layer shapes of the
 benchmarked networks, with and without a backward (the differentiable DeepFool row).
 
 Example::
 
     python benchmarks/conv_kernels.py                  # writes benchmarks/results/conv-kernels.{json,md}
 
-For every layer the two kernels run interleaved in one process (A B A B ..., ``--repeats`` rounds after
+For every layer the three run interleaved in one process (A B A B ..., ``--repeats`` rounds after
 ``--warmup``), on the same random rows; reported: the median and interquartile range of each and the median of
-the per-round ratios im2col / oneDNN. ``revnet.Conv2d.reverse`` uses the im2col kernel where this table says it
+the per-round ratios over oneDNN's. ``revnet.Conv2d.reverse`` uses the im2col kernel where this table says it
 is faster: on the CPU for one input channel (see ``revnet/layers/conv.py``).
 """
 
@@ -69,6 +70,9 @@ def measure_layer(spec, repeats: int, warmup: int) -> dict:
         "onednn": lambda: F.conv_transpose2d(v, w, None, s, p, out_pad),
         "im2col": lambda: torch.ops.aten.slow_conv_transpose2d(v, w, [k, k], None, [s, s], [p, p],
                                                                 [out_pad, out_pad], [1, 1]),
+        # channels_last rows, with the conversions in and out (the neighbouring reverses work on NCHW rows)
+        "channels_last": lambda: F.conv_transpose2d(v.contiguous(memory_format=torch.channels_last), w, None, s, p,
+                                                    out_pad).contiguous(),
     }
     with torch.no_grad():
         diff = (kernels["onednn"]() - kernels["im2col"]()).abs().max().item()
@@ -88,10 +92,11 @@ def measure_layer(spec, repeats: int, warmup: int) -> dict:
         for i in range(repeats):
             for name in (list(kernels) if i % 2 == 0 else list(kernels)[::-1]):
                 times[name].append(_time(lambda: run(name)))
-        ratios = [a / b for a, b in zip(times["im2col"], times["onednn"])]
         out[mode] = {name: {"median_ms": statistics.median(t) * 1e3,
                             "iqr_ms": [q * 1e3 for q in _quartiles(t)]} for name, t in times.items()}
-        out[mode]["im2col_over_onednn"] = {"median": statistics.median(ratios), "iqr": list(_quartiles(ratios))}
+        for name in ("im2col", "channels_last"):
+            ratios = [a / b for a, b in zip(times[name], times["onednn"])]
+            out[mode][f"{name}_over_onednn"] = {"median": statistics.median(ratios), "iqr": list(_quartiles(ratios))}
     return out
 
 
@@ -109,16 +114,20 @@ def markdown(report: dict) -> str:
              f"- command: `{report['command']}`",
              f"- {report['repeats']} interleaved rounds per layer and pass after {report['warmup']} warm-up calls; "
              "random rows; float32", "",
-             "| layer | pass | oneDNN ms (IQR) | im2col ms (IQR) | im2col / oneDNN (IQR of the round ratios) |",
-             "| --- | --- | ---: | ---: | ---: |"]
+             "| layer | pass | oneDNN ms (IQR) | im2col ms (IQR) | im2col / oneDNN (IQR of the round ratios) | "
+             "channels_last ms (IQR) | channels_last / oneDNN (IQR) |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
     for r in report["layers"]:
         for mode in ("reverse", "reverse+backward"):
             m = r[mode]
             cell = lambda k: f"{m[k]['median_ms']:.2f} ({m[k]['iqr_ms'][0]:.2f}–{m[k]['iqr_ms'][1]:.2f})"  # noqa: E731
-            ratio = m["im2col_over_onednn"]
+            ratio = lambda k: f"{m[k]['median']:.2f} ({m[k]['iqr'][0]:.2f}–{m[k]['iqr'][1]:.2f})"  # noqa: E731
             lines.append(f"| {r['layer']} | {mode} | {cell('onednn')} | {cell('im2col')} | "
-                         f"{ratio['median']:.2f} ({ratio['iqr'][0]:.2f}–{ratio['iqr'][1]:.2f}) |")
-    lines += ["", "revnet.Conv2d.reverse takes the im2col kernel on the CPU for one input channel (the rows where it "
+                         f"{ratio('im2col_over_onednn')} | {cell('channels_last')} | "
+                         f"{ratio('channels_last_over_onednn')} |")
+    lines += ["", "channels_last: the rows converted to channels_last before oneDNN's transposed convolution and back "
+              "after it (the neighbouring reverses, e.g. the unpooling, index NCHW rows).", "",
+              "revnet.Conv2d.reverse takes the im2col kernel on the CPU for one input channel (the rows where it "
               "is faster above) and oneDNN's otherwise; both compute the same transposed convolution "
               f"(largest difference here {max(r['max_abs_difference'] for r in report['layers']):.1e} in float32)."]
     return "\n".join(lines) + "\n"

@@ -21,10 +21,20 @@ and ``func`` (``torch.func.vjp`` + ``vmap``) run the *same algorithm* on a plain
 weights (``benchmarks/variants.py: shortcut_deepfool``: only the Q−1 candidate rows ``e_c − e_l`` per
 iteration, the chosen row reused, finished samples leave the batch), so the comparison isolates the
 explicit reverse from autograd. Before timing, every engine's perturbations, iterations and labels are
-checked against revnet's in float64 (``--check-batch`` images). Timing: an explicit loop, ``--warmup``
-untimed runs over all images, then ``--repeats`` timed runs (synchronised on CUDA); images/s is the number
-of images over the median time. Peak memory is recorded on CUDA only (``max_memory_allocated`` above the
-allocation before the run). Results: ``--output``/``deepfool[-cuda][-amp].{json,md}``.
+checked against revnet's in float64 (``--check-batch`` images).
+
+Peers (``--peers``, mnist part; ``benchmarks/peers.py``): foolbox's ``L2DeepFoolAttack`` and torchattacks'
+``DeepFool`` on the same plain network, images, batches, iteration budget and overshoot, with the clean
+predictions as labels and no box in effect; reported with their images/s, fooling rate and the median over
+images of their ‖Δx‖ over revnet's. A peer that is not installed gets a row saying so.
+
+Timing (``benchmarks/rounds.py``): all engines and peers of a configuration run in interleaved rounds in one
+process (``--warmup`` untimed runs each, then ``--repeats`` rounds A B C …, … C B A, fewer after
+``--time-budget`` seconds but at least 3); images/s is the number of images over the median time, and the
+revnet speed-up over an engine is the median (with quartiles, min and max) of the per-round time ratios. Peak
+memory is recorded on CUDA only (``max_memory_allocated`` of one extra run). ``--profile``: one
+``torch.profiler`` run per engine and peer (mnist part), top operators by self time, in
+``<name>-profile.md``. Results: ``--output``/``deepfool[-cuda][-amp].{json,md}``.
 """
 
 from __future__ import annotations
@@ -86,9 +96,6 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--peers", nargs="*", default=list(PEERS), choices=list(PEERS),
                    help="mnist part: the peers' DeepFool on the same networks and images (benchmarks/peers.py); a "
                         "peer that is not installed is reported as such")
-    p.add_argument("--torchattacks-images", type=int, default=20,
-                   help="mnist part: torchattacks attacks one image at a time (about 1-2 images/s on LeNet here), so it "
-                        "runs once on the first N images only; its ‖Δx‖ is compared with revnet's on the same images")
     p.add_argument("--max-iter", type=int, default=50, help="DeepFool iterations")
     p.add_argument("--overshoot", type=float, default=0.02, help="DeepFool overshoot")
     p.add_argument("--warmup", type=int, default=1, help="untimed runs before timing")
@@ -112,6 +119,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--amp-dtype", default=None, choices=["float16", "bfloat16"], help="autocast dtype")
     p.add_argument("--threads", type=int, default=None, help="torch threads; unset: torch's default")
     p.add_argument("--seed", type=int, default=0, help="seed of the synthetic network/inputs and the references")
+    p.add_argument("--profile", action="store_true",
+                   help="mnist part: also profile one run of every engine and peer with torch.profiler (top "
+                        "operators by self time, <output>/<name>-profile.md)")
     p.add_argument("--output", default="benchmarks/results", help="folder for the JSON and Markdown results")
     return p
 
@@ -165,6 +175,22 @@ def check_engines(net: revnet.Sequential, x: torch.Tensor, engines: list[str], m
             )
         report[engine] = err
     return report
+
+
+PROFILES: dict[str, dict[str, str]] = {}  # --profile: {model: {engine: table}}
+
+
+def profile_run(fn, device: torch.device) -> str:
+    """The top operators by self time of one run of ``fn`` (torch.profiler)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()  # warm
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        fn()
+        synchronize(device)
+    key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    return prof.key_averages().table(sort_by=key, row_limit=12)
 
 
 def peak_mib(fn, device: torch.device) -> Optional[float]:
@@ -228,6 +254,8 @@ def run_config(args, device, dtype, autocast, net, x, batch_size, candidates, la
             outputs[name] = (torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]))
 
         fns[name] = peer_fn
+    if getattr(args, "profile", False) and "model" in label:
+        PROFILES[label["model"]] = {name: profile_run(fn, device) for name, fn in fns.items()}
     try:
         times = interleaved(fns, rounds=args.repeats, budget_s=args.time_budget, warmup=args.warmup,
                             device=device)
@@ -262,30 +290,15 @@ def run_config(args, device, dtype, autocast, net, x, batch_size, candidates, la
     return rows
 
 
-def torchattacks_row(args, net, x, pre: dict, revnet_delta: torch.Tensor, label: dict) -> dict[str, Any]:
-    """torchattacks' DeepFool once on the first ``--torchattacks-images`` images (it attacks one at a time)."""
-    reason = missing("torchattacks")
-    if reason:
-        return {**label, "engine": "torchattacks", "missing": reason}
-    k = min(args.torchattacks_images, len(x))
-    plain = engine_net("loop", net)
-    attack = torchattacks_attack(plain, args.max_iter, args.overshoot, float(pre["scale"]) * 255.0, pre["mean"])
-    attack(x[:1])  # warm-up on one image
-    t0 = time.perf_counter()
-    delta, fooled = attack(x[:k])
-    seconds = time.perf_counter() - t0
-    return {**label, "engine": "torchattacks", **summarize([seconds]), "images": k, "images_per_s": k / seconds,
-            "median_norm": _norms(delta).median().item(), "fooling_rate": fooled.double().mean().item(),
-            "norm_ratio": norm_ratio(delta, revnet_delta[:k]), "peak_mib": None,
-            "note": f"first {k} images, one run"}
-
-
-def peer_attacks(args, net, num_classes: int) -> dict[str, Any]:
-    """The batched peers for :func:`run_config`: ``{"foolbox": attack}`` or ``{"foolbox": "not installed ..."}``."""
+def peer_attacks(args, net, num_classes: int, pre: dict) -> dict[str, Any]:
+    """The peers for :func:`run_config`: ``{name: attack}``, or ``{name: "not installed (...)"}``."""
     out: dict[str, Any] = {}
+    plain = engine_net("loop", net)
     if "foolbox" in args.peers:
-        reason = missing("foolbox")
-        out["foolbox"] = reason or foolbox_attack(engine_net("loop", net), args.max_iter, args.overshoot, num_classes)
+        out["foolbox"] = missing("foolbox") or foolbox_attack(plain, args.max_iter, args.overshoot, num_classes)
+    if "torchattacks" in args.peers:
+        out["torchattacks"] = missing("torchattacks") or torchattacks_attack(
+            plain, args.max_iter, args.overshoot, float(pre["scale"]) * 255.0, pre["mean"].to(next(plain.parameters())))
     return out
 
 
@@ -327,13 +340,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             with torch.no_grad():
                 num_classes = net(x[:1]).shape[1]
             rows = run_config(args, device, dtype, autocast, net, x, args.batch_size, None, label,
-                              peers=peer_attacks(args, net, num_classes))
-            if "torchattacks" in args.peers and "revnet" in args.engines:
-                revnet_delta = attack_all("revnet", net, x[:args.torchattacks_images], args.batch_size,
-                                          args.max_iter, args.overshoot, None)[0]
-                rows.append(torchattacks_row(args, net, x, pre, revnet_delta, label))
-                print(f"  model {arch} torchattacks {rows[-1].get('missing') or rows[-1]['images_per_s']}",
-                      flush=True)
+                              peers=peer_attacks(args, net, num_classes, pre))
             report["mnist"] += rows
 
     if "scaling" in args.parts:
@@ -354,6 +361,12 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     out_dir.mkdir(parents=True, exist_ok=True)
     write_text(out_dir / f"{name}.json", json.dumps(report, indent=2, default=str) + "\n")
     write_text(out_dir / f"{name}.md", markdown(report))
+    if getattr(args, "profile", False) and PROFILES:
+        text = [f"# torch.profiler: one run of each engine and peer (`{machine['command']}`)", ""]
+        for model, tables in PROFILES.items():
+            for engine, table in tables.items():
+                text += [f"## {model}, {engine}", "", "```", table, "```", ""]
+        write_text(out_dir / f"{name}-profile.md", "\n".join(text))
     print(f"wrote {out_dir / name}.json, .md", flush=True)
     return report
 
@@ -410,11 +423,11 @@ def markdown(report: dict[str, Any]) -> str:
 
 
 PEER_NOTES = [
-    "Peers (`benchmarks/peers.py`): foolbox `L2DeepFoolAttack(candidates=C, loss='logits')` on the same plain network, "
-    "images (batches as revnet's) and iteration budget, bounds (−inf, inf), the clean predictions as labels, timed in "
-    "the same rounds; torchattacks `DeepFool` attacks one image at a time, so it runs once on the first "
-    "`--torchattacks-images` images, on [0, 1] pixels (its only box) behind the checkpoint's preprocessing, and its "
-    "‖Δx‖ is compared with revnet's on the same images.",
+    "Peers (`benchmarks/peers.py`), timed in the same rounds on the same plain network, images (in revnet's "
+    "batches), iteration budget and overshoot, with the clean predictions as labels and no box in effect: foolbox "
+    "`L2DeepFoolAttack(candidates=C, loss='logits')` with bounds (−inf, inf); torchattacks `DeepFool` (one image at a "
+    "time, its [0, 1] clamp kept out of reach by an affine map of the inputs). `fooled`: each attack's own output "
+    "checked by the network; ‖Δx‖ in the network's input space.",
 ]
 
 
@@ -450,8 +463,9 @@ def target_lines(rows: list[dict[str, Any]]) -> list[str]:
                        f"(revnet's {dev:.1%} from foolbox's); {goal}: {verdict}.")
         ta = group.get("torchattacks")
         if ta is not None:
-            out.append(f"- {model}: revnet vs torchattacks: {rev['images_per_s'] / ta['images_per_s']:.0f}× the "
-                       f"images/s ({ta['note']}); median ‖Δx‖ torchattacks / revnet {fmt(ta['norm_ratio'])}.")
+            out.append(f"- {model}: revnet vs torchattacks: **{rev['images_per_s'] / ta['images_per_s']:.0f}×** the "
+                       f"images/s (rounds: median {ta['revnet_speedup']['median']:.0f}); median ‖Δx‖ torchattacks / "
+                       f"revnet {fmt(ta['norm_ratio'])}.")
     return out
 
 
@@ -463,9 +477,7 @@ def _row(r: dict[str, Any], head: list, cuda: bool) -> str:
         return "| " + " | ".join(cells + [f"failed: {r['error'][:80]}"]) + " |"
     sp = r.get("revnet_speedup")
     speed = (f"{sp['median']:.2f}× ({sp['q25']:.2f}–{sp['q75']:.2f}, {sp['min']:.2f}–{sp['max']:.2f})" if sp
-             else ("–" if r["engine"] == "revnet" else r.get("note", "–")))
-    if r["engine"] == "torchattacks" and r.get("note"):
-        speed = r["note"]
+             else "–")
     cells += [f"{r['images_per_s']:.1f}", f"{r['median_s']:.3f}", f"{r['iqr_s']:.3f}", speed,
               f"{r['median_norm']:.4f}", fmt(r.get("norm_ratio")),
               f"{r['mean_iterations']:.2f}" if "mean_iterations" in r else "–", f"{r['fooling_rate']:.0%}"]

@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
-# The GPU checks in one call (one H100/H200, < 5 minutes): the CUDA tests, then benchmarks/step.py (the Deep
-# Defense training step, revnet against the autograd variants) and benchmarks/deepfool.py (evaluation DeepFool
-# throughput) in float32 and under bf16 autocast. Results: JSON/Markdown/PNG under $RESULTS (default
-# benchmarks/results/gpu/), one folder per run, and a log of every command.
+# The GPU checks in one call (one H100/H200, about 5 minutes): the CUDA tests, then benchmarks/step.py (the Deep
+# Defense training step, revnet against the autograd variants, interleaved rounds) for LeNet and the MLP (batch
+# 100 and 1000), the CIFAR ConvNet (batch 128) and ResNet-18 (32 px batch 128, 224 px batch 32), in float32 and
+# under bf16 autocast, torch.compile off and on (LeNet and the ConvNet, float32), and benchmarks/deepfool.py
+# (evaluation DeepFool throughput against autograd and foolbox, LeNet/MLP at batch 100 and 1000). Results:
+# JSON/Markdown/PNG under $RESULTS (default benchmarks/results/gpu/), one folder per run, and a log of every command.
 #
 #   bash benchmarks/gpu.sh            # on the GPU machine
-#   bash benchmarks/gpu.sh --quick    # anywhere (CPU too): the same commands, tiny budgets, so the script cannot rot
+#   bash benchmarks/gpu.sh --quick    # anywhere (CPU too): the same commands, tiny budgets, no compile, so the
+#                                     # script cannot rot (tests/test_gpu_script.py)
 #
-# torch.compile is not run yet (issue 17 adds it); neither are the CIFAR ConvNet or 224-px ResNet-18 steps, which
-# step.py does not time yet.
+# The last full run (benchmarks/results/gpu/gpu.log) predates the ConvNet, the 224-px ResNet, compile and the
+# peers; it took 339 s.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 QUICK=0
@@ -37,16 +40,25 @@ run() {  # run a command, its output into the log (and the terminal), its wall t
 if [[ $QUICK == 1 ]]; then
   DEVICE=${DEVICE:-cpu}
   STEP=(--models lenet --batch-sizes 10 --variants revnet autograd-shortcut --warmup 0 --repeats 1 --min-repeats 1
-        --time-budget 1 --ref-epochs 1)
-  RESNET=()
-  DEEPFOOL=(--parts mnist --models lenet --num-images 20 --batch-size 10 --warmup 0 --repeats 1 --time-budget 1
-            --ref-epochs 1 --engines revnet batched)
+        --time-budget 1 --ref-epochs 1 --rounds 1)
+  RANDOM_STEPS=()
+  COMPILE=()
+  DEEPFOOL=(--parts mnist --models lenet --num-images 20 --warmup 0 --repeats 1 --time-budget 1
+            --ref-epochs 1 --engines revnet batched --peers foolbox)
+  DEEPFOOL_BATCHES=(10)
 else
   DEVICE=${DEVICE:-cuda}
-  STEP=(--models mlp lenet --batch-sizes 100 1000 --warmup 2 --repeats 20 --min-repeats 3 --time-budget 2)
-  RESNET=(--models resnet18-32 --batch-sizes 128 --warmup 1 --repeats 10 --min-repeats 1 --time-budget 4)
-  DEEPFOOL=(--parts mnist scaling --models mlp lenet --num-images 1000 --batch-size 1000 --warmup 1 --repeats 5
-            --time-budget 3)
+  STEP=(--models mlp lenet --batch-sizes 100 1000 --warmup 2 --repeats 10 --min-repeats 3 --time-budget 1
+        --rounds 5 --rounds-budget 3)
+  # name:batch, with the variants that finish in seconds on these networks
+  RANDOM_STEPS=(convnet-cifar:128 resnet18-32:128 resnet18-224:32)
+  RANDOM_ARGS=(--variants revnet autograd-batched autograd-shortcut --warmup 1 --repeats 5 --min-repeats 1
+               --time-budget 2 --rounds 3 --rounds-budget 4)
+  COMPILE=(--variants revnet autograd-shortcut --warmup 2 --repeats 10 --min-repeats 3 --time-budget 1 --rounds 5
+           --rounds-budget 3 --compile)
+  DEEPFOOL=(--parts mnist --models mlp lenet --num-images 1000 --warmup 1 --repeats 5 --time-budget 3
+            --peers foolbox)
+  DEEPFOOL_BATCHES=(100 1000)
 fi
 COMMON=(--device "$DEVICE" --cache-dir "$CACHE")
 
@@ -58,12 +70,23 @@ for amp in "" "--amp --amp-dtype bfloat16"; do
   tag=$([[ -z $amp ]] && echo fp32 || echo bf16)
   # shellcheck disable=SC2086
   run "$PY" benchmarks/step.py "${STEP[@]}" "${COMMON[@]}" --isolation inprocess $amp --output "$RESULTS/step-$tag"
-  if [[ ${#RESNET[@]} -gt 0 ]]; then
+  for spec in "${RANDOM_STEPS[@]}"; do
+    model=${spec%%:*} batch=${spec##*:}
     # shellcheck disable=SC2086
-    run "$PY" benchmarks/step.py "${RESNET[@]}" "${COMMON[@]}" --isolation inprocess $amp --output "$RESULTS/step-resnet18-32-$tag"
-  fi
-  # shellcheck disable=SC2086
-  run "$PY" benchmarks/deepfool.py "${DEEPFOOL[@]}" "${COMMON[@]}" $amp --output "$RESULTS/deepfool-$tag"
+    run "$PY" benchmarks/step.py --models "$model" --batch-sizes "$batch" "${RANDOM_ARGS[@]}" "${COMMON[@]}" \
+      --isolation inprocess $amp --output "$RESULTS/step-$model-$tag"
+  done
+  for batch in "${DEEPFOOL_BATCHES[@]}"; do
+    # shellcheck disable=SC2086
+    run "$PY" benchmarks/deepfool.py "${DEEPFOOL[@]}" --batch-size "$batch" "${COMMON[@]}" $amp \
+      --output "$RESULTS/deepfool-b$batch-$tag"
+  done
 done
+if [[ ${#COMPILE[@]} -gt 0 ]]; then  # torch.compile on (variant 1c), float32
+  run "$PY" benchmarks/step.py --models lenet --batch-sizes 100 1000 "${COMPILE[@]}" "${COMMON[@]}" --isolation inprocess \
+    --output "$RESULTS/step-compile-fp32"
+  run "$PY" benchmarks/step.py --models convnet-cifar --batch-sizes 128 "${COMPILE[@]}" "${COMMON[@]}" \
+    --isolation inprocess --output "$RESULTS/step-convnet-cifar-compile-fp32"
+fi
 echo "results in $RESULTS; $FAILED command(s) failed" | tee -a "$LOG"
 [[ $FAILED == 0 ]]

@@ -5,7 +5,8 @@ Example::
     python benchmarks/step.py                      # MLP and LeNet, batch 10 and 100, reference weights
     python benchmarks/step.py --no-early-stop      # worst case: every sample runs all --max-iter iterations
     python benchmarks/step.py --full               # adds batch 1000
-    python benchmarks/step.py --device cuda --amp  # GPU, mixed precision (untested here: no GPU was lent)
+    python benchmarks/step.py --device cuda --amp  # GPU, mixed precision (benchmarks/gpu.sh runs it)
+    python benchmarks/step.py --compile            # adds variant 1c: torch.compile'd trace and reverse
     python benchmarks/step.py --graph-vs-sequential  # LeNet batch 100: revnet.Graph vs revnet.Sequential, interleaved
     python benchmarks/step.py --models resnet18-32 --variants revnet autograd-loop autograd-batched torch-func \
         autograd-shortcut --warmup 1 --repeats 5 --time-budget 30    # ResNet-18, 32×32, batch 32 (step-resnet18-32.*)
@@ -54,9 +55,11 @@ upper quartile of the pair ratios is). Both are first checked equal in float64 (
 their float32 loss and DeepFool iterations at the timed batch are compared. Written to
 ``--output``/``graph-vs-sequential[-cuda].{json,md}``.
 
-``--models resnet18-32``: torchvision's ``resnet18(num_classes=10)`` with random weights (``torch.manual_seed(
---seed)``, no CIFAR-10 offline), BatchNorm in eval mode (running statistics 0/1), on random N(0, 1) inputs
-of shape (N, 3, 32, 32) from ``torch.Generator().manual_seed(--seed)`` (batch 32 unless ``--batch-sizes``);
+``--models resnet18-32`` (also ``resnet18-224``: the same network on 3×224×224 inputs, and ``convnet-cifar``: the
+paper's CIFAR-10 ConvNet, batch 128): torchvision's ``resnet18(num_classes=10)`` with random weights
+(``torch.manual_seed(--seed)``, no CIFAR-10 offline), BatchNorm in eval mode (running statistics 0/1), on random
+N(0, 1) inputs of shape (N, 3, 32, 32) from ``torch.Generator().manual_seed(--seed)`` (batch 32 unless
+``--batch-sizes``);
 labels are the network's own clean predictions with every 4th shifted by one class, so about 3/4 of the
 samples take DeepFool's untargeted branch (as when fine-tuning a trained network) and 1/4 the targeted one.
 Variant 1 runs on ``revnet.convert(model)`` (a ``revnet.Graph``), variants 2-5 on the plain torchvision
@@ -90,10 +93,16 @@ import torch  # noqa: E402
 import data as data_lib  # noqa: E402  (train/data.py)
 import models  # noqa: E402
 from benchmarks.rounds import interleaved, round_ratios  # noqa: E402
-from benchmarks.variants import VARIANTS, StepConfig, check_equivalence  # noqa: E402
+from benchmarks.variants import ALL_VARIANTS, COMPILED, VARIANTS, StepConfig, check_equivalence, compile_frames  # noqa: E402,E501
 
 MNIST_MODELS = ["lenet", "mlp"]  # models.build(arch) + checkpoints, embedded MNIST batches
-RANDOM_MODELS = ("resnet18-32",)  # torchvision resnet18(num_classes=10), random init, random 3×32×32 batches
+# random init and random N(0, 1) batches (no CIFAR-10/ImageNet offline): (input shape, default batch, network)
+RANDOM_SPECS = {
+    "resnet18-32": ((3, 32, 32), 32, "torchvision.models.resnet18(num_classes=10)"),
+    "resnet18-224": ((3, 224, 224), 32, "torchvision.models.resnet18(num_classes=10)"),
+    "convnet-cifar": ((3, 32, 32), 128, "models.cifar.convnet() (the paper's CIFAR-10 ConvNet)"),
+}
+RANDOM_MODELS = tuple(RANDOM_SPECS)
 GRAPH_VARIANT = "revnet-graph"
 GRAPH_TARGET = 1.10  # a Graph built from a chain: within 10% of the Sequential step (ratio of the medians)
 
@@ -114,18 +123,25 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         add_help=add_help, formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--models", nargs="+", default=None, choices=MNIST_MODELS + list(RANDOM_MODELS),
-                   help="architectures: models.mlp(), models.lenet() (MNIST reference weights); resnet18-32: "
-                        "torchvision.models.resnet18(num_classes=10) on 3×32×32 inputs, random init and random data "
-                        "(no CIFAR-10 offline; see the docstring). Default: mlp lenet; lenet with "
-                        "--graph-vs-sequential")
+                   help="architectures: models.mlp(), models.lenet() (MNIST reference weights); random init and "
+                        "random data (no CIFAR-10/ImageNet offline; see the docstring): resnet18-32 / resnet18-224: "
+                        "torchvision.models.resnet18(num_classes=10) on 3×32×32 / 3×224×224 inputs (batch 32 by "
+                        "default), convnet-cifar: the paper's CIFAR-10 ConvNet (models.cifar.convnet(), batch 128). "
+                        "Default: mlp lenet; lenet with --graph-vs-sequential")
     p.add_argument("--batch-sizes", nargs="+", type=int, default=None,
                    help="batch sizes to time. Default: 10 100 for mlp/lenet, 32 for resnet18-32; 100 with "
                         "--graph-vs-sequential")
     p.add_argument("--full", action="store_true", help="add batch size 1000 (mlp/lenet only)")
-    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS),
-                   help="variants to run (1 revnet, 1g revnet-graph, 2 autograd-loop, 3 autograd-batched, "
-                        "4 torch-func, 5 autograd-shortcut); revnet-graph is skipped for resnet18-32 (the same "
-                        "network as revnet there)")
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(ALL_VARIANTS),
+                   help="variants to run (1 revnet, 1c revnet-compiled (also added by --compile), 1g revnet-graph, "
+                        "2 autograd-loop, 3 autograd-batched, 4 torch-func, 5 autograd-shortcut); revnet-graph is "
+                        "skipped for the random models (the same network as revnet there)")
+    p.add_argument("--compile", action="store_true",
+                   help="also time variant 1c, revnet with torch.compile(dynamic=True) of the network's trace and "
+                        "reverse (benchmarks/variants.py); its compile time (the priming and warm-up steps) and "
+                        "any recompiles during the timed steps are reported apart from the step time; it is not "
+                        "in the float64 check (compiling float64 as well would double the wait), its float32 loss "
+                        "is compared with variant 1's in the interleaved rounds")
     p.add_argument("--graph-vs-sequential", action="store_true",
                    help="instead of the variant table: time variant 1 (revnet.Sequential) and 1g (revnet.Graph "
                         "of the plain copy) interleaved in one process (ABBA pairs), LeNet batch 100 by default, "
@@ -370,20 +386,23 @@ def load_batch(ckpt_path: str, batch_size: int, device: torch.device, dtype: tor
     return net.to(device=device, dtype=dtype), x.to(device=device, dtype=dtype), labels[:batch_size].to(device)
 
 
-RESNET_ORIGIN = ("random init: torch.manual_seed({seed}), torchvision.models.resnet18(num_classes=10), eval mode "
-                 "(BatchNorm running statistics 0/1); no CIFAR-10 offline")
+RANDOM_ORIGIN = ("random init: torch.manual_seed({seed}), {network}, eval mode (BatchNorm running statistics 0/1); "
+                 "no CIFAR-10/ImageNet offline")
 
 
-def resnet18_batch(batch_size: int, device: torch.device, dtype: torch.dtype, seed: int = 0):
-    """``(net, x, y)`` for ``resnet18-32``: torchvision's ResNet-18 (10 classes) with random weights from
-    ``torch.manual_seed(seed)``, eval mode; ``x`` random N(0, 1) images (N, 3, 32, 32) from
+def random_batch(arch: str, batch_size: int, device: torch.device, dtype: torch.dtype, seed: int = 0):
+    """``(net, x, y)`` for a random model (``RANDOM_SPECS``): the network with random weights from
+    ``torch.manual_seed(seed)``, eval mode; ``x`` random N(0, 1) images of the model's input shape from
     ``torch.Generator().manual_seed(seed)``; ``y`` the clean predictions with every 4th label shifted by one
-    class (about 3/4 untargeted and 1/4 targeted DeepFool, as when fine-tuning a trained network)."""
+    class (about 3/4 untargeted and 1/4 targeted DeepFool, as when fine-tuning a trained network).
+    ``resnet18-224`` has 10 classes too: with the ImageNet recipe's ``candidates=10`` DeepFool reverses the same
+    9 rows per sample, so the step costs what an ImageNet step does, up to the 512×1000 last layer."""
     import torchvision
 
+    shape, _, _ = RANDOM_SPECS[arch]
     torch.manual_seed(seed)
-    net = torchvision.models.resnet18(num_classes=10).eval()
-    x = torch.randn(batch_size, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
+    net = (models.build("convnet") if arch == "convnet-cifar" else torchvision.models.resnet18(num_classes=10)).eval()
+    x = torch.randn(batch_size, *shape, generator=torch.Generator().manual_seed(seed))
     with torch.no_grad():
         y = net(x).argmax(1)
     y[::4] = (y[::4] + 1) % 10
@@ -392,9 +411,9 @@ def resnet18_batch(batch_size: int, device: torch.device, dtype: torch.dtype, se
 
 def model_batch(arch: str, ckpt_path: Optional[str], batch_size: int, device: torch.device, dtype: torch.dtype,
                 seed: int = 0):
-    """``(net, x, y)`` of one configuration: :func:`load_batch` for the MNIST models, :func:`resnet18_batch`."""
-    if arch == "resnet18-32":
-        return resnet18_batch(batch_size, device, dtype, seed)
+    """``(net, x, y)`` of one configuration: :func:`load_batch` for the MNIST models, :func:`random_batch`."""
+    if arch in RANDOM_SPECS:
+        return random_batch(arch, batch_size, device, dtype, seed)
     return load_batch(ckpt_path, batch_size, device, dtype)
 
 
@@ -436,7 +455,7 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
     device = torch.device(spec["device"])
     dtype = getattr(torch, spec["dtype"])
     cfg = StepConfig(**spec["cfg"])
-    variant = VARIANTS[spec["variant"]]
+    variant = ALL_VARIANTS[spec["variant"]]
     VARIANTS["autograd-shortcut"].choose_engine = spec["shortcut_engine"]
     base_net, x, y = model_batch(spec["model"], spec["checkpoint"], spec["batch_size"], device, dtype,
                                  spec.get("seed", 0))
@@ -462,14 +481,19 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
 
     # prime the libraries (thread pools, oneDNN/cuDNN primitives, autograd workers) with one 1-image step, so
     # their one-time allocations are not counted as the step's memory; then give freed heap back to the OS
+    first = time.perf_counter()
     restore()
     one_step_on(x[:1], y[:1])
+    first_step_s = time.perf_counter() - first  # with --compile: the 1-sample graph's compile
     release_free_memory()
     memory = PeakMemory(device)
     memory.start()
+    first = time.perf_counter()
     for _ in range(spec["warmup"]):
         restore()
         one_step()
+    warmup_s = time.perf_counter() - first  # with --compile: the full batch's (dynamic) compile
+    frames_before = compile_frames()
     times: list[float] = []
     budget_start = time.perf_counter()
     while len(times) < spec["repeats"]:
@@ -496,7 +520,13 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
         "max_iterations": int(out.iterations.max()),
         "correct": int(out.correct.sum()),
         "success": int(out.success.sum()),
+        "first_step_s": first_step_s,
+        "warmup_s": warmup_s,
     }
+    if spec["variant"] == COMPILED.key:
+        result["compile"] = {"frames_before_timing": frames_before,
+                             "recompiles_during_timing": compile_frames() - frames_before,
+                             "first_steps_s": first_step_s + warmup_s}
     if autocast is not None:
         result["amp_vs_fp32"] = amp_comparison(variant, net, x, y, cfg, autocast, restore)
     if spec.get("profile"):
@@ -580,15 +610,19 @@ def batch_sizes_for(args: argparse.Namespace, arch: str) -> list[int]:
     elif args.graph_vs_sequential:
         sizes = [TARGET["batch_size"]]
     else:
-        sizes = [32] if arch in RANDOM_MODELS else [10, 100]
+        sizes = [RANDOM_SPECS[arch][1]] if arch in RANDOM_MODELS else [10, 100]
     if args.full and arch not in RANDOM_MODELS:
         sizes.append(1000)
     return sorted(set(sizes))
 
 
 def variants_for(args: argparse.Namespace, arch: str) -> list[str]:
-    """``--variants`` for one model: revnet-graph only for Sequential models (for resnet18-32 it is variant 1)."""
-    return [k for k in args.variants if not (k == GRAPH_VARIANT and arch in RANDOM_MODELS)]
+    """``--variants`` for one model (plus 1c with ``--compile``): revnet-graph only for Sequential models (for the
+    random models it is variant 1)."""
+    keys = [k for k in args.variants if not (k == GRAPH_VARIANT and arch in RANDOM_MODELS)]
+    if getattr(args, "compile", False) and COMPILED.key not in keys:
+        keys.insert(1, COMPILED.key)
+    return keys
 
 
 def check_args(args: argparse.Namespace) -> None:
@@ -617,7 +651,7 @@ def model_references(args: argparse.Namespace, archs: list[str]) -> dict[str, di
     refs = reference_checkpoints(args, [a for a in archs if a not in RANDOM_MODELS])
     for arch in archs:
         if arch in RANDOM_MODELS:
-            refs[arch] = {"path": None, "origin": RESNET_ORIGIN.format(seed=args.seed)}
+            refs[arch] = {"path": None, "origin": RANDOM_ORIGIN.format(seed=args.seed, network=RANDOM_SPECS[arch][2])}
     return {arch: refs[arch] for arch in archs}
 
 
@@ -626,7 +660,7 @@ def prepared_runs(base, keys: list[str], lr: float) -> dict[str, tuple]:
     weights), an SGD optimizer (momentum 0.9) and the weights to restore before every timed step."""
     runs = {}
     for key in keys:
-        variant = VARIANTS[key]
+        variant = ALL_VARIANTS[key]
         net = variant.prepare(base)
         runs[key] = (variant, net, torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9),
                      [p.detach().clone() for p in net.parameters()])
@@ -658,8 +692,12 @@ def interleaved_variants(arch: str, ref_path: Optional[str], batch: int, keys: l
 
     times = interleaved({k: (lambda k=k: step(k)) for k in keys}, rounds=args.rounds, budget_s=args.rounds_budget,
                         warmup=max(1, args.warmup), device=device, setup={k: (lambda k=k: restore(k)) for k in keys})
+    losses = {}
+    for key in keys:  # what each computed at the benchmark's weights (float32): the same step
+        restore(key)
+        losses[key] = runs[key][0].loss(runs[key][1], x, y, cfg).loss.item()
     out = {"model": arch, "batch_size": batch, "rounds": len(times[keys[0]]),
-           "variants": {k: summarize(t) for k, t in times.items()}}
+           "variants": {k: summarize(t) for k, t in times.items()}, "losses": losses}
     if "revnet" in times:
         out["revnet_over"] = {k: round_ratios(times, "revnet", k) for k in keys if k != "revnet"}
     return out
@@ -762,7 +800,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     for arch in args.models:
         net, x, y = equivalence_batch(refs[arch]["path"], args.check_batch, device, arch, args.seed)
         start = time.perf_counter()
-        equivalence[arch] = check_equivalence(net, x, y, cfg, keys=variants_for(args, arch))
+        equivalence[arch] = check_equivalence(net, x, y, cfg,
+                                              keys=[k for k in variants_for(args, arch) if k != COMPILED.key])
         print(f"equivalence {arch}: every variant's loss and weight gradients equal revnet's (float64, "
               f"{len(y)} images, {time.perf_counter() - start:.1f} s)", flush=True)
 
@@ -823,7 +862,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         "isolation": args.isolation,
         "references": refs,
         "equivalence": equivalence,
-        "variants": {k: {"number": v.number, "title": v.title, "summary": v.summary} for k, v in VARIANTS.items()},
+        "variants": {k: {"number": v.number, "title": v.title, "summary": v.summary} for k, v in ALL_VARIANTS.items()
+                     if k in VARIANTS or any(r["variant"] == k for r in results)},
         "results": [{k: v for k, v in r.items() if k != "profile"} for r in results],
         "interleaved": rounds,
         "ratios": ratios,
@@ -1142,8 +1182,20 @@ def markdown(report: dict[str, Any]) -> str:
                 cell = f"{sp['median']:.3f} ({sp['q25']:.3f}–{sp['q75']:.3f}; {sp['min']:.3f}–{sp['max']:.3f})" \
                     if sp else "1"
                 lines.append(f"| {block['model']} | {block['batch_size']} | {block['rounds']} | "
-                             f"{VARIANTS[key].number}. {key} | {t['median_s'] * 1e3:.1f} | {t['iqr_s'] * 1e3:.1f} | "
+                             f"{ALL_VARIANTS[key].number}. {key} | {t['median_s'] * 1e3:.1f} | {t['iqr_s'] * 1e3:.1f} | "
                              f"{cell} |")
+    compiled = [r for r in report["results"] if "compile" in r]
+    if compiled:
+        lines += ["", "## torch.compile (variant 1c)", "",
+                  "Compile time is the time of the untimed first steps (the 1-sample priming step and the warm-up "
+                  "steps, which compile the 1-sample and the dynamic-shape graphs), apart from the step time above; "
+                  "recompiles: frames compiled during the timed steps.", "",
+                  "| model | batch | first steps s (compile) | frames compiled before timing | recompiles while timed |",
+                  "| --- | ---: | ---: | ---: | ---: |"]
+        for r in compiled:
+            c = r["compile"]
+            lines.append(f"| {r['model']} | {r['batch_size']} | {c['first_steps_s']:.1f} | {c['frames_before_timing']} | "
+                         f"{c['recompiles_during_timing']} |")
     targets = report.get("targets") or [report["target"]]
     lines += ["", "## Ratios (revnet ÷ the other)" if random_only else "## Against the targets", ""]
     if not random_only:
@@ -1188,9 +1240,9 @@ def markdown(report: dict[str, Any]) -> str:
     lines += ["", "Variants 2-4 run the whole batch every DeepFool iteration until every sample has stopped "
                   "(finished samples masked); variants 1, 1g and 5 drop finished samples from the batch."]
     if any(a in RANDOM_MODELS for a in archs):
-        lines += ["", "resnet18-32: variant 1 is `revnet.convert(torchvision.models.resnet18(num_classes=10))`, a "
-                      "`revnet.Graph` (so variant 1g, the same network, is not run); variants 2-5 run on the plain "
-                      "torchvision model."]
+        lines += ["", "resnet18-32/-224: variant 1 is `revnet.convert(torchvision.models.resnet18(num_classes=10))`, "
+                      "a `revnet.Graph`; convnet-cifar: `models.cifar.convnet()`, a `revnet.Sequential` (variant 1g "
+                      "is not run for these); variants 2-5 run on the plain torch.nn model."]
     if not step["early_stop"]:
         lines += ["", "**--no-early-stop**: every variant runs all max_iter iterations for every sample (samples "
                       "keep stepping after their label flipped); variant 1 through "
@@ -1207,12 +1259,13 @@ def input_lines(report: dict[str, Any]) -> list[str]:
         lines.append("- inputs (" + ", ".join(mnist) + "): the first N images of the embedded MNIST training split, "
                      "shape (N, 1, 28, 28), true labels; weights: " + "; ".join(f"{a} {refs[a]['origin']}"
                                                                                for a in mnist))
-    if "resnet18-32" in refs:
+    for arch in (a for a in refs if a in RANDOM_SPECS):
         seed = report["config"].get("seed", 0)
-        lines.append(f"- inputs (resnet18-32): **random data** (no CIFAR-10 offline): N(0, 1) images of shape (N, 3, 32, "
-                     f"32) from torch.Generator().manual_seed({seed}); labels = the network's clean predictions "
+        shape = ", ".join(str(d) for d in RANDOM_SPECS[arch][0])
+        lines.append(f"- inputs ({arch}): **random data** (no CIFAR-10/ImageNet offline): N(0, 1) images of shape (N, "
+                     f"{shape}) from torch.Generator().manual_seed({seed}); labels = the network's clean predictions "
                      "with every 4th shifted by one class (≈3/4 untargeted, 1/4 targeted DeepFool); weights: "
-                     + refs["resnet18-32"]["origin"])
+                     + refs[arch]["origin"])
     return lines
 
 

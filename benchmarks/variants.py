@@ -462,7 +462,7 @@ class Variant:
 class RevnetVariant(Variant):
     key, number, title = "revnet", 1, "revnet (explicit reverse)"
     summary = ("revnet.losses.deep_defense_loss: explicit reverse; k chosen by graph-free reverses of the K-1 "
-               "candidate rows (at most 256 rows per reverse on the CPU, all at once on CUDA), one differentiable reverse "
+               "candidate rows (at most 512 rows per reverse on the CPU, all at once on CUDA), one differentiable reverse "
                "row per sample, early-stopped samples leave the batch")
 
     def prepare(self, net: nn.Module) -> nn.Module:
@@ -546,11 +546,39 @@ class AutogradShortcutVariant(Variant):
         return _shortcut_loss(ENGINES[self.choose_engine](), net, x, y, cfg)
 
 
+class RevnetCompiledVariant(RevnetVariant):
+    """Variant 1 with the network's ``trace`` and ``reverse_differences`` (or ``reverse``) wrapped in
+    ``torch.compile(dynamic=True)`` on its own copy; the DeepFool loop around them stays eager (its early
+    stopping changes the batch size, which the dynamic shapes absorb: no recompile per size after the first
+    two compiles, the 1-sample priming step's and the first full batch's). Not in the default set: compiling
+    takes about a minute per network and dtype on the 2-core CPU (reported apart from the step time)."""
+
+    key, number, title = "revnet-compiled", "1c", "revnet, torch.compile'd trace and reverse"
+    summary = ("variant 1 with net.trace and net.reverse_differences wrapped in torch.compile(dynamic=True) "
+               "(inductor); the DeepFool loop stays eager")
+
+    def prepare(self, net: nn.Module) -> nn.Module:
+        twin = to_revnet(net)
+        twin.trace = torch.compile(twin.trace, dynamic=True)  # instance attributes of this benchmark copy only
+        name = "reverse_differences" if callable(getattr(twin, "reverse_differences", None)) else "reverse"
+        setattr(twin, name, torch.compile(getattr(twin, name), dynamic=True))
+        return twin
+
+
 VARIANTS: dict[str, Variant] = {
     v.key: v
     for v in (RevnetVariant(), RevnetGraphVariant(), AutogradLoopVariant(), AutogradBatchedVariant(),
               TorchFuncVariant(), AutogradShortcutVariant())
 }
+COMPILED = RevnetCompiledVariant()
+ALL_VARIANTS: dict[str, Variant] = {**VARIANTS, COMPILED.key: COMPILED}  # --compile adds variant 1c
+
+
+def compile_frames() -> int:
+    """Frames torch.compile has compiled in this process so far (one per compile or recompile)."""
+    from torch._dynamo.utils import counters
+
+    return int(counters["frames"].get("ok", 0))
 
 
 # ---------------------------------------------------------------------------------------------------------

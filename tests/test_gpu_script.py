@@ -1,6 +1,7 @@
 """``benchmarks/gpu.sh --quick``: the GPU script's commands on the CPU with tiny budgets, so it cannot rot.
 
-Time budget: ≤ 60 s here (one LeNet reference epoch, two variants and two DeepFool engines on 10-20 images).
+Time budget: ≤ 60 s here (one LeNet reference epoch, two variants, one interleaved round, two DeepFool engines
+and foolbox on 20 images).
 """
 
 from __future__ import annotations
@@ -24,4 +25,5 @@ def test_the_gpu_script_runs_quick_on_the_cpu_and_writes_every_result(tmp_path):
     for tag in ("fp32", "bf16"):
         step = json.loads(next((out / f"step-{tag}").glob("step*.json")).read_text())
         assert step, tag
-        assert next((out / f"deepfool-{tag}").glob("deepfool*.md")).read_text().startswith("#")
+        deepfool = next((out / f"deepfool-b10-{tag}").glob("deepfool*.md")).read_text()
+        assert deepfool.startswith("#") and "| lenet | foolbox |" in deepfool
