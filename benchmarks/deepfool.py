@@ -119,6 +119,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--amp-dtype", default=None, choices=["float16", "bfloat16"], help="autocast dtype")
     p.add_argument("--threads", type=int, default=None, help="torch threads; unset: torch's default")
     p.add_argument("--seed", type=int, default=0, help="seed of the synthetic network/inputs and the references")
+    p.add_argument("--class-chunk", type=int, default=None,
+                   help="revnet only: candidate classes per choosing reverse (default: the library's, at most 512 "
+                        "rows per reverse on the CPU)")
     p.add_argument("--profile", action="store_true",
                    help="mnist part: also profile one run of every engine and peer with torch.profiler (top "
                         "operators by self time, <output>/<name>-profile.md)")
@@ -145,10 +148,10 @@ def engine_net(engine: str, net: revnet.Sequential) -> torch.nn.Module:
 
 
 def attack_all(engine: str, net, x: torch.Tensor, batch_size: int, max_iter: int, overshoot: float,
-               candidates: Optional[int]):
+               candidates: Optional[int], class_chunk: Optional[int] = None):
     """DeepFool on every image of ``x`` in batches; returns ``(delta, iterations, success, label)``."""
     parts = [eval_deepfool(engine, net, x[i:i + batch_size], max_iter=max_iter, overshoot=overshoot,
-                           candidates=candidates) for i in range(0, len(x), batch_size)]
+                           candidates=candidates, class_chunk=class_chunk) for i in range(0, len(x), batch_size)]
     return tuple(torch.cat([getattr(p, f) for p in parts]) for f in ("delta", "iterations", "success", "label"))
 
 
@@ -240,7 +243,8 @@ def run_config(args, device, dtype, autocast, net, x, batch_size, candidates, la
 
         def fn(enet=enet, engine=engine):
             with autocast() if autocast is not None else contextlib.nullcontext():
-                outputs[engine] = attack_all(engine, enet, x, batch_size, args.max_iter, args.overshoot, candidates)
+                outputs[engine] = attack_all(engine, enet, x, batch_size, args.max_iter, args.overshoot, candidates,
+                                             args.class_chunk if engine == "revnet" else None)
 
         fns[engine] = fn
     missing_peers = {}

@@ -672,14 +672,16 @@ def _compare(name: str, out: LossOutput, grads: dict, ref: LossOutput, ref_grads
 
 def eval_deepfool(
     engine_key: str, net: nn.Module, x: Tensor, *, max_iter: int = 50, overshoot: float = 0.02,
-    candidates: Optional[int] = None,
+    candidates: Optional[int] = None, class_chunk: Optional[int] = None,
 ) -> DeepFoolResult:
     """Untargeted DeepFool without a graph. ``"revnet"``: the library's ``revnet.attacks.deepfool`` on a
     ``revnet.Sequential``; ``"loop"``/``"batched"``/``"func"``: :func:`shortcut_deepfool` (revnet's
     algorithm: only the Q−1 candidate rows ``e_c − e_l``, the chosen row reused, finished samples leave the
-    batch) on a plain ``torch.nn`` network whose weights do not require grad."""
+    batch) on a plain ``torch.nn`` network whose weights do not require grad. ``class_chunk``: revnet only
+    (candidate classes per choosing reverse; ``None``: the library's default)."""
     if engine_key == "revnet":
-        delta, info = revnet.deepfool(net, x, max_iter=max_iter, overshoot=overshoot, candidates=candidates)
+        delta, info = revnet.deepfool(net, x, max_iter=max_iter, overshoot=overshoot, candidates=candidates,
+                                      class_chunk=class_chunk)
         return DeepFoolResult(delta, info.iterations, info.success, info.label, info.original_label)
     engine = ENGINES[engine_key]()
     logits, state = engine.trace(net, x)

@@ -1,6 +1,7 @@
-"""The performance paths of the reverse are exact: the CPU im2col kernel of a one-channel Conv2d's reverse and
-the row difference ``W[k] − W[l]`` of a final Linear, against autograd in float64 (first and second order) and
-against the generic path bit for bit. Time budget: ~10 s."""
+"""The performance paths of the reverse are exact: the CPU im2col kernel of a one-channel Conv2d's reverse, the
+row difference ``W[k] − W[l]`` of a final Linear and the element-wise spread of average poolings whose windows
+tile the input, against autograd in float64 (first and, with weights, second order) and against the generic
+path. Time budget: ~15 s."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import torch.nn.functional as F
 
 import revnet
 from revnet.layers import conv as conv_module
+from revnet.layers import pooling as pooling_module
 
 from helpers import assert_vjp_close, autograd_vjp
 
@@ -110,3 +112,39 @@ def test_conv_kernels_benchmark_quick(tmp_path):
     text = (tmp_path / "conv-kernels.md").read_text()
     assert "LeNet conv1" in text and "im2col / oneDNN" in text
     assert (tmp_path / "conv-kernels.json").is_file()
+
+
+@pytest.mark.parametrize("make, size", [
+    (lambda: revnet.AvgPool2d(2), (8, 6)),
+    (lambda: revnet.AvgPool2d(3, divisor_override=2), (9, 6)),
+    (lambda: revnet.AvgPool2d(2, ceil_mode=True, count_include_pad=False), (4, 4)),
+    (lambda: revnet.AdaptiveAvgPool2d((2, 3)), (8, 9)),
+    (lambda: revnet.AdaptiveAvgPool2d(1), (7, 7)),  # ResNet's global average
+])
+def test_tiling_average_pools_spread_exactly(make, size, monkeypatch):
+    layer = make()
+    x = torch.randn(2, 3, *size, dtype=torch.float64)
+    y, tape = layer.trace(x)
+    v = torch.randn(2, 2, *y.shape[1:], dtype=torch.float64)
+    calls = []
+    real = pooling_module._spread
+    monkeypatch.setattr(pooling_module, "_spread", lambda *a: calls.append(1) or real(*a))
+    g = layer.reverse(v.flatten(0, 1), tape).reshape(2, 2, *x.shape[1:])
+    assert calls, "the tiling fast path was not taken"
+    assert_vjp_close(g, autograd_vjp(lambda t: type(layer).forward(layer, t), x, v), "first order")
+
+
+def test_overlapping_average_pools_keep_the_separable_product(monkeypatch):
+    monkeypatch.setattr(pooling_module, "_spread", lambda *a: pytest.fail("not a tiling"))
+    for layer, size in ((revnet.AvgPool2d(3, stride=2, padding=1), (9, 9)), (revnet.AdaptiveAvgPool2d(3), (8, 8))):
+        x = torch.randn(2, 3, *size, dtype=torch.float64)
+        y, tape = layer.trace(x)
+        v = torch.randn(2, *y.shape[1:], dtype=torch.float64)
+        assert_vjp_close(layer.reverse(v, tape), autograd_vjp(lambda t: type(layer).forward(layer, t), x, v), "vjp")
+
+
+def test_pool_reverse_benchmark_quick(tmp_path):
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "pool_reverse.py"), "--quick", "--output",
+                          str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "spread / einsum" in (tmp_path / "pool-reverse.md").read_text()

@@ -88,6 +88,7 @@ class Conv2d(nn.Conv2d):
 
 def _single_channel_on_cpu(conv: nn.Conv2d, v: Tensor) -> bool:
     """True where the im2col kernel beats oneDNN's transposed convolution (see the module docstring): one input
-    channel, no groups, float32/float64 rows on the CPU."""
+    channel, no groups, float32/float64 rows on the CPU, and not inside ``torch.compile`` (the im2col op has no
+    symbolic-shape meta function; compiled code leaves the kernel choice to inductor)."""
     return (v.device.type == "cpu" and conv.in_channels == 1 and conv.groups == 1
-            and v.dtype in (torch.float32, torch.float64))
+            and v.dtype in (torch.float32, torch.float64) and not torch.compiler.is_compiling())

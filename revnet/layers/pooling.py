@@ -5,7 +5,9 @@
 * AvgPool2d, AdaptiveAvgPool2d ↔ the transposed averaging. Both are separable: ``y = A_H · x · A_Wᵀ`` per
   channel with one averaging matrix per spatial dimension (``A[o, i] = 1/count`` for input ``i`` in output
   window ``o``), so the reverse is ``g = A_Hᵀ · v · A_W``. The matrices follow torch's divisor rules
-  exactly (padding, ``ceil_mode``, ``count_include_pad``, ``divisor_override``).
+  exactly (padding, ``ceil_mode``, ``count_include_pad``, ``divisor_override``). Where the windows tile the
+  input exactly (kernel = stride, no padding, sizes divisible: the CIFAR ConvNet's and NIN's poolings,
+  ResNet's global average), the reverse spreads each value over its window in one element-wise pass.
 """
 
 from __future__ import annotations
@@ -81,6 +83,16 @@ def _transposed_average(v: Tensor, a_h: Tensor, a_w: Tensor) -> Tensor:
     return torch.einsum("mcpq,ph,qw->mchw", v, a_h, a_w)
 
 
+def _spread(v: Tensor, in_size: tuple[int, int], factor: float) -> Tensor:
+    """The transposed average where the windows tile the input exactly (no overlap, no padding, no remainder):
+    every ``v`` value times ``factor`` copied over its ``k_h × k_w`` window. ``v (M, C, O_h, O_w) -> (M, C, H, W)``
+    with ``H = O_h·k_h``, ``W = O_w·k_w``. The same map as :func:`_transposed_average` in one element-wise pass
+    instead of two small products (``python benchmarks/pool_reverse.py``)."""
+    m, c, oh, ow = v.shape
+    kh, kw = in_size[0] // oh, in_size[1] // ow
+    return (v * factor)[:, :, :, None, :, None].expand(m, c, oh, kh, ow, kw).reshape(m, c, oh * kh, ow * kw)
+
+
 class AvgPool2dTape(NamedTuple):
     """Shared by AvgPool2d and AdaptiveAvgPool2d: the averaging matrices depend on the sizes alone."""
 
@@ -124,8 +136,18 @@ class AvgPool2d(nn.AvgPool2d):
             divisors = [float(self.divisor_override) if dim == 0 else 1.0] * out
         return _averaging_matrix(out, size, starts, ends, divisors, like)
 
+    def _tiles(self, tape: AvgPool2dTape) -> bool:
+        """True if the windows tile the input exactly: kernel = stride, no padding, sizes divisible."""
+        k = _pair(self.kernel_size)
+        s = _pair(self.stride if self.stride is not None else self.kernel_size)
+        return (k == s and _pair(self.padding) == (0, 0)
+                and all(size == out * kk for size, out, kk in zip(tape.in_size, tape.out_size, k)))
+
     def reverse(self, v: Tensor, tape: AvgPool2dTape) -> Tensor:
         expect_tape(self, tape, AvgPool2dTape)
+        if self._tiles(tape):
+            kh, kw = _pair(self.kernel_size)
+            return _spread(v, tape.in_size, 1.0 / (self.divisor_override or kh * kw))
         return _transposed_average(v, self._matrix(0, tape, v), self._matrix(1, tape, v))
 
 
@@ -145,6 +167,9 @@ class AdaptiveAvgPool2d(nn.AdaptiveAvgPool2d):
 
     def reverse(self, v: Tensor, tape: AvgPool2dTape) -> Tensor:
         expect_tape(self, tape, AvgPool2dTape)
+        if all(size % out == 0 for size, out in zip(tape.in_size, tape.out_size)):  # equal windows tiling it
+            window = (tape.in_size[0] // tape.out_size[0]) * (tape.in_size[1] // tape.out_size[1])
+            return _spread(v, tape.in_size, 1.0 / window)
         mats = []
         for size, out in zip(tape.in_size, tape.out_size):
             starts = [(o * size) // out for o in range(out)]
