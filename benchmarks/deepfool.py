@@ -119,8 +119,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--amp-dtype", default=None, choices=["float16", "bfloat16"], help="autocast dtype")
     p.add_argument("--threads", type=int, default=None, help="torch threads; unset: torch's default")
     p.add_argument("--seed", type=int, default=0, help="seed of the synthetic network/inputs and the references")
-    p.add_argument("--class-chunk", type=int, default=None,
-                   help="revnet only: candidate classes per choosing reverse (default: the library's, at most 512 "
+    p.add_argument("--class-chunks", type=int, nargs="*", default=[],
+                   help="also time revnet with these candidate classes per choosing reverse, as extra engines "
+                        "'revnet/chunkN' in the same rounds (revnet itself uses the library's default: at most 512 "
                         "rows per reverse on the CPU)")
     p.add_argument("--profile", action="store_true",
                    help="mnist part: also profile one run of every engine and peer with torch.profiler (top "
@@ -243,10 +244,16 @@ def run_config(args, device, dtype, autocast, net, x, batch_size, candidates, la
 
         def fn(enet=enet, engine=engine):
             with autocast() if autocast is not None else contextlib.nullcontext():
-                outputs[engine] = attack_all(engine, enet, x, batch_size, args.max_iter, args.overshoot, candidates,
-                                             args.class_chunk if engine == "revnet" else None)
+                outputs[engine] = attack_all(engine, enet, x, batch_size, args.max_iter, args.overshoot, candidates)
 
         fns[engine] = fn
+    for chunk in (args.class_chunks if "revnet" in args.engines else []):
+        def chunk_fn(chunk=chunk):
+            with autocast() if autocast is not None else contextlib.nullcontext():
+                outputs[f"revnet/chunk{chunk}"] = attack_all("revnet", net, x, batch_size, args.max_iter,
+                                                              args.overshoot, candidates, chunk)
+
+        fns[f"revnet/chunk{chunk}"] = chunk_fn
     missing_peers = {}
     for name, attack in (peers or {}).items():
         if isinstance(attack, str):
