@@ -156,7 +156,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--d", type=float, default=5.0, help="d of exp(d·‖Δx‖/‖x‖), misclassified samples")
     p.add_argument("--class-chunk", type=int, default=None,
                    help="revnet only: candidate classes per choosing reverse in DeepFool (default: the "
-                        "library's: at most 256 rows per reverse on the CPU, all classes at once on CUDA; 9 = all for MNIST)")
+                        "library's: at most 512 rows per reverse on the CPU, all classes at once on CUDA; 9 = all for MNIST)")
     p.add_argument("--no-early-stop", action="store_true",
                    help="worst case: every sample runs all --max-iter DeepFool iterations (see the docstring)")
     p.add_argument("--lr", type=float, default=1e-3, help="SGD learning rate (momentum 0.9) of the timed step")

@@ -8,10 +8,11 @@ even receptive field pads asymmetrically: then the reverse transposes without pa
 Kernel choice (the same transposed convolution either way, exact up to float rounding): on the CPU a
 convolution with one input channel (the first layer of an MNIST network) reverses through ATen's im2col/GEMM
 kernel (``slow_conv_transpose2d``) instead of oneDNN's, whose transposed convolution onto a single channel is
-slow there. LeNet's conv1 reverse (20→1 channels, 24×24→28×28, float32, 2 cores): 2.3 instead of 5.9 ms at
-100 rows, 4.7 instead of 11.4 ms at 200 rows, 5.6 instead of 8.8 ms with its backward. With more input
-channels oneDNN was as fast or faster (LeNet conv2 2.1× slower in im2col, CIFAR conv1 1.5× slower with the
-backward), so they keep it. ``python benchmarks/conv_kernels.py``, ``benchmarks/results/conv-kernels.md``.
+slow there. LeNet's conv1 reverse (20→1 channels, 24×24→28×28, float32, 2 cores): 1.6 instead of 4.7 ms at
+100 rows, 3.1 instead of 9.3 ms at 200 rows, 6.9 instead of 13.4 ms with its backward. With more input channels
+oneDNN was faster for LeNet's conv2 (im2col 2.0× slower) and CIFAR's 5×5 conv1 (2.3×); ResNet-18's 3×3 conv1
+(3 channels) was faster in im2col (0.34×) but is not switched (one rule, measured on few shapes).
+``python benchmarks/conv_kernels.py``, ``benchmarks/results/conv-kernels.md``.
 """
 
 from __future__ import annotations
