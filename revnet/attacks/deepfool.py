@@ -37,11 +37,12 @@ in groups of ``class_chunk`` classes (``A × class_chunk`` rows at a time), keep
 the peak memory of that reverse by about ``(Q − 1) / class_chunk``; the choice is the same. The default
 (``None``) on the CPU puts at most 512 rows through each choosing reverse (``max(1, 512 // A)`` classes at a
 time): on a 2-core CPU the LeNet Deep Defense step at batch 100 then peaks at 92 MiB
-(``benchmarks/results/step.md``; 223 MiB with all 900 rows at once when this was first measured), and LeNet's evaluation DeepFool ran at 1,125 images/s against
-1,119 at 2 classes per reverse, 961 at 1 and 993 at all 9, timed in the same rounds (``python
-benchmarks/deepfool.py --parts mnist --models lenet --peers --engines revnet loop batched --class-chunks 1 2 9``,
-``benchmarks/results/class-chunk/deepfool.md``); small batches and cheap networks keep the single batched
-reverse; on other devices all classes go in one batched reverse (GPUs prefer the large batch).
+(``benchmarks/results/step.md``; 223 MiB with all 900 rows at once when this was first measured), and
+LeNet's evaluation DeepFool ran at 1,125 images/s against 1,119 at 2 classes per reverse, 961 at 1 and 993
+at all 9, timed in the same rounds (``python benchmarks/deepfool.py --parts mnist --models lenet --peers
+--engines revnet loop batched --class-chunks 1 2 9``, ``benchmarks/results/class-chunk/deepfool.md``); small
+batches and cheap networks keep the single batched reverse; on other devices all classes go in one batched
+reverse (GPUs prefer the large batch).
 
 The network runs in whatever mode it is in (call ``net.eval()`` first: BatchNorm reverses only with frozen
 statistics, and Dropout would draw a new mask at each iteration). Norms are guarded against division by
