@@ -95,6 +95,20 @@ def test_row_difference_gradients_match_double_backprop():
         assert_vjp_close(e if e is not None else zero, d if d is not None else zero, name)
 
 
+def test_row_difference_weight_gradient_is_the_same_bits_every_time():
+    """Many samples share a class, so the rows of ``W`` receive summed gradients: the sum must run in a fixed
+    order (``index_select``'s backward), not in ``W[k]``'s ``index_put_(accumulate=True)``, whose order on the
+    CPU changed from call to call and made a fine-tune differ from itself in the 6th digit."""
+    torch.manual_seed(0)
+    last = revnet.Linear(500, 10)
+    toward, away = torch.randint(0, 10, (100, 3)), torch.randint(0, 10, (100,))
+    g = torch.randn(100, 3, 500)
+    grads = [torch.autograd.grad(last.reverse_differences(toward, away), last.weight, g)[0] for _ in range(20)]
+    assert all(torch.equal(grads[0], other) for other in grads[1:])
+    rows = (F.one_hot(toward, 10) - F.one_hot(away, 10).unsqueeze(1)).float()  # and it is the right gradient
+    torch.testing.assert_close(grads[0], torch.einsum("nkc,nkd->cd", rows, g))
+
+
 def test_networks_without_a_final_linear_take_the_one_hot_rows():
     torch.manual_seed(0)
     net = revnet.Sequential(revnet.Conv2d(1, 5, 4), revnet.Flatten()).double()  # logits straight from a conv

@@ -33,5 +33,12 @@ class Linear(nn.Linear):
     def reverse_differences(self, toward: Tensor, away: Tensor) -> Tensor:
         """The reverse of the one-hot difference rows ``e_toward − e_away`` without building them: the row
         difference ``W[toward] − W[away]`` (what DeepFool reverses; equal to ``reverse`` of those rows, since
-        the product adds exact zeros). Shapes: toward ``(N, K)``, away ``(N,)`` -> ``(N, K, D_in)``."""
-        return self.weight[toward] - self.weight[away].unsqueeze(1)
+        the product adds exact zeros). Shapes: toward ``(N, K)``, away ``(N,)`` -> ``(N, K, D_in)``.
+
+        The rows are taken with ``index_select``: its backward (``index_add_``) adds the gradients of repeated
+        classes in a fixed order, while advanced indexing ``W[toward]`` backpropagates through
+        ``index_put_(accumulate=True)``, whose sum order on the CPU changes from run to run (a fine-tune then
+        differs from itself in the 6th digit)."""
+        n, k = toward.shape
+        rows = self.weight.index_select(0, toward.reshape(-1)).reshape(n, k, -1)
+        return rows - self.weight.index_select(0, away).unsqueeze(1)
