@@ -23,6 +23,7 @@ import argparse
 import json
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -83,7 +84,6 @@ def main() -> None:
     parser.add_argument("--write", action="store_true", required=True,
                         help="run the command (about 30 s on 2 cores) and overwrite the fixture")
     parser.parse_args()
-    import tempfile
     with tempfile.TemporaryDirectory() as tmp:
         metrics = run_metrics(Path(tmp))
     fixture = json.loads(FIXTURE.read_text())
