@@ -3,10 +3,11 @@
 Time budget: about 45 s here (one in-process single-process run that also trains the shared reference, four
 two-process ``torchrun`` launches of a tiny MLP fine-tuning at a few seconds each, and fast unit tests).
 
-* Two processes against one, with the same global batch and sample order: the fine-tuned weights agree to float32
-  round-off (max |Δw| ≤ 1e-6; measured 2e-8, the weights are ~0.1), and both ranks end with bit-identical
-  weights (``finetune.py`` checks their fingerprints; ``metrics.json`` records it). Every reported metric agrees:
-  accuracy, fooling rate, the FGS columns and ε_ref exactly; ρ₂ to 1e-6 relative.
+* Two processes against one, with the same global batch and sample order, one thread each: the fine-tuned weights
+  agree to float32 round-off (max |Δw| ≤ 1e-6; measured 2e-8, the weights are ~0.1), and both ranks end with
+  bit-identical weights (``finetune.py`` checks their fingerprints; ``metrics.json`` records it). DDP sums the
+  ranks' gradients in another order, so the metrics agree within ``tolerances.FLOAT32_ROUNDOFF`` (counts
+  exactly, a fraction of images to one image, ρ₂ to 1e-5 relative), not bit for bit (``tests/tolerances.py``).
 * SIGKILL of the whole two-process run after its first (mid-epoch) checkpoint, then ``--resume``: the final
   weights equal the uninterrupted two-process run's bit for bit.
 * A NaN loss on rank 1 only stops both ranks at the same step with one message from our code, no hang.
@@ -29,12 +30,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "train"))
 
 import distributed  # noqa: E402
+import tolerances  # noqa: E402
 import finetune  # noqa: E402
 import loaders  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
 # 400 MNIST images, global batch 50: 8 steps, a mid-epoch checkpoint every 3
-RUN = ["mlp", "--train-samples", "400", "--batch-size", "50", "--epochs", "1", "--ref-epochs", "15", "--ref-lr", "0.05",
+RUN = ["mlp", "--threads", "1", "--train-samples", "400", "--batch-size", "50", "--epochs", "1", "--ref-epochs", "15", "--ref-lr", "0.05",
        "--lr", "0.01", "--eval-samples", "100", "--epoch-eval-samples", "100", "--eval-max-iter", "10", "--eval-batch-size", "30",
        "--checkpoint-every", "3", "--no-progress", "--device", "cpu", "--min-acc-ratio", "0"]
 
@@ -66,7 +68,11 @@ def runs(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("ddp")
     args = finetune.get_args_parser().parse_args(
         RUN + _data_flags() + ["--cache-dir", str(tmp / "refs"), "--out", str(tmp / "single")])
-    finetune.main(args)
+    threads = torch.get_num_threads()
+    try:
+        finetune.main(args)  # --threads 1, as each torchrun process
+    finally:
+        torch.set_num_threads(threads)
     two = _torchrun(tmp, "two")
     assert two.returncode == 0, two.stderr[-3000:]
     return tmp
@@ -100,13 +106,14 @@ def test_two_processes_equal_one(runs):
     m1, m2 = _metrics(single), _metrics(two)
     assert m2["processes"]["world_size"] == 2 and m2["processes"]["backend"] == "gloo"
     assert m1["processes"]["world_size"] == 1
+    keys = ("n", "acc", "fooling_rate", "mean_iterations", "rho2", "fgs_acc@0.2", "fgs_acc@0.5", "fgs_acc@1.0")
     for row in ("reference", "finetuned"):
-        for key in ("n", "acc", "fooling_rate", "mean_iterations", "fgs_acc@0.2", "fgs_acc@0.5", "fgs_acc@1.0"):
-            assert m1[row][key] == m2[row][key], (row, key)
-        assert m2[row]["rho2"] == pytest.approx(m1[row]["rho2"], rel=1e-6)
-    assert m2["eps_ref"] == pytest.approx(m1["eps_ref"], rel=1e-6)
-    assert m2["history"][0]["train_acc"] == m1["history"][0]["train_acc"]
-    assert m2["history"][0]["train_loss"] == pytest.approx(m1["history"][0]["train_loss"], rel=1e-5)
+        tolerances.assert_metrics_close({k: m2[row][k] for k in keys}, {k: m1[row][k] for k in keys},
+                                        tolerances.FLOAT32_ROUNDOFF, row)
+    history = ("train_acc", "train_loss")
+    tolerances.assert_metrics_close({"eps_ref": m2["eps_ref"], **{k: m2["history"][0][k] for k in history}},
+                                    {"eps_ref": m1["eps_ref"], **{k: m1["history"][0][k] for k in history}},
+                                    tolerances.FLOAT32_ROUNDOFF)
     config = json.loads((two / "config.json").read_text())
     assert config["world_size"] == 2
 
@@ -154,9 +161,8 @@ def test_evaluate_under_torchrun_equals_one_process(runs):
     assert done.stdout.count("written:") == 1  # rank 0 alone prints and writes
     two = json.loads((runs / "eval2.json").read_text())
     assert two["processes"] == 2 and two["n"] == one["n"] == 100
-    for key in ("acc", "fooling_rate", "mean_iterations", "own_eps_ref", "fgs_acc@1.0"):
-        assert two[key] == one[key], key
-    assert two["rho2"] == pytest.approx(one["rho2"], rel=1e-6)
+    keys = ("acc", "fooling_rate", "mean_iterations", "own_eps_ref", "fgs_acc@1.0", "rho2")  # other batch splits
+    tolerances.assert_metrics_close({k: two[k] for k in keys}, {k: one[k] for k in keys}, tolerances.FLOAT32_ROUNDOFF)
 
 
 def test_amp_trains_in_bf16_with_the_deepfool_step_in_float32():

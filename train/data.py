@@ -288,13 +288,13 @@ def preprocess_params(train_x: Tensor) -> dict:
     return {"scale": 1.0 / 255.0, "mean": (train_x.double() / 255.0).mean(0).float()}
 
 
-def preprocess(x_uint8: Tensor, params: dict) -> Tensor:
-    """Network input as float32: ``x·scale − mean``, then divided by ``std`` if ``params`` has one. MNIST:
-    ``x/255 − per-pixel mean``, ``(N, 1, 28, 28)``; CIFAR-10 and ImageNet: ``(x·scale − mean_c) / std_c`` per
-    channel (``mean``/``std`` of shape ``(C, 1, 1)``)."""
-    out = x_uint8.float() * params["scale"] - params["mean"].to(x_uint8.device)
+def preprocess(x_uint8: Tensor, params: dict, dtype: torch.dtype = torch.float32) -> Tensor:
+    """Network input as ``dtype`` (float32 by default): ``x·scale − mean``, then divided by ``std`` if ``params``
+    has one, computed in ``dtype``. MNIST: ``x/255 − per-pixel mean``, ``(N, 1, 28, 28)``; CIFAR-10 and ImageNet:
+    ``(x·scale − mean_c) / std_c`` per channel (``mean``/``std`` of shape ``(C, 1, 1)``)."""
+    out = x_uint8.to(dtype) * params["scale"] - params["mean"].to(x_uint8.device, dtype)
     if params.get("std") is not None:
-        out = out / params["std"].to(x_uint8.device)
+        out = out / params["std"].to(x_uint8.device, dtype)
     return out
 
 

@@ -234,6 +234,14 @@ def get_args_parser(add_help: bool = True, model: str | None = None) -> argparse
                         "division by ‖w‖²), the accumulated perturbation, the regularizer's exp and the "
                         "cross-entropy stay in float32. Every evaluation runs in float32. benchmarks/amp.py "
                         "measures how far ρ₂ and the regularizer's gradient move")
+    p.add_argument("--dtype", default="float32", choices=("float32", "float64"),
+                   help="floating-point type of the weights, the inputs and every computation (reference training, "
+                        "fine-tuning, evaluation). float64 is slow but gives the same numbers to ~1e-12 on any CPU "
+                        "(tests/test_regression.py pins the first steps with it); a float32 --reference is cast to it")
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="CPU threads of this process (torch.set_num_threads; default: torch's, the number of cores). "
+                        "float32 sums are reduced in another order with another count, so runs that must agree to "
+                        "the last bit fix it")
     p.add_argument("--seed", type=int, default=0, help="seed of initialisation, shuffling and the hold-out split")
     p.add_argument("--no-progress", action="store_true",
                    help="no progress bars (they are off anyway when stderr is not a terminal, e.g. sent to a file)")
@@ -267,8 +275,10 @@ def check_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Non
             setattr(args, key, value)
     if not explicit_drop and args.epochs > 1 and args.lr_drop_epochs >= args.epochs:
         args.lr_drop_epochs = args.epochs - 1  # a short run of a recipe that halves for the last 10 epochs
+    if getattr(args, "amp", False) and getattr(args, "dtype", "float32") != "float32":
+        parser.error(f"--amp computes in bf16 from float32 weights; it does not combine with --dtype {args.dtype}")
     positive = ["epochs", "batch_size", "max_iter", "eval_max_iter", "eval_batch_size", "ref_epochs",
-                "advtrain_max_iter"]
+                "advtrain_max_iter"] + (["threads"] if getattr(args, "threads", None) is not None else [])
     for name in positive:
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
@@ -306,6 +316,11 @@ def check_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Non
         args.out = f"runs/{safe}-{args.method}-s{args.seed}"
 
 
+def run_dtype(args: argparse.Namespace) -> torch.dtype:
+    """``--dtype`` as a ``torch.dtype`` (float32 for a namespace made before the flag existed)."""
+    return getattr(torch, getattr(args, "dtype", None) or "float32")
+
+
 def arch_args(model: str, pipe) -> dict:
     """The builder's arguments for this data (``num_classes`` of alexnet and resnet18)."""
     return {"num_classes": pipe.num_classes} if "num_classes" in models.ARCH_ARGS.get(model, ()) else {}
@@ -337,7 +352,7 @@ def get_reference(args, pipe, device, world: distributed.World | None = None) ->
         return references.load_cached(path, args, pipe, device)
     utils.say(f"training the reference model ({args.ref_epochs} epochs, lr {args.ref_lr}) -> {path}")
     utils.seed_everything(args.seed)
-    net = build().to(device)
+    net = build().to(device, run_dtype(args))  # initialised in float32 (the same draws), then cast
     preprocess = pipe.preprocess
     start = time.perf_counter()
     log = engine.train_reference(
@@ -366,7 +381,9 @@ def train_batches(dataset, preprocess: dict | None, args, device, epoch: int, st
     loader, sampler = loaders.epoch_loader(dataset, args.batch_size, seed=args.seed, epoch=epoch, start=start,
                                            num_workers=args.workers or 0, pin_memory=device.type == "cuda",
                                            rank=world.rank, world_size=world.size)
-    prepare = (lambda x: x) if preprocess is None else (lambda x: data_lib.preprocess(x, preprocess))  # noqa: E731
+    dtype = run_dtype(args)
+    prepare = ((lambda x: x) if preprocess is None  # noqa: E731
+               else (lambda x: data_lib.preprocess(x, preprocess, dtype)))
     batches = ((prepare(x).to(device), y.to(device)) for x, y in loader)
     if os.environ.get("REVNET_TEST_NAN_ON_RANK", "") == str(world.rank):
         batches = ((x * 1e38 if i == 0 else x, y) for i, (x, y) in enumerate(batches))
@@ -453,8 +470,9 @@ def eval_sets(args, pipe, preprocess: dict, device, world: distributed.World | N
         idx = pipeline_lib.ds.balanced_subset(pipe.test_targets, n_eval, args.eval_subset_seed).tolist()
     else:
         idx = range(n_eval)
-    prepare = lambda raw: data_lib.preprocess(raw, preprocess).to(device)  # noqa: E731
-    per_image = 4 * math.prod(pipe.input_shape) + math.prod(pipe.input_shape)  # float32 input + int8 FGS sign
+    dtype = run_dtype(args)
+    prepare = lambda raw: data_lib.preprocess(raw, preprocess, dtype).to(device)  # noqa: E731
+    per_image = dtype.itemsize * math.prod(pipe.input_shape) + math.prod(pipe.input_shape)  # float32 input + int8 FGS sign
     kw = dict(device=device, num_workers=args.workers or 0, pin_memory=device.type == "cuda",
               cache_bytes=args.eval_cache_mb << 20, bytes_per_image=per_image)
     n_epoch = min(args.epoch_eval_samples or n_eval, n_eval)
@@ -466,7 +484,8 @@ def eval_sets(args, pipe, preprocess: dict, device, world: distributed.World | N
     return part(pipe.test_set, idx), part(pipe.test_set, list(idx)[:n_epoch]), part(pipe.val_set, range(len(pipe.val_set)))
 
 
-def materialize(dataset, preprocess: dict, device, batch_size: int, budget_bytes: int, what: str) -> tuple:
+def materialize(dataset, preprocess: dict, device, batch_size: int, budget_bytes: int, what: str,
+                dtype: torch.dtype = torch.float32) -> tuple:
     """All of ``dataset`` preprocessed, as tensors ``(x, y)`` on ``device`` (Adv. Train I's DeepFool set needs
     the whole training set); refused with one line if it would exceed ``budget_bytes``."""
     from torch.utils.data import DataLoader
@@ -479,7 +498,7 @@ def materialize(dataset, preprocess: dict, device, batch_size: int, budget_bytes
                          "or raise --eval-cache-mb.")
     xs, ys = [], []
     for raw, y in DataLoader(dataset, batch_size=batch_size, shuffle=False, generator=loaders.quiet_generator()):
-        xs.append(data_lib.preprocess(raw, preprocess).to(device))
+        xs.append(data_lib.preprocess(raw, preprocess, dtype).to(device))
         ys.append(y.to(device))
     return torch.cat(xs), torch.cat(ys)
 
@@ -489,6 +508,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     check_args(args, parser)
     if args.workers is None:
         args.workers = 0 if args.dataset != "imagenet" else min(4, os.cpu_count() or 1)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if distributed.launched_by_torchrun():
         world, device = distributed.init(args.device)
     else:
@@ -530,13 +551,9 @@ def run(args: argparse.Namespace, world: distributed.World, device: torch.device
         ref_net, preprocess, ref_origin = get_reference_on_every_rank(args, pipe, device, world)
     except ValueError as exc:  # a user's --model that cannot be built
         raise SystemExit(f"error: {exc}") from None
+    ref_net = ref_net.to(dtype=run_dtype(args))  # a float32 --reference or cache in a --dtype float64 run
     config["reference"] = ref_origin
     utils.say(f"reference: {ref_origin}")
-    if world.main:
-        try:
-            utils.write_json(out / "config.json", config)
-        except models.WriteError as exc:
-            raise SystemExit(f"error: {exc}") from None
     if world.rank:  # Dropout masks: each rank its own stream (rank 0's is the single-process one)
         torch.manual_seed(args.seed + 1_000_003 * world.rank)
 
@@ -548,7 +565,7 @@ def run(args: argparse.Namespace, world: distributed.World, device: torch.device
     eval_kw = dict(max_iter=args.eval_max_iter, overshoot=args.overshoot, batch_size=args.eval_batch_size,
                    clip=clip, candidates=candidates, progress=progress, world=world)
 
-    net = models.build(args.model, **arch_args(args.model, pipe)).to(device)
+    net = models.build(args.model, **arch_args(args.model, pipe)).to(device, run_dtype(args))
     modules_with_params = [name for name, m in net.named_modules() if name and any(True for _ in m.parameters(False))]
     all_modules = {name for name, _ in net.named_modules() if name}
     if args.reg_layers and not set(args.reg_layers) <= all_modules:
@@ -560,11 +577,17 @@ def run(args: argparse.Namespace, world: distributed.World, device: torch.device
     milestones = [args.epochs - args.lr_drop_epochs] if args.lr_drop_epochs else []
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=0.5)
 
-    mid = None  # a mid-epoch checkpoint: {"epoch", "step", "totals", "generator", "rng"}
-    if args.resume and resume_path.exists():
+    mid, state = None, None  # mid: a mid-epoch checkpoint {"epoch", "step", "totals", "generator", "rng"}
+    if args.resume and resume_path.exists():  # checked before config.json is written: a refused resume changes nothing
         state = utils.load_resume(resume_path, net, device)
         check_resume_args(state.get("args", {}), vars(args), resume_path)
         check_resume_world(state, world, resume_path)
+    if world.main:
+        try:
+            utils.write_json(out / "config.json", config)
+        except models.WriteError as exc:
+            raise SystemExit(f"error: {exc}") from None
+    if state is not None:
         net.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["lr_scheduler"])
@@ -588,7 +611,8 @@ def run(args: argparse.Namespace, world: distributed.World, device: torch.device
     train_set, train_pre, advtrain_info = pipe.train_set, preprocess, None
     if args.method == "advtrain-deepfool":
         train_x, train_y = materialize(pipe.train_set if pipe.in_memory else pipe.train_eval_set, preprocess, device,
-                                       args.eval_batch_size, args.eval_cache_mb << 20, "advtrain-deepfool")
+                                       args.eval_batch_size, args.eval_cache_mb << 20, "advtrain-deepfool",
+                                       run_dtype(args))
         train_x, train_y, advtrain_info = advtrain_set(args, ref_net, train_x, train_y, out, clip)
         train_set, train_pre = loaders.TensorImages(train_x, train_y), None
 
@@ -711,7 +735,7 @@ def run(args: argparse.Namespace, world: distributed.World, device: torch.device
 
 
 RESUME_FREE_ARGS = {"resume", "out", "no_progress", "device", "eval_batch_size", "data_dir", "cache_dir", "no_download",
-                    "workers", "eval_cache_mb", "checkpoint_every", "model_flag"}
+                    "workers", "eval_cache_mb", "checkpoint_every", "model_flag", "threads"}
 
 
 def same_weights_on_every_rank(net: torch.nn.Module, world: distributed.World) -> str:

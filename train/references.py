@@ -44,7 +44,8 @@ def cache_name(model: str, dataset: str, data_key: str, args) -> str:
     """The file name of a cached reference: model, data, recipe and seed (``module:function`` made file-safe)."""
     safe = re.sub(r"[^A-Za-z0-9_.-]", "_", model)
     return (f"{safe}-{dataset}-{data_key}-e{args.ref_epochs}-lr{args.ref_lr:g}-b{args.batch_size}-s{args.seed}"
-            + (f"-c{args.crop_size}" if dataset == "imagenet" else ""))
+            + (f"-c{args.crop_size}" if dataset == "imagenet" else "")
+            + (f"-{args.dtype}" if getattr(args, "dtype", "float32") != "float32" else ""))
 
 
 def check_input_shape(ckpt: dict, expected: tuple, source: str, dataset: str) -> None:
