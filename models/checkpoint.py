@@ -88,18 +88,45 @@ def build_user_model(spec: str) -> nn.Module:
         sys.path.insert(0, "")
     try:
         module = importlib.import_module(module_name)
+    except SystemExit as exc:  # a script's sys.exit() at import would end the run silently, with its status
+        raise ValueError(f"--model {spec!r}: importing {module_name!r} called sys.exit({exc.code!r}); a module of "
+                         "builders must not exit when imported (guard script code with if __name__ == "
+                         "'__main__').") from None
     except Exception as exc:  # noqa: BLE001 - ImportError, SyntaxError in the user's file, ...
         raise ValueError(f"--model {spec!r}: cannot import {module_name!r} ({exc.__class__.__name__}: {exc}); "
                          "run from the folder that holds it or put it on PYTHONPATH.") from None
     func = getattr(module, func_name, None)
     if not callable(func):
         raise ValueError(f"--model {spec!r}: {module_name} has no function {func_name!r}.")
-    model = func()
+    model = _call_builder(spec, func_name, func)
     if not isinstance(model, nn.Module):
         raise ValueError(f"--model {spec!r}: {func_name}() returned a {type(model).__name__}, not an nn.Module.")
     if isinstance(model, (revnet.Sequential, revnet.Graph)):
         return model
     return revnet.convert(model)
+
+
+def _call_builder(spec: str, name: str, func: Any) -> Any:
+    """``func()``; a builder that needs arguments, raises or exits is a one-line ``ValueError`` naming it."""
+    import inspect
+
+    try:
+        required = [p.name for p in inspect.signature(func).parameters.values()
+                    if p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    except (TypeError, ValueError):  # a builtin without a signature: just call it
+        required = []
+    if required:
+        raise ValueError(f"--model {spec!r}: {name}() cannot be called without arguments (it needs "
+                         f"{', '.join(required)}); wrap it in a function that takes none, e.g. "
+                         f"def my_model(): return {name}(...).")
+    try:
+        return func()
+    except SystemExit as exc:
+        raise ValueError(f"--model {spec!r}: {name}() called sys.exit({exc.code!r}) instead of returning a "
+                         "model.") from None
+    except Exception as exc:  # noqa: BLE001 - whatever the user's code raises
+        text = " ".join(str(exc).split())
+        raise ValueError(f"--model {spec!r}: {name}() raised {exc.__class__.__name__}: {text}") from None
 
 
 def build(arch: str, **arch_args: Any) -> nn.Module:
@@ -162,13 +189,33 @@ def write_atomic(path: str | os.PathLike, write: Callable[[Any], None], *, binar
     except BaseException as exc:
         if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
-        if isinstance(exc, OSError) and not isinstance(exc, WriteError):
-            raise write_error(path, exc) from exc
+        failed = _os_error_behind(exc)
+        if failed is not None and not isinstance(exc, WriteError):
+            raise write_error(path, failed) from exc
         raise
 
 
+def _os_error_behind(exc: BaseException) -> Optional[OSError]:
+    """``exc`` itself if it is an ``OSError``; for a ``RuntimeError``, the ``OSError`` it was raised from or while
+    handling (``__cause__``/``__context__``): torch's zip writer turns a failed ``write`` (ENOSPC on a full disk)
+    into ``RuntimeError: [enforce fail at inline_container.cc] unexpected pos …`` raised during that ``OSError``.
+    ``None`` for anything else, so an unrelated error keeps its own type and message."""
+    if isinstance(exc, OSError):
+        return exc
+    if not isinstance(exc, RuntimeError):
+        return None
+    seen, link = set(), exc
+    while link is not None and id(link) not in seen:
+        seen.add(id(link))
+        if isinstance(link, OSError):
+            return link
+        link = link.__cause__ or link.__context__
+    return None
+
+
 def save_atomic(obj: Any, path: str | os.PathLike) -> None:
-    """``torch.save`` to a temporary file in the same folder, then rename it into place (see ``write_atomic``)."""
+    """``torch.save`` to a temporary file in the same folder, then rename it into place (see ``write_atomic``); a
+    failed write inside ``torch.save`` (a full disk) is the same one-line ``WriteError`` as one outside it."""
     write_atomic(path, lambda f: torch.save(obj, f))
 
 
@@ -215,14 +262,61 @@ def check_state_dict(path: Path, state: Any, expected: Mapping[str, Any], what: 
     missing = [k for k in expected if k not in state]
     extra = [k for k in state if k not in expected]
     if missing or extra:
-        parts = ([f"missing {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}"] if missing else []) + (
-            [f"unexpected {', '.join(extra[:3])}{' ...' if len(extra) > 3 else ''}"] if extra else [])
+        def listed(keys: list) -> str:
+            return ", ".join(map(str, keys[:3])) + (" ..." if len(keys) > 3 else "")
+        parts = ([f"missing {listed(missing)}"] if missing else []) + ([f"unexpected {listed(extra)}"] if extra else [])
         raise CheckpointError(f"{path} does not fit {what}: {'; '.join(parts)} in its state dict; "
                               "pass a checkpoint of this architecture.")
     for k, v in expected.items():
+        if isinstance(v, Tensor) and not isinstance(state[k], Tensor):
+            raise CheckpointError(f"{path} does not fit {what}: {k} is a {type(state[k]).__name__}, not a tensor; "
+                                  "pass a checkpoint of this architecture.")
         if _shape(state[k]) != _shape(v):
             raise CheckpointError(f"{path} does not fit {what}: {k} has shape {_shape(state[k])}, expected "
                                   f"{_shape(v)}; pass a checkpoint of this architecture.")
+
+
+def _got(value: Any) -> str:
+    text = repr(value)
+    return f"the {type(value).__name__} {text}" if len(text) <= 40 and "\n" not in text else f"a {type(value).__name__}"
+
+
+def _is_count(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 1
+
+
+def check_fields(path: Path, ckpt: Mapping[str, Any], what: str = "checkpoint") -> None:
+    """The types of a model checkpoint's fields, where present: ``arch`` a string, ``state_dict`` a dict of
+    parameter names to tensors, ``preprocess``/``metrics``/``config`` dicts, ``arch_args`` a dict of integer
+    arguments, ``input_shape`` a list of positive integers. Anything else (which would fail later with a raw
+    ``TypeError: unhashable type`` or the like) is a one-line ``CheckpointError`` naming the path and the field."""
+    def refuse(field: str, expected: str, got: str) -> None:
+        raise CheckpointError(f"{path} is not a usable {what}: {field!r} must be {expected}, got {got}; pass a file "
+                              "written by train/finetune.py.")
+
+    arch = ckpt.get("arch")
+    if not isinstance(arch, str) or not arch:
+        refuse("arch", "a string naming the architecture (e.g. 'lenet')", _got(arch))
+    if "state_dict" in ckpt:
+        state, expected = ckpt["state_dict"], "a dict of parameter names to tensors"
+        if not isinstance(state, Mapping):
+            refuse("state_dict", expected, _got(state))
+        for k, v in state.items():
+            if not isinstance(k, str):
+                refuse("state_dict", expected, f"the key {k!r} ({type(k).__name__})")
+            if not isinstance(v, Tensor):
+                refuse("state_dict", expected, f"{k!r} = {_got(v)}")
+    for field, expected in (("preprocess", "a dict with a tensor 'mean' and a number 'scale'"), ("metrics", "a dict"),
+                            ("config", "a dict")):
+        if field in ckpt and not isinstance(ckpt[field], Mapping):
+            refuse(field, expected, _got(ckpt[field]))
+    arch_args = ckpt.get("arch_args")
+    if arch_args is not None and not (isinstance(arch_args, Mapping) and all(
+            isinstance(k, str) and _is_count(v) for k, v in arch_args.items())):
+        refuse("arch_args", "a dict of integer arguments (e.g. {'num_classes': 1000})", _got(arch_args))
+    shape = ckpt.get("input_shape")
+    if shape is not None and not (isinstance(shape, (list, tuple)) and shape and all(map(_is_count, shape))):
+        refuse("input_shape", "a list of positive integers (e.g. [1, 28, 28])", _got(shape))
 
 
 def load_state(
@@ -235,8 +329,8 @@ def load_state(
 ) -> dict:
     """``torch.load(path, weights_only=True)`` of a dict, checked: every key of ``required_keys`` present, and for
     each ``shapes[key]``: a tuple is the tensor's shape, a module or state dict is the nested state dict's keys and
-    shapes. Anything else (no file, not a torch.save file, truncated, wrong keys or shapes) is a one-line
-    ``CheckpointError`` naming the path."""
+    shapes. A model checkpoint (a dict with ``arch``) gets :func:`check_fields`. Anything else (no file, not a
+    torch.save file, truncated, wrong keys, types or shapes) is a one-line ``CheckpointError`` naming the path."""
     path = Path(path)
     if path.is_dir():
         raise CheckpointError(f"{path} is a folder, not a {what} file; pass the path of the .pt file.")
@@ -268,6 +362,8 @@ def load_state(
     if missing:
         raise CheckpointError(f"{path} is not a usable {what}: it lacks {', '.join(map(repr, missing))}; "
                               "pass a file written by train/finetune.py.")
+    if "arch" in state:  # a model checkpoint (see the module docstring)
+        check_fields(path, state, what)
     for key, expected in (shapes or {}).items():
         if key not in state:
             raise CheckpointError(f"{path} is not a usable {what}: it lacks {key!r}.")

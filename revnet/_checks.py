@@ -6,6 +6,7 @@ public entry point, never in inner loops.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Optional
 
 import torch
@@ -105,6 +106,19 @@ def check_classes(logits: Tensor) -> None:
 def check_positive_int(value: Any, name: str) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name} must be an integer >= 1, got {value!r}.")
+
+
+def check_nonnegative(value: Any, name: str) -> None:
+    """Raise ``ValueError`` unless ``value`` is a finite real number >= 0 (a Python or NumPy number, or a
+    one-element tensor); NaN, ±inf, negative numbers, strings and booleans are refused, naming ``name``."""
+    try:
+        ok = not isinstance(value, (bool, str, bytes)) and 0 <= float(value) < math.inf
+    except (TypeError, ValueError, RuntimeError):  # None, a complex number, a tensor of several elements
+        ok = False
+    if not ok:
+        several = isinstance(value, Tensor) and value.numel() != 1
+        shown = f"a tensor of shape {tuple(value.shape)}" if several else repr(value)
+        raise ValueError(f"{name} must be a finite number >= 0, got {shown}.")
 
 
 def fold_class_rows(v: Tensor, tape: Any, who: str) -> tuple[Tensor, Optional[int]]:

@@ -27,7 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._checks import check_batch, check_classes, check_label_range, check_labels, check_network, norm_floor
+from ._checks import (check_batch, check_classes, check_label_range, check_labels, check_network, check_nonnegative,
+                      check_positive_int, norm_floor)
 from .attacks.deepfool import deepfool, deepfool_from_trace
 from .layers.protocol import noise_of
 
@@ -96,7 +97,8 @@ def deep_defense_loss(
     Args:
         net: a revnet network mapping ``x (N, *in)`` to logits ``(N, C)``.
         x, y: inputs ``(N, *in)`` (float32/float64) and integer labels ``(N,)``.
-        lmbd, c, d: λ, c and d of eq. 6 (the paper's MNIST values by default).
+        lmbd, c, d: λ, c and d of eq. 6 (the paper's MNIST values by default): finite numbers >= 0 (the paper
+            has c, d > 0; 0 is the limit where the regularizer's terms are constant, λ = 0 turns it off).
         max_iter, overshoot: DeepFool's settings during training.
         reg_layers: dotted names of modules of ``net`` (children such as ``["0", "3"]`` or nested ones such
             as ``["layer3.1.conv2"]``) whose parameters receive the regularizer's gradient; ``None``: all.
@@ -109,8 +111,9 @@ def deep_defense_loss(
     check_batch(x)
     check_network(net, x)
     check_labels(y, x)
-    if max_iter is None or isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
-        raise ValueError(f"max_iter must be an integer >= 1, got {max_iter!r}.")
+    for value, name in ((lmbd, "lmbd"), (c, "c"), (d, "d"), (ce_weight, "ce_weight"), (overshoot, "overshoot")):
+        check_nonnegative(value, name)
+    check_positive_int(max_iter, "max_iter")
     y = y.to(device=x.device, dtype=torch.long)
     chosen = None if reg_layers is None else _check_reg_layers(net, reg_layers)
 

@@ -13,6 +13,8 @@ Conventions:
   with their final ``Δx``.
 * FGS examples ``x + ε·sign(∇ₓ CE)`` are not clipped to a valid input range unless ``clip=(lo, hi)`` is
   given (the paper does not clip).
+* A network with fewer than 2 classes is refused by every metric, with DeepFool's message (one sample goes
+  through the network first, without touching the random state).
 * ``ε_ref`` is the smallest ε at which FGS accuracy drops to 50% or below, found by bisection to a relative
   tolerance; accuracies are fractions in [0, 1].
 """
@@ -25,7 +27,8 @@ from typing import Callable, Iterator, Optional, Sequence
 import torch
 from torch import Tensor, nn
 
-from ._checks import check_batch, check_finite_parameters, check_label_range, check_labels, check_network, norm_floor
+from ._checks import (check_batch, check_classes, check_finite_parameters, check_label_range, check_labels,
+                      check_network, norm_floor)
 from .attacks.deepfool import deepfool
 from .attacks.fgs import _check_clip, _check_eps, ce_input_gradient, fgs_perturb
 from .attacks.pgd import pgd_l2
@@ -44,27 +47,46 @@ def accuracy(logits: Tensor, y: Tensor) -> float:
     """The fraction of rows of ``logits (N, C)`` whose argmax equals ``y (N,)``."""
     if logits.dim() != 2 or logits.shape[0] == 0:
         raise ValueError(f"logits must have shape (N, C) with N >= 1, got {tuple(logits.shape)}.")
+    check_classes(logits)
     check_labels(y, logits)
     check_label_range(y, logits.shape[1])
     return (logits.argmax(1) == y.to(logits.device)).double().mean().item()
 
 
-def _checked(net: nn.Module, x: Tensor, y: Optional[Tensor] = None) -> None:
+def _checked(net: nn.Module, x: Tensor, y: Optional[Tensor] = None, *, classes: bool = True) -> None:
+    """The checks of every metric's entry point; ``classes``: also run one sample through ``net`` and refuse a
+    network without ``(N, C)`` logits of ``C >= 2`` classes, or labels ``y`` outside ``[0, C)``, before the
+    attack starts (metrics that do a plain forward first check its logits instead)."""
     check_batch(x)
     check_network(net, x)
     check_finite_parameters(net)
     if y is not None:
         check_labels(y, x)
+    if classes:
+        num_classes = _num_classes(net, x)
+        if y is not None:
+            check_label_range(y, num_classes)
+
+
+def _num_classes(net: nn.Module, x: Tensor) -> int:
+    """The number of classes of ``net``, from the logits of ``x[:1]`` (refused by :func:`check_classes`, as
+    DeepFool refuses it, unless they are ``(1, C)`` with ``C >= 2``). The random state is left as it was: a
+    Dropout in training mode draws its mask from it, and the metric's own passes must draw the same masks."""
+    with torch.no_grad(), torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
+        logits = net(x[:1])
+    check_classes(logits)
+    return logits.shape[1]
 
 
 def network_accuracy(net: nn.Module, x: Tensor, y: Tensor, *, batch_size: int = 500) -> float:
     """Clean accuracy of ``net`` on ``(x, y)``."""
-    _checked(net, x, y)
+    _checked(net, x, y, classes=False)
     correct = 0
     with torch.no_grad():
         for s in _chunks(len(x), batch_size):
             logits = net(x[s])
             if s.start == 0:
+                check_classes(logits)
                 check_label_range(y, logits.shape[1])
             correct += int((logits.argmax(1) == y[s].to(x.device)).sum())
     return correct / len(x)
@@ -107,13 +129,18 @@ def deepfool_robustness(
 
 def fgs_signs(net: nn.Module, x: Tensor, y: Tensor) -> Tensor:
     """``sign(∇ₓ CE)`` of one batch ``x (B, *in)`` (explicit reverse, no graph), shape of ``x``."""
+    _checked(net, x, y)
+    return _signs(net, x, y)
+
+
+def _signs(net: nn.Module, x: Tensor, y: Tensor) -> Tensor:
     with torch.no_grad():
         return ce_input_gradient(net, x, y.to(x.device)).sign()
 
 
 def _fgs_signs(net: nn.Module, x: Tensor, y: Tensor, batch_size: int) -> Tensor:
-    """:func:`fgs_signs` for every image, in chunks."""
-    return torch.cat([fgs_signs(net, x[s], y[s]) for s in _chunks(len(x), batch_size)])
+    """:func:`fgs_signs` for every image, in chunks (the caller has checked the arguments)."""
+    return torch.cat([_signs(net, x[s], y[s]) for s in _chunks(len(x), batch_size)])
 
 
 def correct_at_step(net: nn.Module, x: Tensor, y: Tensor, step: Tensor, clip: Optional[tuple[float, float]]) -> int:
@@ -121,7 +148,9 @@ def correct_at_step(net: nn.Module, x: Tensor, y: Tensor, step: Tensor, clip: Op
     with torch.no_grad():
         x_adv = x + step
         x_adv = x_adv if clip is None else x_adv.clamp(*clip)
-        return int((net(x_adv).argmax(1) == y.to(x.device)).sum())
+        logits = net(x_adv)
+        check_classes(logits)
+        return int((logits.argmax(1) == y.to(x.device)).sum())
 
 
 def _accuracy_at_step(

@@ -92,6 +92,33 @@ def test_rank_shares_make_up_the_single_process_batches(n, batch, world, start):
         assert torch.equal(share.generator.get_state(), single.generator.get_state())
 
 
+@pytest.mark.parametrize("n", [401, 403])
+def test_a_last_batch_smaller_than_the_world_still_trains_on_every_rank(tmp_path, n):
+    """401 or 403 images in global batches of 100 on two processes: the last batch holds 1 or 3 images, so one
+    rank's share is empty (401) or uneven (403); that rank still steps and joins every collective. 401 reuses the
+    single process's cached reference, 403 trains its own under DDP (the reference's last batch too). The weights
+    equal the single process's to float32 round-off, as in ``test_two_processes_equal_one``."""
+    flags = ["mlp", "--threads", "1", "--train-samples", str(n), "--batch-size", "100", "--epochs", "1",
+             "--ref-epochs", "15", "--ref-lr", "0.05", "--lr", "0.01", "--eval-samples", "20", "--epoch-eval-samples",
+             "20", "--eval-max-iter", "5", "--no-progress", "--device", "cpu", "--min-acc-ratio", "0", *_data_flags()]
+    threads = torch.get_num_threads()
+    try:
+        finetune.main(finetune.get_args_parser().parse_args(
+            flags + ["--cache-dir", str(tmp_path / "refs"), "--out", str(tmp_path / "single")]))
+    finally:
+        torch.set_num_threads(threads)
+    cache = tmp_path / ("refs" if n == 401 else "refs-ddp")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           str(ROOT / "train" / "finetune.py"), *flags, "--cache-dir", str(cache), "--out", str(tmp_path / "two")]
+    two = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=tmp_path,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert two.returncode == 0, two.stderr[-3000:]
+    w1, w2 = _weights(tmp_path / "single"), _weights(tmp_path / "two")
+    for key in w1:
+        assert (w1[key] - w2[key]).abs().max() <= 1e-6, key
+    assert _metrics(tmp_path / "two")["processes"]["world_size"] == 2
+
+
 def test_evaluation_shards_hold_every_image_once():
     worlds = [distributed.World(rank=r, size=3) for r in range(3)]
     parts = [distributed.shard(range(10), w) for w in worlds]

@@ -34,6 +34,16 @@ class DataError(RuntimeError):
     """The requested data cannot be found or read; the message says which flag or path to use."""
 
 
+def error_line(exc: DataError) -> str:
+    """A ``DataError``'s message as one line: raised in a ``DataLoader`` worker, it comes back with the worker's
+    traceback in its text (``Caught DataError in DataLoader worker process 0. Original Traceback ...``), whose
+    last line holds the message."""
+    lines = [line for line in str(exc).splitlines() if line.strip()]
+    if len(lines) > 1 and "Original Traceback" in str(exc):
+        return lines[-1].split("DataError: ", 1)[-1]
+    return " ".join(lines)
+
+
 @dataclass
 class Splits:
     train_x: Tensor  # (N_train, 1, 28, 28) uint8

@@ -57,7 +57,6 @@ Example::
 from __future__ import annotations
 
 import os
-import pickle
 import sys
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence, Union
@@ -70,6 +69,7 @@ from torchvision import transforms as T
 from torchvision.datasets import CIFAR10, ImageFolder
 from torchvision.datasets.utils import download_and_extract_archive
 
+import safe_pickle
 from data import DataError, removing_created
 
 PathLike = Union[str, os.PathLike]
@@ -162,13 +162,17 @@ def cifar10(data_dir: PathLike, train: bool, *, download: bool, transform: Optio
 def read_cifar10_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """One pickled CIFAR-10 batch: ``(data uint8 (N, 3072), labels int64 (N,))``; keys may be ``str`` (as
     ``encoding="latin1"`` gives for the real files) or ``bytes``. A truncated, unreadable or malformed file is a
-    ``DataError`` naming it."""
+    ``DataError`` naming it. The file is untrusted: it is read with ``safe_pickle.load``, and one that names
+    anything a CIFAR-10 batch never holds (``os.system``, an object array, ...) is refused, naming it."""
     fix = f"delete it and download or copy {path.parent.name}/ again"
     try:
         with open(path, "rb") as f:
-            entry = pickle.load(f, encoding="latin1")
+            entry = safe_pickle.load(f, encoding="latin1")
     except OSError as exc:
         raise DataError(f"cannot read CIFAR-10 batch {path}: {exc.strerror or exc}; {fix}.") from None
+    except safe_pickle.Refused as exc:
+        raise DataError(f"CIFAR-10 batch {path} refers to {exc.what}, which a CIFAR-10 batch never holds; refused "
+                        f"(untrusted pickle, not loaded); {fix}.") from None
     except Exception as exc:  # noqa: BLE001 - EOFError, UnpicklingError, ValueError from numpy, ...
         raise DataError(f"CIFAR-10 batch {path} is truncated or unreadable ({_one_line(exc)}); {fix}.") from None
     if not isinstance(entry, dict):
@@ -191,10 +195,19 @@ def read_cifar10_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _cifar10_classes(meta: Path) -> list[str]:
-    """The class names from ``batches.meta`` when it is there and readable, else the standard ten."""
+    """The class names from ``batches.meta`` when it is there and readable, else the standard ten. The file is
+    untrusted (read with ``safe_pickle.load``): one that names anything ``batches.meta`` never holds is a
+    ``DataError`` naming it, not a silent fallback."""
     try:
         with open(meta, "rb") as f:
-            names = pickle.load(f, encoding="latin1")
+            names = safe_pickle.load(f, encoding="latin1")
+    except safe_pickle.Refused as exc:
+        raise DataError(f"CIFAR-10 class names {meta} refer to {exc.what}, which batches.meta never holds; refused "
+                        f"(untrusted pickle, not loaded); delete it and download or copy {meta.parent.name}/ "
+                        f"again.") from None
+    except Exception:  # noqa: BLE001 - missing or unreadable: the names are cosmetic
+        return list(CIFAR10_CLASSES)
+    try:
         names = {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in names.items()}["label_names"]
         names = [n.decode("latin1") if isinstance(n, bytes) else str(n) for n in names]
         return names if len(names) == 10 else list(CIFAR10_CLASSES)

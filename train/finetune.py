@@ -316,6 +316,31 @@ def check_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Non
         args.out = f"runs/{safe}-{args.method}-s{args.seed}"
 
 
+def build_network(args: argparse.Namespace, pipe) -> torch.nn.Module:
+    """``models.build`` of ``--model`` for this data, checked on one blank input: a model that cannot be built or
+    converted, whose output is not one tensor of ``(N, classes)`` logits, is one ``error:`` line naming it."""
+    what = f"--model {args.model!r}" if models.is_user_model(args.model) else f"model {args.model!r}"
+    try:
+        net = models.build(args.model, **arch_args(args.model, pipe))
+    except (ValueError, revnet.RevnetError) as exc:  # build_user_model names the builder and what went wrong
+        raise SystemExit(f"error: {what}: {utils.one_line(exc)}") from None
+    try:
+        was_training = net.training
+        with torch.no_grad():
+            out = net.eval()(torch.zeros(1, *pipe.input_shape))
+        net.train(was_training)
+    except revnet.RevnetError as exc:  # a layer without a reverse, a tuple output, ...
+        raise SystemExit(f"error: {what}: {utils.one_line(exc)}") from None
+    except Exception as exc:  # noqa: BLE001 - a user's forward that fails on this data's input shape
+        raise SystemExit(f"error: {what} fails on an input of shape (1, {', '.join(map(str, pipe.input_shape))}) "
+                         f"({utils.one_line(exc)}); its input must be {args.dataset}'s.") from None
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (1, pipe.num_classes):
+        got = f"shape {tuple(out.shape)}" if isinstance(out, torch.Tensor) else f"a {type(out).__name__}"
+        raise SystemExit(f"error: {what} returns {got} for one image; it must return one tensor of "
+                         f"(N, {pipe.num_classes}) logits for {args.dataset}'s {pipe.num_classes} classes.")
+    return net
+
+
 def run_dtype(args: argparse.Namespace) -> torch.dtype:
     """``--dtype`` as a ``torch.dtype`` (float32 for a namespace made before the flag existed)."""
     return getattr(torch, getattr(args, "dtype", None) or "float32")
@@ -340,7 +365,7 @@ def get_reference(args, pipe, device, world: distributed.World | None = None) ->
     """The reference model: ``--reference``, ``--pretrained``, a cached one, or a freshly trained (and then
     cached) one; under torchrun every rank trains it together (DDP) and rank 0 writes the cache."""
     world = world or distributed.World()
-    build = lambda: models.build(args.model, **arch_args(args.model, pipe))  # noqa: E731
+    build = lambda: build_network(args, pipe)  # noqa: E731
     if args.reference:
         return references.load_given(args, build, pipe, device)
     data_key = references.data_key(pipe)
@@ -565,7 +590,7 @@ def run(args: argparse.Namespace, world: distributed.World, device: torch.device
     eval_kw = dict(max_iter=args.eval_max_iter, overshoot=args.overshoot, batch_size=args.eval_batch_size,
                    clip=clip, candidates=candidates, progress=progress, world=world)
 
-    net = models.build(args.model, **arch_args(args.model, pipe)).to(device, run_dtype(args))
+    net = build_network(args, pipe).to(device, run_dtype(args))
     modules_with_params = [name for name, m in net.named_modules() if name and any(True for _ in m.parameters(False))]
     all_modules = {name for name, _ in net.named_modules() if name}
     if args.reg_layers and not set(args.reg_layers) <= all_modules:
@@ -666,7 +691,8 @@ def run(args: argparse.Namespace, world: distributed.World, device: torch.device
                 desc=f"epoch {epoch}/{args.epochs}", progress=progress, world=world, amp=args.amp,
             )
         except engine.NonFiniteLossError as exc:
-            fail_run(out, args, history, f"{exc} (epoch {epoch})", resume_path, world)
+            fail_run(out, args, history, f"{exc} (epoch {epoch}){weak_reference_hint(args, ref_metrics)}",
+                     resume_path, world)
         mid = None
         lr_used = optimizer.param_groups[0]["lr"]  # this epoch's rate (the scheduler then sets the next one)
         scheduler.step()
@@ -678,7 +704,8 @@ def run(args: argparse.Namespace, world: distributed.World, device: torch.device
         reason = engine.collapse_reason(stats, row["test"]["acc"], ref_metrics["acc"], pipe.num_classes,
                                         args.min_acc_ratio, getattr(args, "max_train_ce", None))
         if reason is not None:  # never kept as the last good state
-            fail_run(out, args, history + [{**row, "failed": reason}], f"{reason} (epoch {epoch})", resume_path,
+            fail_run(out, args, history + [{**row, "failed": reason}],
+                     f"{reason} (epoch {epoch}){weak_reference_hint(args, ref_metrics, stats)}", resume_path,
                      world)
         history.append(row)
         save_resume(epoch)
@@ -767,6 +794,21 @@ def check_resume_args(saved: dict[str, Any], now: dict[str, Any], path: Path) ->
                          "resume with the run's own flags (config.json lists them) or start a new --out.")
 
 
+WEAK_REFERENCE_ACC = 0.5  # below it, most training images are misclassified: Deep Defense's d-term dominates
+
+
+def weak_reference_hint(args: argparse.Namespace, ref_metrics: dict, stats: dict | None = None) -> str:
+    """Why a Deep Defense run from a weak reference diverges, and what to do (empty for other runs): each
+    misclassified training image adds λ·exp(d·‖Δx‖/‖x‖) (up to λ·e³⁰), and a weak reference misclassifies most."""
+    if args.method not in ("deepdefense", "deepdefense+fgs") or ref_metrics.get("acc", 1.0) >= WEAK_REFERENCE_ACC:
+        return ""
+    loss = f" (mean training loss {stats['train_loss']:.3g})" if stats and "train_loss" in stats else ""
+    return (f"; the reference is weak: test accuracy {ref_metrics['acc']:.1%}, so most images are misclassified "
+            f"and each adds the regularizer's term λ·exp(d·‖Δx‖/‖x‖) = {args.lmbda:g}·exp({args.d:g}·‖Δx‖/‖x‖), up "
+            f"to {args.lmbda * math.exp(30):.2g}{loss}. Fine-tune a trained reference (more --ref-epochs, or "
+            "--reference PATH) rather than an untrained one")
+
+
 def fail_run(out: Path, args: argparse.Namespace, history: list[dict[str, Any]], reason: str, resume_path: Path,
              world: distributed.World | None = None):
     """Mark a diverged run as failed (``summary.md``, ``failed.json``, ``log.jsonl``) and exit with status 1;
@@ -813,6 +855,8 @@ if __name__ == "__main__":
         main(get_args_parser(model=model_named(sys.argv[1:])).parse_args())
     except models.WriteError as exc:  # a failed write anywhere (resume checkpoint, log.jsonl): one line
         raise SystemExit(f"error: {exc}") from None
+    except data_lib.DataError as exc:  # data found unreadable while reading it (an ImageNet val/ without images)
+        raise SystemExit(f"error: {data_lib.error_line(exc)}") from None
     except SystemExit as exc:  # under torchrun the other ranks met the same check: rank 0 alone says it
         if distributed.launched_by_torchrun() and os.environ.get("RANK", "0") != "0" and exc.code not in (0, None):
             raise SystemExit(1) from None

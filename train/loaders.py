@@ -25,7 +25,7 @@ from typing import Any, Callable, Iterator, Optional
 
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, default_collate
 
 DEFAULT_CACHE_BYTES = 2 << 30  # evaluation sets up to 2 GiB (10,000 CIFAR-10 images: 0.15 GiB) stay in memory
 
@@ -115,8 +115,26 @@ def epoch_loader(dataset: Dataset, batch_size: int, *, seed: int, epoch: int, st
         dataset.epoch = epoch
     sampler = EpochBatches(len(dataset), batch_size, seed, epoch, start, rank=rank, world_size=world_size)
     loader = DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers, pin_memory=pin_memory,
-                        generator=torch.Generator().manual_seed(seed * 1000 + epoch + 1))
+                        generator=torch.Generator().manual_seed(seed * 1000 + epoch + 1),
+                        collate_fn=EmptyShareCollate(dataset) if world_size > 1 else None)
     return loader, sampler
+
+
+class EmptyShareCollate:
+    """``default_collate``, and for a rank's empty share of a global batch (a last batch with fewer images than
+    ranks) an empty batch ``(x (0, *item shape), y (0,))`` of the items' dtypes, which ``default_collate`` cannot
+    make (it reads the first item): the rank still takes its step, so it joins every collective."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        x, y = dataset[0] if len(dataset) else (torch.zeros(0), 0)
+        x = torch.as_tensor(x)
+        self.x_shape, self.x_dtype = tuple(x.shape), x.dtype
+        self.y_dtype = torch.as_tensor(y).dtype
+
+    def __call__(self, items: list) -> Any:
+        if items:
+            return default_collate(items)
+        return torch.empty((0, *self.x_shape), dtype=self.x_dtype), torch.empty(0, dtype=self.y_dtype)
 
 
 class EvalSet:

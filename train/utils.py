@@ -89,6 +89,13 @@ def say(*args: Any, **kwargs: Any) -> None:
         print(*args, **kwargs)
 
 
+def one_line(exc: BaseException) -> str:
+    """An exception as one line for an ``error:`` message: its text with whitespace folded (its class name if
+    it has no text)."""
+    text = " ".join(str(exc).split())
+    return text or exc.__class__.__name__
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     torch.manual_seed(seed)
