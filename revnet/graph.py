@@ -15,6 +15,18 @@ does not depend on the input are plain constants.
 * In-place calls (``nn.ReLU(inplace=True)``, ``out += identity``, ``relu_``) run out of place. Where torch's
   in-place semantics would differ (the overwritten value is read again later), conversion refuses the model.
 
+* **One graph per mode.** A forward that branches on ``self.training`` (or passes it on, as torchvision's
+  stochastic depth does) is traced twice at conversion, once with every traced-through module in training mode
+  and once in eval mode; ``net.train()`` / ``net.eval()`` pick the graph that runs. Both run the same modules,
+  parameters and buffers. A tape is reversed by the graph that recorded it.
+* **Refused, not silently changed:** module hooks (forward, forward pre-, backward; on any module or global), which
+  the tape-based trace would not run; TorchScript and parametrized modules; and, at every ``trace``/``forward``, a
+  submodule, parameter or buffer of the *model* replaced after conversion (an identity check per part, no tensor
+  work), since the network keeps what it converted. ``load_state_dict``, optimizer steps and ``.to()`` on the
+  network keep the same parameter objects and keep working.
+* ``forward``'s optional arguments after ``x`` with a ``None``, bool, number or string default are traced at that
+  default (fx ``concrete_args``): ``net(x)`` computes ``model(x)``; another required argument is refused.
+
 Shapes as for ``Sequential``: ``x (N, *in) -> y (N, *out)``; ``reverse``: ``(N, *out) -> (N, *in)`` or
 ``(N, K, *out) -> (N, K, *in)``.
 """
@@ -22,6 +34,7 @@ Shapes as for ``Sequential``: ``x (N, *in) -> y (N, *out)``; ``reverse``: ``(N, 
 from __future__ import annotations
 
 import copy
+import inspect
 import operator
 import os
 import traceback
@@ -30,6 +43,10 @@ from typing import Any, Callable, NamedTuple, Optional
 import torch
 import torch.fx as fx
 from torch import Tensor, nn
+from torch.nn.utils import parametrize
+from torch.nn.utils.prune import BasePruningMethod
+from torch.nn.utils.spectral_norm import SpectralNorm
+from torch.nn.utils.weight_norm import WeightNorm
 
 from . import registry
 from ._checks import fold_class_rows, layer_input_error
@@ -37,7 +54,7 @@ from .errors import ReverseShapeError, RevnetError, TapeMismatchError, Unsupport
 from .layers import is_reversible
 from .layers.protocol import nested_noise, reverse_rows, trace_with
 
-_TORCH_DIR = os.path.dirname(torch.__file__)
+_TORCH_DIR = os.path.dirname(os.path.abspath(torch.__file__)) + os.sep  # the separator: torchvision/ is not torch/
 _SHAPE_METHODS = {"size", "dim", "numel", "nelement", "ndimension"}
 _SHAPE_ATTRIBUTES = {"shape", "ndim", "dtype", "device", "is_cuda", "requires_grad"}
 _IN_PLACE_FUNCTIONS = {operator.iadd, operator.isub, operator.imul, operator.itruediv}
@@ -45,6 +62,15 @@ _OUT_OF_PLACE = {operator.iadd: operator.add, operator.isub: operator.sub, opera
                  operator.itruediv: operator.truediv}
 _HOW_TO_ADD = ("add a rule with revnet.register_function(fn_or_method_name, rule) for functions and tensor methods, "
                "or revnet.register(ModuleClass, ReversibleClass) for modules")
+_HOOKS = (("_forward_pre_hooks", "forward pre-hook"), ("_forward_hooks", "forward hook"),
+          ("_backward_pre_hooks", "backward pre-hook"), ("_backward_hooks", "backward hook"))
+_GLOBAL_HOOKS = (("_global_forward_pre_hooks", "forward pre-hook", "register_module_forward_pre_hook"),
+                 ("_global_forward_hooks", "forward hook", "register_module_forward_hook"),
+                 ("_global_backward_pre_hooks", "backward pre-hook", "register_module_full_backward_pre_hook"),
+                 ("_global_backward_hooks", "backward hook", "register_module_full_backward_hook"))
+_TABLES = {"_modules": "submodule", "_parameters": "parameter", "_buffers": "buffer"}
+_FIXED_DEFAULTS = (type(None), bool, int, float, str)  # what fx's concrete_args can fix in a traced forward
+_MISSING = object()
 
 
 class GraphTape(NamedTuple):
@@ -55,6 +81,7 @@ class GraphTape(NamedTuple):
     out_shape: torch.Size  # y.shape
     dtype: torch.dtype  # y.dtype
     device: torch.device  # y.device
+    training: bool  # the mode whose traced graph recorded it (reverse walks that graph)
 
 
 class _Step(NamedTuple):
@@ -66,6 +93,13 @@ class _Step(NamedTuple):
     rule: Any  # the reverse rule ("rule" steps)
     call: Optional[Callable]  # runs the node's function out of place ("rule" and "const" steps)
     sources: tuple[Optional[int], ...]  # step index of each rule/module input that is live, else None
+
+
+class _Traced(NamedTuple):
+    """The forward traced in one mode: the fx graph and its nodes resolved to steps."""
+
+    graph: fx.Graph
+    steps: tuple[_Step, ...]
 
 
 class _LeafTracer(fx.Tracer):
@@ -80,6 +114,11 @@ class _LeafTracer(fx.Tracer):
         return is_reversible(m) or registry.is_registered(m) or super().is_leaf_module(m, module_qualified_name)
 
 
+def _in_torch(path: str) -> bool:
+    """True for a file of the torch package itself (``…/torch/…``, not ``…/torchvision/…``)."""
+    return os.path.abspath(path).startswith(_TORCH_DIR)
+
+
 def _user_frame(stack: Optional[str]) -> str:
     """``file:line: code`` of the last frame outside torch in an fx stack trace ('' if none)."""
     if not stack:
@@ -89,7 +128,7 @@ def _user_frame(stack: Optional[str]) -> str:
     for i, line in enumerate(frames):
         if line.startswith('File "'):
             path = line.split('"')[1]
-            if not os.path.abspath(path).startswith(_TORCH_DIR):
+            if not _in_torch(path):
                 lineno = line.split(", line ")[1].split(",")[0] if ", line " in line else "?"
                 code = frames[i + 1] if i + 1 < len(frames) and not frames[i + 1].startswith("File ") else ""
                 best = f"{path}:{lineno}: {code}".rstrip(": ")
@@ -129,7 +168,7 @@ def _convert_tree(module: nn.Module) -> nn.Module:
 
 
 def _untraceable(model: str, exc: Exception) -> UnsupportedLayerError:
-    frames = [f for f in traceback.extract_tb(exc.__traceback__) if not os.path.abspath(f.filename).startswith(_TORCH_DIR)]
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if not _in_torch(f.filename)]
     where = f" at {frames[-1].filename}:{frames[-1].lineno}: {frames[-1].line}" if frames else ""
     reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     return UnsupportedLayerError(
@@ -138,21 +177,132 @@ def _untraceable(model: str, exc: Exception) -> UnsupportedLayerError:
     )
 
 
+def _describe_hook(kind: str, hook: Callable) -> tuple[str, str]:
+    """How a module hook is named in the refusal, and what to do about it."""
+    for cls, name in ((WeightNorm, "weight_norm"), (SpectralNorm, "spectral_norm")):
+        if isinstance(hook, cls):
+            return (f"{kind} of torch.nn.utils.{name}",
+                    f"use torch.nn.utils.parametrizations.{name} instead of the hook-based torch.nn.utils.{name} "
+                    f"(revnet does not convert parametrized modules yet either, so to convert the current weights "
+                    f"call torch.nn.utils.remove_{name}(module) first)")
+    if isinstance(hook, BasePruningMethod):
+        return (f"{kind} of torch.nn.utils.prune",
+                "make the pruning permanent with torch.nn.utils.prune.remove(module, name)")
+    name = getattr(hook, "__name__", type(hook).__name__)
+    return f"{kind} {name}", "remove the hooks (handle.remove()) before revnet.convert(model)"
+
+
+def refuse_unconvertible(model: nn.Module) -> None:
+    """Raise :class:`UnsupportedLayerError` (one line) if ``model`` holds what its converted network would silently
+    not reproduce: a TorchScript module, a parametrized module, or module hooks (forward pre-, forward, backward
+    pre- and backward hooks on any of its modules, or registered globally with
+    ``torch.nn.modules.module.register_module_*_hook``), which revnet's tape-based ``trace`` does not run."""
+    label = type(model).__name__
+    if isinstance(model, torch.jit.ScriptModule):
+        raise UnsupportedLayerError(
+            f"revnet.convert cannot convert a TorchScript module ({label}, made by torch.jit.script or "
+            "torch.jit.trace), which torch.fx cannot trace; convert the nn.Module before scripting it.")
+    for table, kind, register in _GLOBAL_HOOKS:
+        for hook in getattr(torch.nn.modules.module, table, {}).values():
+            raise UnsupportedLayerError(
+                f"a global module {_describe_hook(kind, hook)[0]} (torch.nn.modules.module.{register}) is registered, "
+                "which the converted network would not run; remove it (handle.remove()) before revnet.convert(model).")
+    hooked: list[str] = []
+    advice: list[str] = []
+    for name, module in model.named_modules():
+        where = f"'{name}'" if name else "the model itself"
+        if isinstance(module, torch.jit.ScriptModule):
+            raise UnsupportedLayerError(
+                f"{label}: module {where} is a TorchScript module (torch.jit.script or torch.jit.trace), which "
+                "torch.fx cannot trace; convert the nn.Module before scripting it.")
+        if parametrize.is_parametrized(module):
+            raise UnsupportedLayerError(
+                f"{label}: module {where} ({type(module).__name__}) is parametrized (torch.nn.utils.parametrize, "
+                "e.g. parametrizations.weight_norm), which revnet does not convert yet; to convert the current "
+                "weights, bake them in with torch.nn.utils.parametrize.remove_parametrizations(module, name) first.")
+        for table, kind in _HOOKS:
+            for hook in getattr(module, table, {}).values():
+                what, tip = _describe_hook(kind, hook)
+                hooked.append(f"{where} ({what})")
+                if tip not in advice:
+                    advice.append(tip)
+    if hooked:
+        raise UnsupportedLayerError(f"{label} has module hooks, which the converted network would not run: "
+                                    f"{', '.join(hooked)}; {'; '.join(advice)}.")
+
+
+def _fixed_defaults(root: nn.Module) -> Optional[dict[str, Any]]:
+    """``forward``'s optional arguments after ``x`` whose defaults fx can fix (``None``, bool, number, string), for
+    fx's ``concrete_args``: traced at their defaults, as ``model(x)`` runs them. ``None`` if there are none."""
+    try:
+        params = list(inspect.signature(type(root).forward).parameters.values())[1:]  # after self
+    except (TypeError, ValueError):
+        return None
+    if not params or params[0].kind not in (params[0].POSITIONAL_ONLY, params[0].POSITIONAL_OR_KEYWORD):
+        return None
+    fixed = {p.name: p.default for p in params[1:] if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+             and p.default is not p.empty and isinstance(p.default, _FIXED_DEFAULTS)}
+    return fixed or None
+
+
+def _traced_through(root: nn.Module) -> tuple[tuple[str, nn.Module], ...]:
+    """``(qualified name, module)`` of ``root`` and every module below it that fx traces into (not a leaf)."""
+    tracer = _LeafTracer()
+    found, seen, stack = [], set(), [("", root)]
+    while stack:
+        name, module = stack.pop()
+        if id(module) in seen:
+            continue
+        seen.add(id(module))
+        found.append((name, module))
+        for child_name, child in module._modules.items():
+            qualified = f"{name}.{child_name}" if name else child_name
+            if child is not None and not tracer.is_leaf_module(child, qualified):
+                stack.append((qualified, child))
+    return tuple(found)
+
+
+def _model_parts(model: nn.Module) -> tuple[tuple[Any, ...], ...]:
+    """``(owner module, table, name, value, qualified name)`` of every submodule, parameter and buffer of ``model``
+    that the Graph holds a reference of its own to (reversible modules, shared as they are, are not entered)."""
+    parts, seen, stack = [], set(), [("", model)]
+    while stack:
+        prefix, module = stack.pop()
+        if id(module) in seen:
+            continue
+        seen.add(id(module))
+        for table in _TABLES:
+            for name, value in getattr(module, table).items():
+                parts.append((module, table, name, value, prefix + name))
+                if table == "_modules" and value is not None and not is_reversible(value):
+                    stack.append((f"{prefix}{name}.", value))
+    return tuple(parts)
+
+
+def _unsupported(label: str, node: fx.Node, what: str) -> UnsupportedLayerError:
+    return UnsupportedLayerError(f"{label}: node '{node.name}' ({node.op} {_target_name(node)}){_where(node)} {what}; "
+                                 f"{_HOW_TO_ADD}.")
+
+
 class Graph(nn.Module):
     """Any fx-traceable classifier, reversible. Build it with :func:`revnet.convert` (or ``Graph(model)``).
 
     * ``y, tape = net.trace(x)``: forward pass ``x (N, *in) -> y (N, *out)`` plus a tape with one entry per node.
     * ``g = net.reverse(v, tape)``: ``v (N, *out) -> g (N, *in)`` or ``v (N, K, *out) -> g (N, K, *in)``.
-    * ``net(x)`` is the forward pass alone (no tape); ``net.graph`` is the fx graph.
+    * ``net(x)`` is the forward pass alone (no tape); ``net.graph`` is the fx graph of the current mode
+      (``net.training``; see the module docstring: one graph per mode).
 
     The children, parameters and buffers are the model's own (converted leaves share their tensors), under the
-    same names, so ``model.state_dict()`` loads into the ``Graph`` and back.
+    same names, so ``model.state_dict()`` loads into the ``Graph`` and back. ``forward``'s optional arguments
+    after ``x`` are traced at their defaults. Conversion refuses hooks, TorchScript and parametrized modules
+    (:func:`refuse_unconvertible`); ``trace``/``forward`` refuse to run once a part of the model was swapped.
     """
 
     reverse_label = "ReversedGraph"
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
+        refuse_unconvertible(model)
         root = _convert_tree(model)
         for name, child in root._modules.items():
             self._modules[name] = child
@@ -163,25 +313,45 @@ class Graph(nn.Module):
         self._non_persistent_buffers_set = set(root._non_persistent_buffers_set)
         self.training = model.training
         self.source_name = type(model).__name__
-        try:
-            graph = _LeafTracer().trace(root)
-        except UnsupportedLayerError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - fx reports untraceable code with many exception types
-            raise _untraceable(self.source_name, exc) from None
-        _index_nodes(graph)
-        self.__dict__["graph"] = graph  # not an attribute nn.Module tracks
-        self.__dict__["_steps"] = self._compile(graph, root)
+        inner = _traced_through(root)
+        traced: dict[bool, Any] = {}
+        for mode in (model.training, not model.training):  # the model's own mode first: its refusals raise here
+            label = self.source_name if mode == model.training else f"{self.source_name} in {_mode_name(mode)} mode"
+            try:
+                traced[mode] = self._trace_in_mode(root, inner, mode, label)
+            except UnsupportedLayerError as exc:
+                if mode == model.training:
+                    raise
+                traced[mode] = str(exc)  # raised when the network first runs in that mode
+        other = traced[not model.training]
+        if isinstance(other, _Traced) and str(other.graph) == str(traced[model.training].graph):
+            traced[not model.training] = traced[model.training]  # the forward does not depend on the mode
+        # not attributes nn.Module tracks:
+        self.__dict__["_traced"] = traced  # mode -> _Traced, or the refusal of that mode
+        self.__dict__["_inner"] = inner[1:]  # the traced-through modules below the root (the network's own)
+        self.__dict__["_parts"] = _model_parts(model)  # the model's parts at conversion, checked at each run
 
     # -- conversion -------------------------------------------------------------------------------------------
 
-    def _unsupported(self, node: fx.Node, what: str) -> UnsupportedLayerError:
-        return UnsupportedLayerError(
-            f"{self.source_name}: node '{node.name}' ({node.op} {_target_name(node)}){_where(node)} {what}; "
-            f"{_HOW_TO_ADD}."
-        )
+    def _trace_in_mode(self, root: nn.Module, inner: tuple[tuple[str, nn.Module], ...], mode: bool,
+                       label: str) -> _Traced:
+        """fx-trace ``root`` with every traced-through module's ``training`` set to ``mode`` (restored after)."""
+        flags = [module.training for _, module in inner]
+        try:
+            for _, module in inner:
+                module.training = mode
+            graph = _LeafTracer().trace(root, concrete_args=_fixed_defaults(root))
+        except UnsupportedLayerError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - fx reports untraceable code with many exception types
+            raise _untraceable(label, exc) from None
+        finally:
+            for (_, module), flag in zip(inner, flags):
+                module.training = flag
+        _index_nodes(graph)
+        return _Traced(graph, self._compile(graph, root, label))
 
-    def _compile(self, graph: fx.Graph, root: nn.Module) -> tuple[_Step, ...]:
+    def _compile(self, graph: fx.Graph, root: nn.Module, label: str) -> tuple[_Step, ...]:
         index: dict[fx.Node, int] = {}
         live: set[fx.Node] = set()
         steps: list[_Step] = []
@@ -198,7 +368,7 @@ class Graph(nn.Module):
                     kind, is_live = "default", False  # an optional argument: its default value
                 else:
                     raise UnsupportedLayerError(
-                        f"{self.source_name}.forward takes more than one required input ('{node.target}'); revnet "
+                        f"{label}.forward takes more than one required input ('{node.target}'); revnet "
                         "reverses models of one input x (N, *in).")
                 placeholders += 1
             elif node.op == "get_attr":
@@ -206,7 +376,7 @@ class Graph(nn.Module):
             elif node.op == "output":
                 if not isinstance(node.args[0], fx.Node) or node.args[0] not in live:
                     raise UnsupportedLayerError(
-                        f"{self.source_name}.forward must return one tensor that depends on its input (the logits); "
+                        f"{label}.forward must return one tensor that depends on its input (the logits); "
                         f"it returns {node.args[0]!r}.")
                 kind, is_live, sources = "output", True, (index[node.args[0]],)
             elif not is_live:
@@ -216,30 +386,30 @@ class Graph(nn.Module):
             elif node.op == "call_module":
                 module = root.get_submodule(node.target)
                 if not is_reversible(module):
-                    raise self._unsupported(node, f"calls {type(module).__name__}, which has no reverse in revnet "
-                                                  f"(supported modules: {', '.join(registry.supported())})")
+                    raise _unsupported(label, node, f"calls {type(module).__name__}, which has no reverse in revnet "
+                                                    f"(supported modules: {', '.join(registry.supported())})")
                 if len(node.args) != 1 or node.kwargs or not isinstance(node.args[0], fx.Node):
-                    raise self._unsupported(node, "calls a module with other than one tensor argument")
+                    raise _unsupported(label, node, "calls a module with other than one tensor argument")
                 kind, sources = "module", (index[node.args[0]] if node.args[0] in live else None,)
             else:  # call_function / call_method that depends on the input
                 target = node.target
                 rule = registry.rule_for(target)
                 if rule is None:
-                    raise self._unsupported(node, "has no reverse rule in revnet")
+                    raise _unsupported(label, node, "has no reverse rule in revnet")
                 try:
                     slots = rule.inputs(node.args, node.kwargs)
                 except UnsupportedLayerError as exc:
-                    raise self._unsupported(node, f"cannot be reversed: {exc}") from None
+                    raise _unsupported(label, node, f"cannot be reversed: {exc}") from None
                 kind = "rule"
                 call = self._rule_call(node)
                 sources = tuple(index[s] if isinstance(s, fx.Node) and s in live else None for s in slots)
                 if all(s is None for s in sources):
-                    raise self._unsupported(node, "reads the input other than through a tensor argument")
+                    raise _unsupported(label, node, "reads the input other than through a tensor argument")
             if is_live:
                 live.add(node)
             index[node] = len(steps)
             steps.append(_Step(node, kind, is_live, rule, call, sources))
-        self._check_in_place(nodes, root)
+        self._check_in_place(nodes, root, label)
         return tuple(steps)
 
     @staticmethod
@@ -264,7 +434,7 @@ class Graph(nn.Module):
             return lambda self_, *args, **kwargs: getattr(self_, name)(*args, **kwargs)
         return _OUT_OF_PLACE.get(node.target, node.target)
 
-    def _check_in_place(self, nodes: list[fx.Node], root: nn.Module) -> None:
+    def _check_in_place(self, nodes: list[fx.Node], root: nn.Module, label: str) -> None:
         """Refuse in-place calls whose overwritten input is read again later (running them out of place, as
         revnet does, would then change the result)."""
         order = {node: i for i, node in enumerate(nodes)}
@@ -283,15 +453,59 @@ class Graph(nn.Module):
                 continue
             later = [u for u in node.args[0].users if u is not node and order[u] > order[node]]
             if later:
-                raise self._unsupported(
-                    node, f"overwrites '{node.args[0].name}' in place, which '{later[0].name}' reads afterwards; "
-                          "revnet runs in-place calls out of place, so make this call out of place (inplace=False)")
+                raise _unsupported(
+                    label, node, f"overwrites '{node.args[0].name}' in place, which '{later[0].name}' reads "
+                                 "afterwards; revnet runs in-place calls out of place, so make this call out of place "
+                                 "(inplace=False)")
+
+    # -- the graph of the current mode -----------------------------------------------------------------------
+
+    def _mode(self) -> tuple[bool, _Traced]:
+        """``self.training`` and its traced graph. Refuses a mode whose trace was refused, and traced-through
+        submodules in the other mode when the forward depends on the mode (one graph per mode of the whole)."""
+        mode = self.training
+        traced = self._traced[mode]
+        if isinstance(traced, str):
+            raise UnsupportedLayerError(traced)
+        if self._traced[not mode] is not traced:
+            for name, module in self._inner:
+                if module.training != mode:
+                    raise UnsupportedLayerError(
+                        f"{self.source_name}: submodule '{name}' is in {_mode_name(module.training)} mode while the "
+                        f"network is in {_mode_name(mode)} mode; the forward depends on the mode, and revnet traced it "
+                        "once with every traced-through module in training mode and once in eval mode: call "
+                        "net.train() or net.eval() (leaf layers such as BatchNorm or Dropout may keep their own mode).")
+        return mode, traced
+
+    @property
+    def graph(self) -> fx.Graph:
+        """The fx graph of the current mode."""
+        return self._mode()[1].graph
+
+    @property
+    def _steps(self) -> tuple[_Step, ...]:
+        return self._mode()[1].steps
+
+    def _check_model(self) -> None:
+        """Refuse to run once a submodule, parameter or buffer of the converted model is another object than at
+        conversion (identity checks only: in-place changes such as load_state_dict or optimizer steps pass)."""
+        for owner, table, name, value, where in self._parts:
+            if owner.__dict__[table].get(name, _MISSING) is not value:
+                hint = (" (model.to(), .double() and .float() replace buffers: move the model before converting it, "
+                        "or move the converted network instead)" if table == "_buffers" else "")
+                raise UnsupportedLayerError(
+                    f"{self.source_name}: the model changed after conversion: its {_TABLES[table]} '{where}' was "
+                    f"replaced or removed{hint}, and this network still runs the one it converted; call "
+                    "revnet.convert(model) again.")
 
     # -- forward and tape -------------------------------------------------------------------------------------
 
     def _run(self, x: Tensor, record: bool, noise: Optional[dict[str, Any]] = None):
+        """``(y, tape entries, module ids, mode)`` of the current mode's graph."""
+        self._check_model()
+        mode, traced = self._mode()
         try:
-            return self._run_nodes(x, record, noise)
+            return (*self._run_nodes(traced.steps, x, record, noise), mode)
         except (RuntimeError, ValueError, TypeError) as exc:
             if isinstance(exc, RevnetError) or not hasattr(exc, "revnet_node"):
                 raise
@@ -300,12 +514,13 @@ class Graph(nn.Module):
             raise layer_input_error(f"{self.source_name}: node '{node.name}'{_where(node)}", target, value,
                                     exc) from None
 
-    def _run_nodes(self, x: Tensor, record: bool, noise: Optional[dict[str, Any]] = None):
-        env: list[Any] = [None] * len(self._steps)
-        entries: list[Any] = [None] * len(self._steps)
+    def _run_nodes(self, steps: tuple[_Step, ...], x: Tensor, record: bool,
+                   noise: Optional[dict[str, Any]] = None):
+        env: list[Any] = [None] * len(steps)
+        entries: list[Any] = [None] * len(steps)
         modules: list[int] = []
         load = lambda arg: fx.node.map_arg(arg, lambda n: env[n.meta["revnet_index"]])  # noqa: E731
-        for i, step in enumerate(self._steps):
+        for i, step in enumerate(steps):
             node = step.node
             try:
                 value = self._run_step(i, step, x, env, entries, modules, record, noise, load)
@@ -367,18 +582,19 @@ class Graph(nn.Module):
         draws (Dropout masks) of an earlier tape's samples to reuse, from :meth:`noise`."""
         if not isinstance(x, Tensor) or x.dim() == 0 or x.shape[0] == 0:
             raise ValueError("Graph.trace expects a non-empty batch x of shape (N, *in).")
-        y, entries, modules = self._run(x, record=True, noise=noise)
-        return y, GraphTape(id(self), tuple(modules), tuple(entries), x.shape, y.shape, y.dtype, y.device)
+        y, entries, modules, mode = self._run(x, record=True, noise=noise)
+        return y, GraphTape(id(self), tuple(modules), tuple(entries), x.shape, y.shape, y.dtype, y.device, mode)
 
     def noise(self, tape: GraphTape) -> Optional[dict[str, Any]]:
         """The random draws of ``tape`` by node name (``None`` if none were drawn)."""
-        self._check_tape(tape)
+        steps = self._check_tape(tape)
         return nested_noise([(step.node.name, self.get_submodule(step.node.target), entry)
-                             for step, entry in zip(self._steps, tape.entries) if step.kind == "module"])
+                             for step, entry in zip(steps, tape.entries) if step.kind == "module"])
 
     # -- reverse ----------------------------------------------------------------------------------------------
 
-    def _check_tape(self, tape: Any) -> None:
+    def _check_tape(self, tape: Any) -> tuple[_Step, ...]:
+        """The steps of the graph that recorded ``tape``; refuses a tape of another network or of changed modules."""
         if not isinstance(tape, GraphTape):
             raise TapeMismatchError(
                 f"Graph.reverse expects the tape returned by this network's trace(), got {type(tape).__name__}.")
@@ -386,17 +602,18 @@ class Graph(nn.Module):
             raise TapeMismatchError(
                 "this tape was recorded by another network; call trace(x) on the network you reverse "
                 "(tapes do not carry over between networks, copies included).")
-        now = tuple(id(self.get_submodule(s.node.target)) for s in self._steps if s.kind == "module")
+        steps = self._traced[tape.training].steps
+        now = tuple(id(self.get_submodule(s.node.target)) for s in steps if s.kind == "module")
         if tape.modules != now:
             raise TapeMismatchError("the network's modules changed since this tape was recorded; trace(x) again.")
+        return steps
 
     def reverse_rows(self, v: Tensor, tape: GraphTape) -> Tensor:
         """The VJP on folded rows ``(N·K, *out) -> (N·K, *in)`` (for containers; see ``reverse``)."""
-        self._check_tape(tape)
+        steps = self._check_tape(tape)
         n = tape.in_shape[0]
         if n == 0 or v.shape[0] % n:
             raise ReverseShapeError(f"v has {v.shape[0]} rows, not a multiple of the {n} traced samples.")
-        steps = self._steps
         cotangents: dict[int, Tensor] = {steps[-1].sources[0]: v}
         for i in range(len(steps) - 2, 0, -1):
             g = cotangents.pop(i, None)
@@ -424,13 +641,19 @@ class Graph(nn.Module):
         return g.reshape(tape.in_shape[0], k, *tape.in_shape[1:]) if k is not None else g
 
     def extra_repr(self) -> str:
-        return f"from {self.source_name}, {len(self._steps)} nodes"
+        traced = self._traced[self.training]
+        size = f"{len(traced.steps)} nodes" if isinstance(traced, _Traced) else "not convertible in this mode"
+        return f"from {self.source_name}, {size}"
 
 
 def _fetch(module: nn.Module, target: str) -> Any:
     *path, name = target.split(".")
     owner = module.get_submodule(".".join(path)) if path else module
     return getattr(owner, name)
+
+
+def _mode_name(training: bool) -> str:
+    return "training" if training else "eval"
 
 
 def _index_nodes(graph: fx.Graph) -> None:
