@@ -375,9 +375,9 @@ def get_reference(args, pipe, device, world: distributed.World | None = None) ->
     path = Path(args.cache_dir) / f"{references.cache_name(args.model, args.dataset, data_key, args)}.pt"
     if path.exists():
         return references.load_cached(path, args, pipe, device)
-    utils.say(f"training the reference model ({args.ref_epochs} epochs, lr {args.ref_lr}) -> {path}")
     utils.seed_everything(args.seed)
     net = build().to(device, run_dtype(args))  # initialised in float32 (the same draws), then cast
+    utils.say(f"training the reference model ({args.ref_epochs} epochs, lr {args.ref_lr}) -> {path}")
     preprocess = pipe.preprocess
     start = time.perf_counter()
     log = engine.train_reference(
