@@ -75,3 +75,53 @@ def strip_timings(obj: Any) -> Any:
     if isinstance(obj, list):
         return [strip_timings(v) for v in obj]
     return obj
+
+
+def randomize_unit_scale(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Every parameter and normalisation buffer of ``model`` re-drawn at unit scale (float64), so that no rule can
+    pass on a zero or tiny weight (torchvision's ViT zero-initialises its head, ConvNeXt's layer scale starts at
+    1e-6): matrices and kernels ``N(0, 1/fan_in)``, vectors (biases, norm weights, layer scales) ``1 + 0.5·N(0, 1)``
+    (class tokens, position embeddings and the like included), running means ``0.1·N(0, 1)``, running variances
+    ``U(0.5, 1.5)``. Returns ``model``."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            fan_in = p[0].numel() if p.dim() >= 2 else 1
+            draw = torch.randn(p.shape, generator=gen, dtype=torch.float64)
+            p.copy_(draw / fan_in ** 0.5 if p.dim() >= 2 else 1 + 0.5 * draw)
+        for name, b in model.named_buffers():
+            if name.endswith("running_mean"):
+                b.copy_(0.1 * torch.randn(b.shape, generator=gen, dtype=torch.float64))
+            elif name.endswith("running_var"):
+                b.copy_(torch.rand(b.shape, generator=gen, dtype=torch.float64) + 0.5)
+    return model
+
+
+def check_graph_against_autograd(model: nn.Module, x: Tensor, k: int = 3, seed: int = 0, *,
+                                 forward_rtol: float = 1e-10, forward_atol: float = 1e-12) -> None:
+    """``revnet.convert(model)`` in float64 against autograd on ``model``: the traced output equals ``model(x)``;
+    the reverse of ``k`` random cotangents equals the VJPs (first order); the gradients of a loss on the reverse
+    w.r.t. every parameter and w.r.t. ``x`` equal double backprop (second order)."""
+    import revnet
+
+    gen = torch.Generator().manual_seed(seed)
+    net = revnet.convert(model)
+    x = x.detach().requires_grad_(True)
+    y, tape = net.trace(x)
+    with torch.no_grad():
+        torch.testing.assert_close(y, model(x), rtol=forward_rtol, atol=forward_atol)
+    v = torch.randn(x.shape[0], k, *y.shape[1:], generator=gen, dtype=y.dtype)
+    g = net.reverse(v, tape)
+    xr = x.detach().requires_grad_(True)
+    yr = model(xr)
+    ref = torch.stack([torch.autograd.grad(yr, xr, v[:, j], retain_graph=True, create_graph=True)[0]
+                       for j in range(k)], 1)
+    assert_vjp_close(g, ref, f"{type(model).__name__} first order")
+    w = torch.randn(g.shape, generator=gen, dtype=g.dtype)
+    names, params = zip(*[(n, p) for n, p in model.named_parameters() if p.requires_grad]) or ((), ())
+    ours = torch.autograd.grad((w * g).square().sum(), [*params, x], allow_unused=True)
+    theirs = torch.autograd.grad((w * ref).square().sum(), [*params, xr], allow_unused=True)
+    for name, a, b, p in zip([*names, "x"], ours, theirs, [*params, x]):
+        a = torch.zeros_like(p) if a is None else a
+        b = torch.zeros_like(p) if b is None else b
+        assert_vjp_close(a, b, f"{type(model).__name__} second order, {name}")
