@@ -531,13 +531,18 @@ class Graph(nn.Module):
                     exc.revnet_node = (node, first)
                 raise
             if step.kind == "output":
+                if record and (not isinstance(value, Tensor) or value.dim() == 0 or value.shape[0] != x.shape[0]):
+                    shape = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
+                    raise UnsupportedLayerError(
+                        f"{self.source_name} returns {shape}, which does not keep the batch dimension (N = "
+                        f"{x.shape[0]}) first; the output must be (N, *out), e.g. logits (N, classes).")
                 return value, entries, modules
-            if record and step.live and (not isinstance(value, Tensor) or value.dim() == 0
-                                         or value.shape[0] != x.shape[0]):
+            if record and step.live and not _rows_value(value):
                 shape = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
                 raise UnsupportedLayerError(
-                    f"{self.source_name}: node '{node.name}' ({_target_name(node)}){_where(node)} gives {shape}, which "
-                    f"does not keep the batch dimension (N = {x.shape[0]}) first; revnet needs each sample in its own row.")
+                    f"{self.source_name}: node '{node.name}' ({_target_name(node)}){_where(node)} gives {shape}; revnet "
+                    "needs every value that depends on x to be a tensor with at least one dimension (or a tuple of "
+                    "them), its rows the samples or parts of them.")
             env[i] = value
         raise RuntimeError("the graph has no output node")  # pragma: no cover - fx graphs always end in one
 
@@ -627,7 +632,7 @@ class Graph(nn.Module):
             for source, grad in zip(step.sources, grads):
                 if source is None or grad is None:
                     continue
-                cotangents[source] = grad if source not in cotangents else cotangents[source] + grad
+                cotangents[source] = grad if source not in cotangents else _accumulate(cotangents[source], grad)
         g = cotangents.get(0)
         if g is None:  # the output does not depend on x
             g = v.new_zeros(v.shape[0], *tape.in_shape[1:])
@@ -644,6 +649,23 @@ class Graph(nn.Module):
         traced = self._traced[self.training]
         size = f"{len(traced.steps)} nodes" if isinstance(traced, _Traced) else "not convertible in this mode"
         return f"from {self.source_name}, {size}"
+
+
+def _rows_value(value: Any) -> bool:
+    """Whether a traced value has rows: a tensor of at least one dimension, or a tuple/list of them (a split's
+    outputs). Its first dimension need not be the batch (see :mod:`revnet.layers._rows`)."""
+    if isinstance(value, Tensor):
+        return value.dim() > 0
+    return isinstance(value, (tuple, list)) and bool(value) and all(
+        isinstance(t, Tensor) and t.dim() > 0 for t in value)
+
+
+def _accumulate(a: Any, b: Any) -> Any:
+    """The sum of two cotangents of one value: tensors add; for a tuple value, element by element (``None`` for
+    an element without a cotangent yet)."""
+    if isinstance(a, Tensor):
+        return a + b
+    return [y if x is None else x if y is None else x + y for x, y in zip(a, b)]
 
 
 def _fetch(module: nn.Module, target: str) -> Any:

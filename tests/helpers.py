@@ -118,7 +118,8 @@ def check_graph_against_autograd(model: nn.Module, x: Tensor, k: int = 3, seed: 
                        for j in range(k)], 1)
     assert_vjp_close(g, ref, f"{type(model).__name__} first order")
     w = torch.randn(g.shape, generator=gen, dtype=g.dtype)
-    names, params = zip(*[(n, p) for n, p in model.named_parameters() if p.requires_grad]) or ((), ())
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    names, params = [n for n, _ in named], [p for _, p in named]
     ours = torch.autograd.grad((w * g).square().sum(), [*params, x], allow_unused=True)
     theirs = torch.autograd.grad((w * ref).square().sum(), [*params, xr], allow_unused=True)
     for name, a, b, p in zip([*names, "x"], ours, theirs, [*params, x]):

@@ -264,3 +264,30 @@ def smooth_and_clamp_cases(draw, ties: bool = False) -> Case:
     else:
         make = Make({"sigmoid": revnet.Sigmoid, "tanh": revnet.Tanh, "silu": revnet.SiLU, "relu6": revnet.ReLU6}[kind])
     return _case(draw, make, _activation_shape(draw, ties), ties=ties)
+
+
+@st.composite
+def modern_cases(draw) -> Case:
+    """LayerNorm over the last 1..2 dims (affine, bias, eps drawn), GroupNorm (groups dividing C), Hardswish and
+    Hardsigmoid on random values or ties, StochasticDepth (row or batch mode, p drawn) in eval or training mode;
+    inputs of 2..4 dims with sizes 1..4 (N ≥ 1)."""
+    kind = draw(st.sampled_from(["layernorm", "groupnorm", "hardswish", "hardsigmoid", "stochasticdepth"]))
+    n = draw(st.integers(1, 3))
+    rest = draw(st.lists(st.integers(1, 4), min_size=1, max_size=3))
+    shape = (n, *rest)
+    if kind == "layernorm":
+        k = draw(st.integers(1, len(rest)))
+        make = Make(revnet.LayerNorm, tuple(rest[-k:]), eps=draw(st.sampled_from([1e-5, 0.1])),
+                    elementwise_affine=draw(st.booleans()), bias=draw(st.booleans()))
+        return _case(draw, make, shape)
+    if kind == "groupnorm":
+        c = draw(st.sampled_from([2, 3, 4, 6]))
+        groups = draw(st.sampled_from([g for g in (1, 2, 3, 6) if c % g == 0]))
+        make = Make(revnet.GroupNorm, groups, c, affine=draw(st.booleans()))
+        spatial = [max(2, rest[1]), *rest[2:]] if len(rest) > 1 else [2]  # more than one value per group
+        return _case(draw, make, (n, c, *spatial))
+    if kind == "stochasticdepth":
+        make = Make(revnet.StochasticDepth, draw(st.sampled_from([0.0, 0.3, 0.7])), draw(st.sampled_from(["row", "batch"])))
+        return _case(draw, make, shape, train=draw(st.booleans()))
+    cls = revnet.Hardswish if kind == "hardswish" else revnet.Hardsigmoid
+    return _case(draw, Make(cls, inplace=draw(st.booleans())), shape, ties=draw(st.booleans()))

@@ -8,13 +8,13 @@ registry (:mod:`revnet.registry`) is built from these tables, and the tests chec
 from torch import nn
 
 from .activation import Hardtanh, LeakyReLU, PReLU, ReLU, ReLU6
-from .attention import ATTENTION_COUNTERPARTS, ATTENTION_METHOD_RULES, ATTENTION_RULES
+from .attention import ATTENTION_COUNTERPARTS, ATTENTION_METHOD_RULES, ATTENTION_RULES, MultiheadAttention
 from .conv import Conv2d
 from .dropout import Dropout
-from .droppath import DROPPATH_COUNTERPARTS, DROPPATH_RULES
+from .droppath import DROPPATH_COUNTERPARTS, DROPPATH_RULES, StochasticDepth
 from .functional import LAYER_METHOD_RULES, LAYER_RULES, REDUCE_RULES, RESHAPE_METHOD_RULES, RESHAPE_RULES
-from .hard import HARD_COUNTERPARTS, HARD_METHOD_RULES, HARD_RULES
-from .layernorm import NORM_COUNTERPARTS, NORM_METHOD_RULES, NORM_RULES
+from .hard import HARD_COUNTERPARTS, HARD_METHOD_RULES, HARD_RULES, Hardsigmoid, Hardswish
+from .layernorm import NORM_COUNTERPARTS, NORM_METHOD_RULES, NORM_RULES, GroupNorm, LayerNorm
 from .layout import LAYOUT_METHOD_RULES, LAYOUT_RULES
 from .linear import Linear
 from .merge import MERGE_METHOD_RULES, MERGE_RULES
@@ -59,5 +59,5 @@ FUNCTION_RULES: dict = {**LAYER_RULES, **RESHAPE_RULES, **REDUCE_RULES, **MERGE_
 METHOD_RULES: dict = {**LAYER_METHOD_RULES, **RESHAPE_METHOD_RULES, **MERGE_METHOD_RULES, **LAYOUT_METHOD_RULES,
                       **NORM_METHOD_RULES, **HARD_METHOD_RULES, **ATTENTION_METHOD_RULES}
 
-__all__ = [cls.__name__ for cls in TORCH_COUNTERPARTS if cls.__module__.startswith(__name__)] + [
+__all__ = [cls.__name__ for cls in TORCH_COUNTERPARTS] + [
     "FUNCTION_RULES", "METHOD_RULES", "TORCH_COUNTERPARTS", "Reversible", "is_reversible"]

@@ -25,6 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import UnsupportedLayerError
+from ._rows import fold_k, unfold_k
 from .activation import Hardtanh, LeakyReLU, ReLU, ReLU6
 from .pooling import AdaptiveAvgPool2d, AvgPool2d, MaxPool2d
 from .smooth import ELU, GELU, Sigmoid, SiLU, Softplus, Tanh
@@ -134,12 +135,15 @@ LAYER_METHOD_RULES: dict[str, LayerRule] = {
 
 
 class ReshapeTape(NamedTuple):
-    in_shape: tuple[int, ...]  # x.shape[1:]
+    in_shape: tuple[int, ...]  # x.shape (all of it)
+    out_rows: int  # y.shape[0]
 
 
 class ReshapeRule:
-    """Any reshape that keeps the batch dimension first (``flatten``, ``view``, ``reshape``, ``squeeze``, …):
-    the reverse reshapes the rows back to ``(M, *x.shape[1:])``."""
+    """Any reshape (``flatten``, ``view``, ``reshape``, ``squeeze``, ``unflatten``, …). If it keeps the first
+    dimension, the reverse reshapes the rows back to ``(M, *x.shape[1:])``; if it folds or splits the first
+    dimension (Swin's windows folded into the batch), the ``K`` cotangents are unfolded first
+    (:func:`revnet.layers._rows.unfold_k`) so that each is reshaped as a whole."""
 
     def inputs(self, args, kwargs) -> list:
         return [args[0] if args else kwargs["input"]]
@@ -150,15 +154,15 @@ class ReshapeRule:
     def trace(self, call, args, kwargs, live) -> tuple[Tensor, ReshapeTape]:
         x = self.inputs(args, kwargs)[0]
         y = call(*args, **kwargs)
-        if y.dim() == 0 or y.shape[0] != x.shape[0]:
-            raise UnsupportedLayerError(
-                f"a reshape from {tuple(x.shape)} to {tuple(y.shape)} moves the batch dimension (N = {x.shape[0]}); "
-                "revnet needs every sample to stay in its own row, e.g. x.flatten(1) or x.view(x.size(0), -1)."
-            )
-        return y, ReshapeTape(tuple(x.shape[1:]))
+        if y.dim() == 0:
+            raise UnsupportedLayerError(f"a reshape from {tuple(x.shape)} to a scalar mixes the samples.")
+        return y, ReshapeTape(tuple(x.shape), y.shape[0])
 
     def reverse(self, v: Tensor, tape: ReshapeTape) -> list[Optional[Tensor]]:
-        return [v.reshape(v.shape[0], *tape.in_shape)]
+        if tape.out_rows == tape.in_shape[0]:
+            return [v.reshape(v.shape[0], *tape.in_shape[1:])]
+        g = unfold_k(v, tape.out_rows)
+        return [fold_k(g.reshape(g.shape[0], *tape.in_shape))]
 
 
 class ReduceTape(NamedTuple):
@@ -208,13 +212,17 @@ class ReduceRule:
 
 
 class IndexTape(NamedTuple):
-    in_shape: tuple[int, ...]  # x.shape[1:]
-    index: tuple[Any, ...]  # the basic index, batch dimension first (slice(None))
+    in_shape: Any  # x.shape (all of it), or the tuple's length when x is a tuple of tensors
+    index: Any  # the basic index (a tuple), or the element's position in the tuple
+    out_rows: int  # y.shape[0] (0 for a tuple element)
 
 
 class IndexRule:
-    """Basic indexing that keeps every sample, ``x[:, :3]``, ``x[:, 0, 1:]``, ``x[..., ::2]`` (slices, ints,
-    ``None`` and ``...``; no tensor indices): the reverse writes ``v`` into zeros of ``x``'s shape."""
+    """``operator.getitem``: an element of a tuple of traced tensors (the outputs of ``chunk``, ``unbind``, a
+    ``split``), or basic indexing of a traced tensor (slices, ints, ``None`` and ``...``; no tensor indices),
+    e.g. ``x[:, 0]`` (a class token), ``x[:, 1:]`` or ``qkv[0]``. The reverse writes ``v`` into zeros of
+    ``x``'s shape, per cotangent (through :func:`revnet.layers._rows.unfold_k` when the index selects along the
+    first dimension)."""
 
     def inputs(self, args, kwargs) -> list:
         return [args[0]]
@@ -224,30 +232,44 @@ class IndexRule:
 
     def trace(self, call, args, kwargs, live) -> tuple[Tensor, IndexTape]:
         x, index = args
+        if isinstance(x, (tuple, list)):
+            if not isinstance(index, int):
+                raise UnsupportedLayerError(f"indexing a tuple of tensors with {index!r}; use one integer.")
+            return x[index], IndexTape(len(x), index % len(x), 0)
         index = index if isinstance(index, tuple) else (index,)
-        basic = all(i is None or i is Ellipsis or isinstance(i, (int, slice)) for i in index)
-        used = [i for i in index if i is not None]
-        if Ellipsis in used:
-            keeps_batch = len(used) - 1 < x.dim() and used[0] is Ellipsis or used[0] == slice(None)
-        else:
-            keeps_batch = bool(used) and used[0] == slice(None)
-        if not basic or not keeps_batch or index[0] is None:
+        if not all(i is None or i is Ellipsis or isinstance(i, (int, slice)) for i in index):
             raise UnsupportedLayerError(
-                f"indexing with {index!r} selects along the batch dimension or uses tensor indices; revnet reverses "
-                "basic indexing that keeps every sample, e.g. x[:, :3].")
-        return call(*args, **kwargs), IndexTape(tuple(x.shape[1:]), index)
+                f"indexing with {index!r} uses tensor or list indices; revnet reverses basic indexing (slices, "
+                "integers, None and ...), e.g. x[:, :3] or x[:, 0].")
+        y = call(*args, **kwargs)
+        if y.dim() == 0:
+            raise UnsupportedLayerError(f"indexing with {index!r} leaves a scalar, which mixes the samples.")
+        return y, IndexTape(tuple(x.shape), index, y.shape[0])
 
     def reverse(self, v: Tensor, tape: IndexTape) -> list[Optional[Tensor]]:
-        g = v.new_zeros(v.shape[0], *tape.in_shape)
-        g[tape.index] = v
-        return [g]
+        if isinstance(tape.in_shape, int):  # an element of a tuple: its cotangent, None for the others
+            return [[v if i == tape.index else None for i in range(tape.in_shape)]]
+        if tape.out_rows == tape.in_shape[0] and _keeps_rows(tape.index):
+            g = v.new_zeros(v.shape[0], *tape.in_shape[1:])
+            g[tape.index] = v
+            return [g]
+        vk = unfold_k(v, tape.out_rows)
+        g = vk.new_zeros(vk.shape[0], *tape.in_shape)
+        g[(slice(None), *tape.index)] = vk
+        return [fold_k(g)]
+
+
+def _keeps_rows(index: tuple) -> bool:
+    """Whether ``index`` leaves the first dimension alone (``x[:, …]``, ``x[..., i]`` with more dims after)."""
+    used = [i for i in index if i is not None]
+    return bool(index) and index[0] is not None and (used[0] == slice(None) or (used[0] is Ellipsis and len(used) > 1))
 
 
 RESHAPE = ReshapeRule()
 RESHAPE_RULES: dict[Any, Any] = {torch.flatten: RESHAPE, torch.reshape: RESHAPE, torch.squeeze: RESHAPE,
-                                 torch.unsqueeze: RESHAPE, operator.getitem: IndexRule()}
+                                 torch.unsqueeze: RESHAPE, torch.unflatten: RESHAPE, operator.getitem: IndexRule()}
 RESHAPE_METHOD_RULES: dict[str, Any] = {
     "flatten": RESHAPE, "view": RESHAPE, "reshape": RESHAPE, "squeeze": RESHAPE, "unsqueeze": RESHAPE,
-    "contiguous": RESHAPE, "mean": ReduceRule(True), "sum": ReduceRule(False),
+    "contiguous": RESHAPE, "unflatten": RESHAPE, "mean": ReduceRule(True), "sum": ReduceRule(False),
 }
 REDUCE_RULES: dict[Any, ReduceRule] = {torch.mean: ReduceRule(True), torch.sum: ReduceRule(False)}

@@ -36,10 +36,10 @@ def _sum_to(g: Tensor, in_shape: Optional[tuple[int, ...]]) -> Tensor:
 def _per_sample_shape(value: Any, live: bool, out: Tensor) -> Optional[tuple[int, ...]]:
     if not live:
         return None
-    if value.dim() != out.dim():
+    if value.dim() != out.dim() or value.shape[0] != out.shape[0]:
         raise UnsupportedLayerError(
-            f"an input of shape {tuple(value.shape)} broadcasts to {tuple(out.shape)} across the batch dimension; "
-            "revnet needs inputs that depend on x to keep the batch dimension first."
+            f"an input of shape {tuple(value.shape)} broadcasts to {tuple(out.shape)} across the first dimension; "
+            "revnet needs inputs that depend on x to keep their rows (the batch dimension first)."
         )
     return tuple(value.shape[1:])
 

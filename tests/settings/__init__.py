@@ -175,7 +175,7 @@ class Make:
 
 
 # The family modules use the helpers above, so they are imported last.
-from . import activation, conv, linear, norm, pooling, shape_dropout  # noqa: E402
+from . import activation, conv, linear, modern, norm, pooling, shape_dropout  # noqa: E402
 
 FAMILIES = {
     "linear": linear.SETTINGS,
@@ -184,5 +184,6 @@ FAMILIES = {
     "pooling": pooling.SETTINGS,
     "norm": norm.SETTINGS,
     "shape_dropout": shape_dropout.SETTINGS,
+    "modern": modern.SETTINGS,
 }
 ALL_CASES: list[Case] = load([setting for family in FAMILIES.values() for setting in family])
