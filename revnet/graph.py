@@ -341,6 +341,7 @@ class Graph(nn.Module):
             for _, module in inner:
                 module.training = mode
             graph = _LeafTracer().trace(root, concrete_args=_fixed_defaults(root))
+            self._keep_tensor_constants(graph, root)
         except UnsupportedLayerError:
             raise
         except Exception as exc:  # noqa: BLE001 - fx reports untraceable code with many exception types
@@ -350,6 +351,16 @@ class Graph(nn.Module):
                 module.training = flag
         _index_nodes(graph)
         return _Traced(graph, self._compile(graph, root, label))
+
+    def _keep_tensor_constants(self, graph: fx.Graph, root: nn.Module) -> None:
+        """Tensors the forward closes over (fx stores them on the traced root as ``_tensor_constantN``) become
+        non-persistent buffers of the network, so its ``get_attr`` nodes find them."""
+        for node in graph.nodes:
+            if node.op == "get_attr" and "." not in node.target and node.target not in self._buffers \
+                    and node.target not in self._parameters and node.target not in self._modules:
+                value = getattr(root, node.target, None)
+                if isinstance(value, Tensor):
+                    self.register_buffer(node.target, value, persistent=False)
 
     def _compile(self, graph: fx.Graph, root: nn.Module, label: str) -> tuple[_Step, ...]:
         index: dict[fx.Node, int] = {}

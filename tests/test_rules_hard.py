@@ -9,7 +9,8 @@ takes the oracle from a twin of the model:
   value and torch's slope with a zero second derivative; the first order is still checked against the model.
 * StochasticDepth in training mode: the twin multiplies by the mask the network drew (its ``noise``).
 
-Time budget: ≤ 20 s (about 9 s on an idle 2-core CPU; the two torchvision models take most of it).
+Time budget: ≤ 20 s (about 8 s on a 2-core CPU). The module runs torch on one thread: with two, the many tiny
+grouped convolutions of the torchvision models took 150 s instead of 1 s each on a busy machine.
 """
 
 from __future__ import annotations
@@ -35,6 +36,15 @@ from revnet.layers.protocol import select_noise
 F64 = torch.float64
 KINKS = [-3.0, 3.0, -3.0 - 1e-9, -3.0 + 1e-9, 3.0 - 1e-9, 3.0 + 1e-9, 0.0, -4.5, 4.5, 1.5]
 TORCH_ONE_SIXTH = float(torch.tensor(1 / 6, dtype=torch.float32))  # torch's hardsigmoid backward constant
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """torch on one intra-op thread for this module (see the module docstring), restored after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def _x(*shape: int, seed: int = 0) -> torch.Tensor:

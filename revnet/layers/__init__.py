@@ -16,7 +16,7 @@ from .functional import LAYER_METHOD_RULES, LAYER_RULES, REDUCE_RULES, RESHAPE_M
 from .hard import HARD_COUNTERPARTS, HARD_METHOD_RULES, HARD_RULES, Hardsigmoid, Hardswish
 from .layernorm import NORM_COUNTERPARTS, NORM_METHOD_RULES, NORM_RULES, GroupNorm, LayerNorm
 from .layout import LAYOUT_METHOD_RULES, LAYOUT_RULES
-from .linear import Linear
+from .linear import LINEAR_RULES, Linear
 from .merge import MERGE_METHOD_RULES, MERGE_RULES
 from .norm import BatchNorm1d, BatchNorm2d
 from .pooling import AdaptiveAvgPool2d, AvgPool2d, MaxPool2d
@@ -55,7 +55,7 @@ TORCH_COUNTERPARTS: dict[type, type[nn.Module]] = {
 
 # fx function nodes (by the function object) and method nodes (by name) -> reverse rule
 FUNCTION_RULES: dict = {**LAYER_RULES, **RESHAPE_RULES, **REDUCE_RULES, **MERGE_RULES, **LAYOUT_RULES, **NORM_RULES,
-                        **HARD_RULES, **DROPPATH_RULES, **ATTENTION_RULES}
+                        **HARD_RULES, **DROPPATH_RULES, **ATTENTION_RULES, **LINEAR_RULES}
 METHOD_RULES: dict = {**LAYER_METHOD_RULES, **RESHAPE_METHOD_RULES, **MERGE_METHOD_RULES, **LAYOUT_METHOD_RULES,
                       **NORM_METHOD_RULES, **HARD_METHOD_RULES, **ATTENTION_METHOD_RULES}
 

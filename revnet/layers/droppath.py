@@ -78,7 +78,7 @@ class StochasticDepth(torchvision.ops.StochasticDepth):
         return times_per_sample(v, tape.scale.to(v.dtype))
 
     def noise(self, tape: StochasticDepthTape) -> Optional[Tensor]:
-        """The mask this tape drew, ``(N, 1, …, 1)`` (``None`` in eval mode): pass it back as ``trace(x, noise=...)``."""
+        """The mask this tape drew, ``(N, 1, …, 1)`` (``None`` in eval mode); pass it back as ``trace(x, noise=…)``."""
         return tape.scale
 
 

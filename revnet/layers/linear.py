@@ -42,3 +42,35 @@ class Linear(nn.Linear):
         n, k = toward.shape
         rows = self.weight.index_select(0, toward.reshape(-1)).reshape(n, k, -1)
         return rows - self.weight.index_select(0, away).unsqueeze(1)
+
+
+class FunctionalLinearTape(NamedTuple):
+    weight: Tensor  # the weight the call used (a parameter of the model: live, so second order reaches it)
+
+
+class FunctionalLinearRule:
+    """``F.linear(x, W, b)`` with the model's own ``W`` and ``b`` (constants of the graph, e.g. Swin's attention
+    projections): the reverse is ``Linear``'s, ``g = v W``. A weight or bias that depends on the input is
+    refused. Shapes as :class:`Linear`."""
+
+    def inputs(self, args, kwargs) -> list:
+        names = ("input", "weight", "bias")
+        bound = {**dict(zip(names, args)), **kwargs}
+        return [bound["input"], bound["weight"], bound.get("bias")]
+
+    def forward(self, call, args, kwargs) -> Tensor:
+        return call(*args, **kwargs)
+
+    def trace(self, call, args, kwargs, live) -> tuple[Tensor, FunctionalLinearTape]:
+        from ..errors import UnsupportedLayerError
+
+        if any(live[1:]):
+            raise UnsupportedLayerError("F.linear with a weight or bias that depends on the input has no reverse; "
+                                        "its weight and bias must be the model's parameters.")
+        return call(*args, **kwargs), FunctionalLinearTape(self.inputs(args, kwargs)[1])
+
+    def reverse(self, v: Tensor, tape: FunctionalLinearTape) -> list:
+        return [torch.matmul(v, tape.weight), None, None]
+
+
+LINEAR_RULES = {torch.nn.functional.linear: FunctionalLinearRule()}
