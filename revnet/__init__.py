@@ -53,6 +53,7 @@ from .layers import (
 )
 from .losses import DeepDefenseInfo, deep_defense_loss
 from .convert import convert
+from .check import CheckReport, check
 from .graph import Graph, GraphTape
 from .layers.protocol import noise_of, select_noise
 from .registry import register, register_function, supported, supported_functions
@@ -61,6 +62,8 @@ from .sequential import Reversed, ReverseLayer, Sequential, SequentialTape
 __version__ = "0.1.0"
 
 __all__ = [
+    "CheckReport",
+    "check",
     "DeepDefenseInfo",
     "DeepFoolInfo",
     "attacks",

@@ -526,8 +526,11 @@ class Graph(nn.Module):
                                     exc) from None
 
     def _run_nodes(self, steps: tuple[_Step, ...], x: Tensor, record: bool,
-                   noise: Optional[dict[str, Any]] = None):
-        env: list[Any] = [None] * len(steps)
+                   noise: Optional[dict[str, Any]] = None, values: Optional[list] = None):
+        """Run the steps on ``x``: ``(y, tape entries, module ids)``; ``values``, if given, receives every node's
+        value (for :func:`revnet.check`'s node-by-node comparison)."""
+        env: list[Any] = [None] * len(steps) if values is None else values
+        env.extend([None] * (len(steps) - len(env)))
         entries: list[Any] = [None] * len(steps)
         modules: list[int] = []
         load = lambda arg: fx.node.map_arg(arg, lambda n: env[n.meta["revnet_index"]])  # noqa: E731
