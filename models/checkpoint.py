@@ -72,7 +72,7 @@ def is_user_model(arch: str) -> bool:
     return ":" in arch
 
 
-def build_user_model(spec: str) -> nn.Module:
+def build_user_model(spec: str, **kwargs: Any) -> nn.Module:
     """``module:function`` → ``function()`` from ``importlib.import_module(module)`` (the current folder is on
     the path), converted with ``revnet.convert`` unless it already is a ``revnet.Sequential``/``Graph``. Any
     failure is a one-line ``ValueError`` naming ``spec``."""
@@ -98,7 +98,7 @@ def build_user_model(spec: str) -> nn.Module:
     func = getattr(module, func_name, None)
     if not callable(func):
         raise ValueError(f"--model {spec!r}: {module_name} has no function {func_name!r}.")
-    model = _call_builder(spec, func_name, func)
+    model = _call_builder(spec, func_name, func, kwargs)
     if not isinstance(model, nn.Module):
         raise ValueError(f"--model {spec!r}: {func_name}() returned a {type(model).__name__}, not an nn.Module.")
     if isinstance(model, (revnet.Sequential, revnet.Graph)):
@@ -106,21 +106,23 @@ def build_user_model(spec: str) -> nn.Module:
     return revnet.convert(model)
 
 
-def _call_builder(spec: str, name: str, func: Any) -> Any:
-    """``func()``; a builder that needs arguments, raises or exits is a one-line ``ValueError`` naming it."""
+def _call_builder(spec: str, name: str, func: Any, kwargs: dict[str, Any]) -> Any:
+    """``func(**kwargs)``; a builder that needs other arguments, raises or exits is a one-line ``ValueError``
+    naming it."""
     import inspect
 
     try:
         required = [p.name for p in inspect.signature(func).parameters.values()
-                    if p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+                    if p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+                    and p.name not in kwargs]
     except (TypeError, ValueError):  # a builtin without a signature: just call it
         required = []
     if required:
         raise ValueError(f"--model {spec!r}: {name}() cannot be called without arguments (it needs "
-                         f"{', '.join(required)}); wrap it in a function that takes none, e.g. "
-                         f"def my_model(): return {name}(...).")
+                         f"{', '.join(required)}); pass them with --model-args {required[0]}=VALUE, or wrap it in "
+                         f"a function that takes none, e.g. def my_model(): return {name}(...).")
     try:
-        return func()
+        return func(**kwargs)
     except SystemExit as exc:
         raise ValueError(f"--model {spec!r}: {name}() called sys.exit({exc.code!r}) instead of returning a "
                          "model.") from None
@@ -129,11 +131,18 @@ def _call_builder(spec: str, name: str, func: Any) -> Any:
         raise ValueError(f"--model {spec!r}: {name}() raised {exc.__class__.__name__}: {text}") from None
 
 
+def _is_plain_argument(value: Any) -> bool:
+    """A builder argument a checkpoint may record: a number, string, boolean or None, or a list/tuple of them."""
+    if isinstance(value, (list, tuple)):
+        return all(_is_plain_argument(v) for v in value)
+    return value is None or isinstance(value, (bool, int, float, str))
+
+
 def build(arch: str, **arch_args: Any) -> nn.Module:
     """A fresh reversible network of the named architecture (a key of ``ARCHITECTURES``, or ``module:function``
     for a user's builder), with ``arch_args`` (see ``ARCH_ARGS``: ``num_classes`` for alexnet and resnet18)."""
     if is_user_model(arch):
-        return build_user_model(arch)
+        return build_user_model(arch, **arch_args)
     if arch not in ARCHITECTURES:
         raise ValueError(f"unknown model {arch!r}; choose one of: {', '.join(sorted(ARCHITECTURES))}, or "
                          "module:function.")
@@ -287,7 +296,7 @@ def _is_count(v: Any) -> bool:
 
 def check_fields(path: Path, ckpt: Mapping[str, Any], what: str = "checkpoint") -> None:
     """The types of a model checkpoint's fields, where present: ``arch`` a string, ``state_dict`` a dict of
-    parameter names to tensors, ``preprocess``/``metrics``/``config`` dicts, ``arch_args`` a dict of integer
+    parameter names to tensors, ``preprocess``/``metrics``/``config`` dicts, ``arch_args`` a dict of plain
     arguments, ``input_shape`` a list of positive integers. Anything else (which would fail later with a raw
     ``TypeError: unhashable type`` or the like) is a one-line ``CheckpointError`` naming the path and the field."""
     def refuse(field: str, expected: str, got: str) -> None:
@@ -312,8 +321,9 @@ def check_fields(path: Path, ckpt: Mapping[str, Any], what: str = "checkpoint") 
             refuse(field, expected, _got(ckpt[field]))
     arch_args = ckpt.get("arch_args")
     if arch_args is not None and not (isinstance(arch_args, Mapping) and all(
-            isinstance(k, str) and _is_count(v) for k, v in arch_args.items())):
-        refuse("arch_args", "a dict of integer arguments (e.g. {'num_classes': 1000})", _got(arch_args))
+            isinstance(k, str) and _is_plain_argument(v) for k, v in arch_args.items())):
+        refuse("arch_args", "a dict of plain arguments (numbers, strings, booleans; e.g. {'num_classes': 1000})",
+               _got(arch_args))
     shape = ckpt.get("input_shape")
     if shape is not None and not (isinstance(shape, (list, tuple)) and shape and all(map(_is_count, shape))):
         refuse("input_shape", "a list of positive integers (e.g. [1, 28, 28])", _got(shape))

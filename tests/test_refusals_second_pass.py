@@ -124,13 +124,14 @@ def mlp_ckpt() -> dict:
             "metrics": {}, "config": {}}
 
 
-ARCH_ARGS, TENSORS = "a dict of integer arguments (e.g. {'num_classes': 1000})", "a dict of parameter names to tensors"
+ARCH_ARGS = "a dict of plain arguments (numbers, strings, booleans; e.g. {'num_classes': 1000})"
+TENSORS = "a dict of parameter names to tensors"
 BAD_FIELDS = [
     ({"arch": ["mlp"]}, "'arch' must be a string naming the architecture (e.g. 'lenet'), got the list ['mlp']"),
     ({"arch": 5}, "'arch' must be a string naming the architecture (e.g. 'lenet'), got the int 5"),
     ({"arch_args": [1]}, f"'arch_args' must be {ARCH_ARGS}, got the list [1]"),
     ({"arch_args": {1: 2}}, f"'arch_args' must be {ARCH_ARGS}, got the dict {{1: 2}}"),
-    ({"arch_args": {"num_classes": "3"}}, "'arch_args' must be a dict of integer arguments"),
+    ({"arch_args": {"num_classes": {"a": 1}}}, "'arch_args' must be a dict of plain arguments"),
     ({"state_dict": {5: torch.zeros(1)}}, f"'state_dict' must be {TENSORS}, got the key 5 (int)"),
     ({"state_dict": {"0.weight": 1.0}}, f"'state_dict' must be {TENSORS}, got '0.weight' = the float 1.0"),
     ({"state_dict": [1]}, f"'state_dict' must be {TENSORS}, got the list [1]"),

@@ -72,7 +72,7 @@ BUILDERS = textwrap.dedent('''
 
 
 @pytest.mark.parametrize("builder, message", [
-    ("usermods:needs_arg", r"needs_arg\(\) cannot be called without arguments .*width"),
+    ("usermods:needs_arg", r"needs_arg\(\) cannot be called without arguments .*width.*--model-args width=VALUE"),
     ("usermods:raises", r"raises\(\) raised RuntimeError: the weights file is missing"),
     ("usermods:tuple_output", r"--model 'usermods:tuple_output': Pair.forward must return one tensor .*returns \(fc, fc\)"),
     ("usermods:seven_logits", r"returns shape \(1, 7\) for one image; it must return one tensor of \(N, 10\) logits"),
@@ -126,3 +126,22 @@ def test_a_divergence_from_a_weak_reference_says_why_and_what_to_do(tmp_path, mo
     text = str(info.value.code)
     assert "the run diverged" in text and "the reference is weak: test accuracy" in text
     assert "Fine-tune a trained reference (more --ref-epochs, or --reference PATH)" in text
+
+
+def test_model_args_reach_the_builder_and_the_checkpoint(tmp_path, monkeypatch, capsys):
+    """``--model module:function --model-args KEY=VALUE``: the builder gets the arguments (Python literals), and
+    ``final.pt`` records them so that ``models.load`` rebuilds the same model."""
+    import models
+
+    (tmp_path / "usermods.py").write_text(BUILDERS)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    run(["--model", "usermods:needs_arg", "--model-args", "width=10", *TINY, "--method", "clean",
+         "--out", "a", "--cache-dir", "refs"])
+    net, ckpt = models.load(tmp_path / "a" / "final.pt", arch="usermods:needs_arg")  # never imports unasked
+    assert ckpt["arch_args"] == {"width": 10} and net(__import__("torch").zeros(2, 1, 28, 28)).shape == (2, 10)
+    with pytest.raises(SystemExit):
+        run(["mlp", "--model-args", "width=10", *TINY, "--out", "b"])
+    assert "--model-args is for a builder of one's own" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match=r"--model-args 'width': write KEY=VALUE"):
+        run(["--model", "usermods:needs_arg", "--model-args", "width", *TINY, "--out", "c"])

@@ -114,6 +114,10 @@ def get_args_parser(add_help: bool = True, model: str | None = None) -> argparse
                         "an nn.Module, converted with revnet.convert")
     p.add_argument("--model", dest="model_flag", default=None, metavar="MODULE:FUNCTION",
                    help="the same as the positional model, e.g. --model mymodels:small_cnn (a model of your own)")
+    p.add_argument("--model-args", nargs="+", default=None, metavar="KEY=VALUE",
+                   help="keyword arguments of a module:function builder, each value a Python literal, e.g. "
+                        "--model torchvision.models:vit_b_16 --model-args image_size=32 num_classes=10 (recorded "
+                        "in final.pt, so models.load rebuilds the same model)")
     p.add_argument("--method", default="deepdefense", choices=METHODS, help=METHOD_HELP)
     p.add_argument("--dataset", default=None, choices=pipeline_lib.DATASETS,
                    help="dataset (default: the model's: mnist for mlp/lenet/resnet18-mnist and own models, cifar10 for "
@@ -262,6 +266,10 @@ def check_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Non
     if args.model not in models.ARCHITECTURES and not models.is_user_model(args.model):
         parser.error(f"unknown model {args.model!r}; choose one of: {', '.join(models.ARCHITECTURES)}, or "
                      "module:function for a model of your own")
+    if getattr(args, "model_args", None):
+        if not models.is_user_model(args.model):
+            parser.error(f"--model-args is for a builder of one's own (module:function); {args.model!r} takes none")
+        parse_model_args(args.model_args)  # refused now, not after the data is loaded
     if args.dataset is None:
         args.dataset = recipes.default_dataset(args.model)
     if getattr(args, "crop_size", 224) < 1:
@@ -321,9 +329,10 @@ def build_network(args: argparse.Namespace, pipe) -> torch.nn.Module:
     converted, whose output is not one tensor of ``(N, classes)`` logits, is one ``error:`` line naming it."""
     what = f"--model {args.model!r}" if models.is_user_model(args.model) else f"model {args.model!r}"
     try:
-        net = models.build(args.model, **arch_args(args.model, pipe))
+        net = models.build(args.model, **builder_args(args, pipe))
     except (ValueError, revnet.RevnetError) as exc:  # build_user_model names the builder and what went wrong
-        raise SystemExit(f"error: {what}: {utils.one_line(exc)}") from None
+        text = utils.one_line(exc)
+        raise SystemExit(f"error: {text if text.startswith('--model') else f'{what}: {text}'}") from None
     try:
         was_training = net.training
         with torch.no_grad():
@@ -346,9 +355,36 @@ def run_dtype(args: argparse.Namespace) -> torch.dtype:
     return getattr(torch, getattr(args, "dtype", None) or "float32")
 
 
-def arch_args(model: str, pipe) -> dict:
-    """The builder's arguments for this data (``num_classes`` of alexnet and resnet18)."""
+def arch_args(model: str, pipe, model_args: dict | None = None) -> dict:
+    """The builder's arguments for this data (``num_classes`` of alexnet and resnet18), and for a builder of
+    one's own (``module:function``) the ``--model-args``."""
+    if models.is_user_model(model):
+        return dict(model_args or {})
     return {"num_classes": pipe.num_classes} if "num_classes" in models.ARCH_ARGS.get(model, ()) else {}
+
+
+def builder_args(args: argparse.Namespace, pipe) -> dict:
+    """``arch_args`` of this run's model (``--model-args`` for a builder of one's own)."""
+    return arch_args(args.model, pipe, parse_model_args(getattr(args, "model_args", None)))
+
+
+def parse_model_args(items: list[str] | None) -> dict:
+    """``--model-args KEY=VALUE ...`` as keyword arguments: each value a Python literal (``10``, ``0.1``,
+    ``True``, ``'avg'``, ``(32, 32)``), or else the text itself (``global_pool=avg``)."""
+    import ast
+
+    out: dict = {}
+    for item in items or []:
+        key, sep, text = item.partition("=")
+        if not sep or not key.isidentifier():
+            raise SystemExit(f"error: --model-args {item!r}: write KEY=VALUE, e.g. num_classes=10")
+        if key in out:
+            raise SystemExit(f"error: --model-args names {key!r} twice")
+        try:
+            out[key] = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            out[key] = text
+    return out
 
 
 def get_reference_on_every_rank(args, pipe, device, world: distributed.World) -> tuple[torch.nn.Module, dict, str]:
@@ -390,7 +426,7 @@ def get_reference(args, pipe, device, world: distributed.World | None = None) ->
                     config={"recipe": "SGD momentum 0.9, weight decay 5e-4, lr halved for the last 20% of epochs",
                             "epochs": args.ref_epochs, "lr": args.ref_lr, "batch_size": args.batch_size,
                             "seed": args.seed, "data": pipe.source},
-                    arch_args=arch_args(args.model, pipe), input_shape=pipe.input_shape)
+                    arch_args=builder_args(args, pipe), input_shape=pipe.input_shape)
     return net, preprocess, f"trained ({seconds:.0f} s), cached: {path}"
 
 
@@ -751,7 +787,7 @@ def run(args: argparse.Namespace, world: distributed.World, device: torch.device
     try:  # final.pt first: the model is never lost to a later failure
         models.save(out / "final.pt", args.model, net, preprocess, metrics=_plain(
             {k: v for k, v in result.items() if k != "history"}), config=_plain(vars(args)),
-            arch_args=arch_args(args.model, pipe), input_shape=pipe.input_shape)
+            arch_args=builder_args(args, pipe), input_shape=pipe.input_shape)
         utils.write_json(out / "metrics.json", result)
         utils.write_text_atomic(out / "summary.md", summary)
         (out / "failed.json").unlink(missing_ok=True)  # a resumed run that failed before has now finished
