@@ -10,7 +10,7 @@ setup(
     packages=find_packages(include=["revnet", "revnet.*", "models", "models.*"]),
     install_requires=["torch>=2.1", "torchvision>=0.16", "tqdm>=4.60", "matplotlib>=3.5"],
     extras_require={
-        "test": ["pytest>=7", "hypothesis>=6.80", "foolbox>=3.3", "pyautoattack>=0.2"],
+        "test": ["pytest>=7", "hypothesis>=6.80", "foolbox>=3.3", "pyautoattack>=0.2", "timm>=1.0"],
         # benchmarks/deepfool.py's second peer; it pins requests~=2.25 (a downgrade), so it is not in "test"
         "bench": ["torchattacks>=3.4"],
     },

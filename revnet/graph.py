@@ -51,7 +51,7 @@ from torch.nn.utils.weight_norm import WeightNorm
 from . import registry
 from ._checks import fold_class_rows, layer_input_error
 from .errors import ReverseShapeError, RevnetError, TapeMismatchError, UnsupportedLayerError
-from .layers import is_reversible
+from .layers import VALUE_FREE_FUNCTIONS, is_reversible
 from .layers.protocol import nested_noise, reverse_rows, trace_with
 
 _TORCH_DIR = os.path.dirname(os.path.abspath(torch.__file__)) + os.sep  # the separator: torchvision/ is not torch/
@@ -429,6 +429,8 @@ class Graph(nn.Module):
             return node.target in _SHAPE_METHODS
         if node.op == "call_function" and node.target is getattr:
             return len(node.args) > 1 and node.args[1] in _SHAPE_ATTRIBUTES
+        if node.op == "call_function" and node.target in VALUE_FREE_FUNCTIONS:
+            return True  # reads only the dtype, device or shape of its tensor arguments
         return False
 
     def _constant_call(self, node: fx.Node) -> Callable:

@@ -269,9 +269,11 @@ def smooth_and_clamp_cases(draw, ties: bool = False) -> Case:
 @st.composite
 def modern_cases(draw) -> Case:
     """LayerNorm over the last 1..2 dims (affine, bias, eps drawn), GroupNorm (groups dividing C), Hardswish and
-    Hardsigmoid on random values or ties, StochasticDepth (row or batch mode, p drawn) in eval or training mode;
+    Hardsigmoid on random values or ties, StochasticDepth (row or batch mode, p drawn) in eval or training mode,
+    Softmax and LogSoftmax over a drawn dim >= 1 (positive or negative);
     inputs of 2..4 dims with sizes 1..4 (N ≥ 1)."""
-    kind = draw(st.sampled_from(["layernorm", "groupnorm", "hardswish", "hardsigmoid", "stochasticdepth"]))
+    kind = draw(st.sampled_from(["layernorm", "groupnorm", "hardswish", "hardsigmoid", "stochasticdepth", "softmax",
+                                 "logsoftmax"]))
     n = draw(st.integers(1, 3))
     rest = draw(st.lists(st.integers(1, 4), min_size=1, max_size=3))
     shape = (n, *rest)
@@ -289,5 +291,9 @@ def modern_cases(draw) -> Case:
     if kind == "stochasticdepth":
         make = Make(revnet.StochasticDepth, draw(st.sampled_from([0.0, 0.3, 0.7])), draw(st.sampled_from(["row", "batch"])))
         return _case(draw, make, shape, train=draw(st.booleans()))
+    if kind in ("softmax", "logsoftmax"):
+        cls = revnet.Softmax if kind == "softmax" else revnet.LogSoftmax
+        dim = draw(st.integers(1, len(rest)))
+        return _case(draw, Make(cls, dim=dim if draw(st.booleans()) else dim - len(shape)), shape)
     cls = revnet.Hardswish if kind == "hardswish" else revnet.Hardsigmoid
     return _case(draw, Make(cls, inplace=draw(st.booleans())), shape, ties=draw(st.booleans()))

@@ -429,7 +429,8 @@ def test_dropout_property(case: Case):
     check_all(case)
 
 
-@covers(revnet.LayerNorm, revnet.GroupNorm, revnet.Hardswish, revnet.Hardsigmoid, revnet.StochasticDepth)
+@covers(revnet.LayerNorm, revnet.GroupNorm, revnet.Hardswish, revnet.Hardsigmoid, revnet.StochasticDepth,
+        revnet.Softmax, revnet.LogSoftmax)
 @given(case=strategies.modern_cases())
 def test_modern_layers_property(case: Case):
     check_all(case)

@@ -8,7 +8,7 @@ registry (:mod:`revnet.registry`) is built from these tables, and the tests chec
 from torch import nn
 
 from .activation import Hardtanh, LeakyReLU, PReLU, ReLU, ReLU6
-from .attention import ATTENTION_COUNTERPARTS, ATTENTION_METHOD_RULES, ATTENTION_RULES, MultiheadAttention
+from .attention import ATTENTION_COUNTERPARTS, ATTENTION_METHOD_RULES, ATTENTION_RULES, LogSoftmax, MultiheadAttention, Softmax
 from .conv import Conv2d
 from .dropout import Dropout
 from .droppath import DROPPATH_COUNTERPARTS, DROPPATH_RULES, StochasticDepth
@@ -17,6 +17,7 @@ from .hard import HARD_COUNTERPARTS, HARD_METHOD_RULES, HARD_RULES, Hardsigmoid,
 from .layernorm import NORM_COUNTERPARTS, NORM_METHOD_RULES, NORM_RULES, GroupNorm, LayerNorm
 from .layout import LAYOUT_METHOD_RULES, LAYOUT_RULES
 from .linear import LINEAR_RULES, Linear
+from .timm_functions import TIMM_RULES, VALUE_FREE_FUNCTIONS
 from .merge import MERGE_METHOD_RULES, MERGE_RULES
 from .norm import BatchNorm1d, BatchNorm2d
 from .pooling import AdaptiveAvgPool2d, AvgPool2d, MaxPool2d
@@ -55,9 +56,10 @@ TORCH_COUNTERPARTS: dict[type, type[nn.Module]] = {
 
 # fx function nodes (by the function object) and method nodes (by name) -> reverse rule
 FUNCTION_RULES: dict = {**LAYER_RULES, **RESHAPE_RULES, **REDUCE_RULES, **MERGE_RULES, **LAYOUT_RULES, **NORM_RULES,
-                        **HARD_RULES, **DROPPATH_RULES, **ATTENTION_RULES, **LINEAR_RULES}
+                        **HARD_RULES, **DROPPATH_RULES, **ATTENTION_RULES, **LINEAR_RULES,
+                        **TIMM_RULES}
 METHOD_RULES: dict = {**LAYER_METHOD_RULES, **RESHAPE_METHOD_RULES, **MERGE_METHOD_RULES, **LAYOUT_METHOD_RULES,
                       **NORM_METHOD_RULES, **HARD_METHOD_RULES, **ATTENTION_METHOD_RULES}
 
 __all__ = [cls.__name__ for cls in TORCH_COUNTERPARTS] + [
-    "FUNCTION_RULES", "METHOD_RULES", "TORCH_COUNTERPARTS", "Reversible", "is_reversible"]
+    "FUNCTION_RULES", "METHOD_RULES", "TORCH_COUNTERPARTS", "VALUE_FREE_FUNCTIONS", "Reversible", "is_reversible"]

@@ -98,6 +98,34 @@ class SoftmaxRule:
         return [_with_rows(v, tape.s, vjp, rows=True)]
 
 
+_SOFTMAX, _LOG_SOFTMAX = SoftmaxRule(False), SoftmaxRule(True)
+
+
+class Softmax(nn.Softmax):
+    """``nn.Softmax(dim)`` (timm's Swin keeps one as a module) with :class:`SoftmaxRule`'s reverse, side by side.
+    Shapes: x, y ``(T, *s)``; v, g ``(T·K, *s)``."""
+
+    reverse_label = "SoftmaxJacobian"
+
+    def trace(self, x: Tensor) -> tuple[Tensor, SoftmaxTape]:
+        return _SOFTMAX.trace(None, (x, self.dim), {}, (True,))
+
+    def reverse(self, v: Tensor, tape: SoftmaxTape) -> Tensor:
+        return _SOFTMAX.reverse(v, tape)[0]
+
+
+class LogSoftmax(nn.LogSoftmax):
+    """``nn.LogSoftmax(dim)`` with :class:`SoftmaxRule`'s reverse. Shapes as :class:`Softmax`."""
+
+    reverse_label = "LogSoftmaxJacobian"
+
+    def trace(self, x: Tensor) -> tuple[Tensor, SoftmaxTape]:
+        return _LOG_SOFTMAX.trace(None, (x, self.dim), {}, (True,))
+
+    def reverse(self, v: Tensor, tape: SoftmaxTape) -> Tensor:
+        return _LOG_SOFTMAX.reverse(v, tape)[0]
+
+
 # ------------------------------------------------------------------------------------------------ products
 
 
@@ -397,7 +425,8 @@ SOFTMAX, LOG_SOFTMAX = SoftmaxRule(False), SoftmaxRule(True)
 F_NAMES = ("input", "dim", "_stacklevel", "dtype")
 MATMUL, BMM, EINSUM, SDPA = MatmulRule(), MatmulRule(("input", "mat2")), EinsumRule(), SDPARule()
 
-ATTENTION_COUNTERPARTS: dict = {MultiheadAttention: nn.MultiheadAttention}
+ATTENTION_COUNTERPARTS: dict = {MultiheadAttention: nn.MultiheadAttention, Softmax: nn.Softmax,
+                               LogSoftmax: nn.LogSoftmax}
 ATTENTION_RULES: dict = {
     torch.softmax: SOFTMAX, nn.functional.softmax: SoftmaxRule(False, F_NAMES),
     torch.log_softmax: LOG_SOFTMAX, nn.functional.log_softmax: SoftmaxRule(True, F_NAMES),
