@@ -74,7 +74,18 @@ def register(torch_cls: type[nn.Module], reversible_cls: type[nn.Module]) -> Non
 def register_function(target: Union[Callable, str], rule: Any) -> None:
     """Give a function (e.g. ``torch.clamp``) or a tensor method name (e.g. ``"clamp"``) a reverse rule in traced
     graphs. ``rule`` implements ``inputs``, ``forward``, ``trace`` and ``reverse`` as described in
-    :mod:`revnet.layers.functional`. Registering a target again replaces the earlier rule."""
+    :mod:`revnet.layers.functional`. Registering a target again replaces the earlier rule.
+
+    Example: ``F.hardswish`` is registered this way (:mod:`revnet.layers.hard`), as a call that amounts to the
+    stateless ``Hardswish`` layer; ``LayerRule`` names the arguments, and ``inplace=True`` is computed out of
+    place so the tape keeps the input::
+
+        from revnet.layers.functional import LayerRule
+        revnet.register_function(F.hardswish, LayerRule(("input", "inplace"), {"inplace": False},
+                                                        lambda bound: revnet.Hardswish()))
+
+    Check a rule of your own with :func:`revnet.check` (forward, first and second order against autograd, and
+    the first node that disagrees)."""
     if not (callable(target) or isinstance(target, str)):
         raise TypeError(f"register_function() needs a function or a method name, got {target!r}.")
     missing = [name for name in RULE_METHODS if not callable(getattr(rule, name, None))]
