@@ -101,6 +101,9 @@ RANDOM_SPECS = {
     "resnet18-32": ((3, 32, 32), 32, "torchvision.models.resnet18(num_classes=10)"),
     "resnet18-224": ((3, 224, 224), 32, "torchvision.models.resnet18(num_classes=10)"),
     "convnet-cifar": ((3, 32, 32), 128, "models.cifar.convnet() (the paper's CIFAR-10 ConvNet)"),
+    "vit-s16-112": ((3, 112, 112), 4, "torchvision VisionTransformer, ViT-S/16 (12 layers, 6 heads, width 384) "
+                                      "at 112 px"),
+    "convnext-t-112": ((3, 112, 112), 4, "torchvision.models.convnext_tiny(num_classes=10) at 112 px"),
 }
 RANDOM_MODELS = tuple(RANDOM_SPECS)
 GRAPH_VARIANT = "revnet-graph"
@@ -401,7 +404,16 @@ def random_batch(arch: str, batch_size: int, device: torch.device, dtype: torch.
 
     shape, _, _ = RANDOM_SPECS[arch]
     torch.manual_seed(seed)
-    net = (models.build("convnet") if arch == "convnet-cifar" else torchvision.models.resnet18(num_classes=10)).eval()
+    builders = {
+        "convnet-cifar": lambda: models.build("convnet"),
+        "vit-s16-112": lambda: torchvision.models.VisionTransformer(image_size=112, patch_size=16, num_layers=12,
+                                                                    num_heads=6, hidden_dim=384, mlp_dim=1536,
+                                                                    num_classes=10),
+        "convnext-t-112": lambda: torchvision.models.convnext_tiny(num_classes=10),
+    }
+    net = builders.get(arch, lambda: torchvision.models.resnet18(num_classes=10))().eval()
+    if arch == "vit-s16-112":  # torchvision zero-initialises the head: every input gradient would be 0
+        torch.nn.init.normal_(net.heads.head.weight, std=0.02)
     x = torch.randn(batch_size, *shape, generator=torch.Generator().manual_seed(seed))
     with torch.no_grad():
         y = net(x).argmax(1)
