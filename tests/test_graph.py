@@ -19,7 +19,7 @@ from torch import nn
 
 import revnet
 from autograd_reference import reference_deep_defense_loss, reference_deepfool
-from helpers import assert_vjp_close
+from helpers import assert_vjp_close, check_graph_against_autograd
 
 F64 = torch.float64
 
@@ -36,29 +36,8 @@ def _randomize_bn(model: nn.Module, gen: torch.Generator) -> None:
 
 def _check_first_and_second_order(model: nn.Module, x: torch.Tensor, k: int = 3, seed: int = 0) -> None:
     """The reverse of K cotangents equals autograd's VJPs of the plain model; the gradient of a loss on the
-    reverse w.r.t. every parameter equals double backprop."""
-    gen = torch.Generator().manual_seed(seed)
-    net = revnet.convert(model)
-    y, tape = net.trace(x)
-    with torch.no_grad():
-        torch.testing.assert_close(y, model(x), rtol=1e-12, atol=1e-12)
-    v = torch.randn(x.shape[0], k, *y.shape[1:], generator=gen, dtype=F64)
-    g = net.reverse(v, tape)
-    xr = x.detach().requires_grad_(True)
-    yr = model(xr)
-    ref = torch.stack([torch.autograd.grad(yr, xr, v[:, j], retain_graph=True, create_graph=True)[0]
-                       for j in range(k)], 1)
-    assert_vjp_close(g, ref, f"{type(model).__name__} first order")
-
-    w = torch.randn(g.shape, generator=gen, dtype=F64)
-    params = [p for p in model.parameters() if p.requires_grad]
-    ours = torch.autograd.grad((w * g).square().sum(), params, allow_unused=True)
-    theirs = torch.autograd.grad((w * ref).square().sum(), params, allow_unused=True)
-    names = [n for n, p in model.named_parameters() if p.requires_grad]
-    for name, a, b in zip(names, ours, theirs):
-        a = torch.zeros_like(params[names.index(name)]) if a is None else a
-        b = torch.zeros_like(a) if b is None else b
-        assert_vjp_close(a, b, f"{type(model).__name__} second order, {name}")
+    reverse w.r.t. every parameter (and x) equals double backprop (``helpers.check_graph_against_autograd``)."""
+    check_graph_against_autograd(model, x, k, seed, forward_rtol=1e-12)
 
 
 TORCHVISION = [
