@@ -161,10 +161,20 @@ def _module_verdict(module: nn.Module, inp: Tensor, gen: torch.Generator, tol: f
         return None
     xr = inp.detach().clone().requires_grad_(True)
     plain = module(xr.clone())
-    v = torch.randn(y.shape, generator=gen, dtype=y.dtype)
-    ours = reverse_rows(module, v, tape)
-    ref = torch.autograd.grad(plain, xr, v, create_graph=True)[0]
+    v = torch.randn(y.shape[0], _K, *y.shape[1:], generator=gen, dtype=y.dtype)
+    ours = reverse_rows(module, v.reshape(-1, *y.shape[1:]), tape)
+    ref = _folded([torch.autograd.grad(plain, xr, v[:, j], create_graph=True, retain_graph=True)[0]
+                   for j in range(_K)])
     return _verdict(label, ours, ref, [*module.parameters()], xq, xr, gen, tol)
+
+
+_K = 2  # cotangents per row in the node-by-node check: rules that fold K into the rows are checked with K > 1
+
+
+def _folded(per_k: list) -> Tensor:
+    """``K`` cotangents of one value, each ``(T, *s)``, as folded rows ``(T·K, *s)`` (row ``t·K + k``)."""
+    stacked = torch.stack(per_k, 1)
+    return stacked.reshape(-1, *stacked.shape[2:])
 
 
 def _rule_verdict(step: Any, values: list, entry: Any, gen: torch.Generator, tol: float, label: str) -> Optional[str]:
@@ -182,12 +192,14 @@ def _rule_verdict(step: Any, values: list, entry: Any, gen: torch.Generator, tol
     plain = step.call(*[swap(a) for a in args], **{key: swap(a) for key, a in kwargs.items()})
     if not isinstance(plain, Tensor):
         return None
-    v = torch.randn(plain.shape, generator=gen, dtype=plain.dtype)
-    grads = step.rule.reverse(v, entry)
-    refs = torch.autograd.grad(plain, list(leaves.values()), v, create_graph=True, allow_unused=True)
+    v = torch.randn(plain.shape[0], _K, *plain.shape[1:], generator=gen, dtype=plain.dtype)
+    grads = step.rule.reverse(v.reshape(-1, *plain.shape[1:]), entry)
+    per_k = [torch.autograd.grad(plain, list(leaves.values()), v[:, j], create_graph=True, retain_graph=True,
+                                 allow_unused=True) for j in range(_K)]
     ours = [gr for gr, is_live in zip(grads, live) if is_live]
-    for a, b, leaf in zip(ours, refs, leaves.values()):
-        bad = _verdict(label, a, _or_zeros(b, leaf), [], None, None, gen, tol)
+    for i, (a, leaf) in enumerate(zip(ours, leaves.values())):
+        b = _folded([_or_zeros(refs[i], leaf) for refs in per_k])
+        bad = _verdict(label, a, b, [], None, None, gen, tol)
         if bad:
             return bad
     return None
