@@ -1145,7 +1145,7 @@ def markdown(report: dict[str, Any]) -> str:
     weights = "random-init weights" if random_only else "reference weights"
     mode = "every sample runs all iterations (--no-early-stop)" if not step["early_stop"] else \
         f"{weights}, DeepFool stops early per sample"
-    title = "ResNet-18 (32×32) " if random_only else ""
+    title = f"{', '.join(archs)}: " if random_only else ""
     lines = [
         f"# {title}Deep Defense training step: revnet vs autograd ({mode})", "",
         f"- machine: {m['platform']}, CPU {m['cpu']} ({m['cpu_count']} logical cores), device {m['device']} "
@@ -1331,4 +1331,10 @@ def profile_markdown(results: list[dict[str, Any]]) -> str:
 
 
 if __name__ == "__main__":
-    main(get_args_parser().parse_args())
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    # torch's fused CPU attention has no double backward, which the autograd variants need (ViT); revnet's own
+    # attention rule does not call it, so the math backend changes only the autograd side, and only for models
+    # with attention
+    with sdpa_kernel(SDPBackend.MATH):
+        main(get_args_parser().parse_args())
