@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import collections
 import json
-import multiprocessing as mp
 import platform
 import re
 import time
@@ -28,7 +27,7 @@ from typing import Any
 
 import torch
 
-from torchvision_coverage import _scaled, unit_scale
+from torchvision_coverage import _scaled, run_isolated, unit_scale
 
 ROOT = Path(__file__).resolve().parents[1]
 F64 = torch.float64
@@ -109,26 +108,6 @@ def check(name: str, second_order_max: float) -> dict[str, Any]:
     return row
 
 
-def _worker(name: str, second_order_max: float, queue) -> None:
-    try:
-        queue.put(check(name, second_order_max))
-    except Exception as exc:  # noqa: BLE001 - reported per model
-        queue.put({"model": name, "converts": None, "error": f"{type(exc).__name__}: {' '.join(str(exc).split())[:400]}"})
-
-
-def run_isolated(name: str, second_order_max: float, timeout: float) -> dict[str, Any]:
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    proc = ctx.Process(target=_worker, args=(name, second_order_max, queue))
-    proc.start()
-    proc.join(timeout)
-    if proc.is_alive():
-        proc.kill()
-        return {"model": name, "converts": None, "error": f"timed out after {timeout:.0f} s"}
-    return queue.get() if not queue.empty() else {"model": name, "converts": None,
-                                                 "error": f"the process died (exit code {proc.exitcode})"}
-
-
 def reason(error: str) -> str:
     """A refusal reduced to its cause (what has no reverse, or the kind of failure), for the top-ten list."""
     for pattern in (r"calls (\w+), which has no reverse", r"\((call_\w+ [\w.]+)\).*has no reverse rule",
@@ -173,7 +152,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
               "command": "python benchmarks/timm_coverage.py" + (" --named" if args.named else ""),
               "config": vars(args), "rows": []}
     for module, name in todo:
-        row = run_isolated(name, args.second_order_max if args.named else 0, args.timeout)
+        row = run_isolated(check, (name, args.second_order_max if args.named else 0), name, args.timeout)
         report["rows"].append({"module": module, **row})
         print(json.dumps(report["rows"][-1]), flush=True)
         (out / f"{stem}.json").write_text(json.dumps(report, indent=1) + "\n")  # after every model

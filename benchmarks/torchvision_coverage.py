@@ -104,22 +104,24 @@ def check(name: str, k: int, second_order_max: float) -> dict[str, Any]:
     return row
 
 
-def _worker(name: str, k: int, second_order_max: float, queue) -> None:
+def _worker(check_fn, args: tuple, name: str, queue) -> None:
     try:
-        queue.put(check(name, k, second_order_max))
+        queue.put(check_fn(*args))
     except Exception as exc:  # noqa: BLE001 - reported per model
         queue.put({"model": name, "converts": None, "error": f"{type(exc).__name__}: {' '.join(str(exc).split())[:400]}"})
 
 
-def run_isolated(name: str, args: argparse.Namespace) -> dict[str, Any]:
+def run_isolated(check_fn, args: tuple, name: str, timeout: float) -> dict[str, Any]:
+    """``check_fn(*args)`` in a fresh process (a crash or a model too big for memory stays one row) with a time
+    limit; ``check_fn`` must be importable (a module-level function)."""
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    proc = ctx.Process(target=_worker, args=(name, args.classes, args.second_order_max, queue))
+    proc = ctx.Process(target=_worker, args=(check_fn, args, name, queue))
     proc.start()
-    proc.join(args.timeout)
+    proc.join(timeout)
     if proc.is_alive():
         proc.kill()
-        return {"model": name, "converts": None, "error": f"timed out after {args.timeout:.0f} s"}
+        return {"model": name, "converts": None, "error": f"timed out after {timeout:.0f} s"}
     return queue.get() if not queue.empty() else {"model": name, "converts": None,
                                                  "error": f"the process died (exit code {proc.exitcode})"}
 
@@ -153,7 +155,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     report = {"torch": torch.__version__, "torchvision": torchvision.__version__, "machine": platform.machine(),
               "threads": torch.get_num_threads(), "config": vars(args), "rows": rows}
     for name in names:
-        row = run_isolated(name, args)
+        row = run_isolated(check, (name, args.classes, args.second_order_max), name, args.timeout)
         rows.append(row)
         print(json.dumps(row), flush=True)
         (out / "torchvision-coverage.json").write_text(json.dumps(report, indent=1) + "\n")  # after every model
