@@ -63,7 +63,21 @@ def unit_scale(model: nn.Module, seed: int = 0) -> None:
 
 
 def _scaled(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a.detach() - b.detach()).abs().max() / max(1.0, float(b.detach().abs().max())))
+    """``max|a − b| / max(1, max|b|)`` over the entries where autograd's ``b`` is finite (``inf`` where ``a`` is
+    not finite there); :func:`_autograd_nan` counts the others, which a row reports."""
+    a, b = a.detach(), b.detach()
+    finite = b.isfinite()
+    if not bool(a[finite].isfinite().all()):
+        return float("inf")
+    if not bool(finite.any()):
+        return 0.0
+    return float((a[finite] - b[finite]).abs().max() / max(1.0, float(b[finite].abs().max())))
+
+
+def _autograd_nan(grads) -> int:
+    """How many entries of autograd's gradients are not finite (torch's double backward of a norm at 0 gives
+    NaN, e.g. F.normalize of swin_v2's zero-padded windows, where revnet's rule is finite)."""
+    return sum(int((~g.isfinite()).sum()) for g in grads if g is not None)
 
 
 def check(name: str, k: int, second_order_max: float) -> dict[str, Any]:
@@ -97,6 +111,9 @@ def check(name: str, k: int, second_order_max: float) -> dict[str, Any]:
         except RuntimeError as exc:  # torch has no double backward for some ops (hardsigmoid): first order only
             row["second_order_note"] = " ".join(str(exc).split())[:120]
         else:
+            if _autograd_nan(theirs):
+                row["second_order_note"] = (f"autograd gives NaN at {_autograd_nan(theirs)} weight-gradient entries "
+                                            "(norm at 0); compared on the rest")
             row["second_order"] = max(_scaled(a if a is not None else torch.zeros_like(p),
                                               b if b is not None else torch.zeros_like(p))
                                       for a, b, p in zip(ours, theirs, params))

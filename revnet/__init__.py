@@ -60,6 +60,7 @@ from .graph import Graph, GraphTape
 from .layers.protocol import noise_of, select_noise
 from .registry import register, register_function, supported, supported_functions
 from .sequential import Reversed, ReverseLayer, Sequential, SequentialTape
+from .trace_through import TraceThrough
 
 __version__ = "0.1.0"
 
@@ -126,6 +127,7 @@ __all__ = [
     "noise_of",
     "register",
     "register_function",
+    "TraceThrough",
     "select_noise",
     "supported",
     "supported_functions",

@@ -14,7 +14,7 @@ from __future__ import annotations
 import pytest
 import torch
 from torch import nn
-from torchvision.models import convnext, densenet, maxvit, regnet, shufflenetv2, vision_transformer
+from torchvision.models import convnext, densenet, maxvit, regnet, shufflenetv2, swin_transformer, vision_transformer
 
 import revnet
 from autograd_reference import reference_deep_defense_loss
@@ -64,25 +64,36 @@ def shufflenet_tiny() -> nn.Module:
     return shufflenetv2.ShuffleNetV2([1, 1, 1], [8, 8, 16, 32, 32], num_classes=5)
 
 
-FAMILIES = {"vit": (vit, 16), "convnext": (convnext_tiny, 16), "maxvit": (maxvit_tiny, 16),
-            "densenet": (densenet_tiny, 16), "regnet-se": (regnet_tiny, 16), "shufflenet": (shufflenet_tiny, 16)}
+def swin_tiny(v2: bool) -> nn.Module:
+    """Windows of 2 on 6 × 5 patches (v1) or 8 × 8 (v2): padding (5 is odd), shifted windows with their mask, patch merging with its
+    padding, and for v2 the cosine attention (``F.normalize``) and the position-bias MLP."""
+    extra = dict(block=swin_transformer.SwinTransformerBlockV2,
+                 downsample_layer=swin_transformer.PatchMergingV2) if v2 else {}
+    return swin_transformer.SwinTransformer(patch_size=[4, 4], embed_dim=8, depths=[2, 1], num_heads=[2, 2],
+                                            window_size=[2, 2], stochastic_depth_prob=0.1, num_classes=5, **extra)
+
+
+FAMILIES = {"vit": (vit, (16, 16)), "convnext": (convnext_tiny, (16, 16)), "maxvit": (maxvit_tiny, (16, 16)),
+            "densenet": (densenet_tiny, (16, 16)), "regnet-se": (regnet_tiny, (16, 16)),
+            "shufflenet": (shufflenet_tiny, (16, 16)), "swin": (lambda: swin_tiny(False), (24, 20)),
+            "swin-v2": (lambda: swin_tiny(True), (32, 32))}  # v2 unpadded: autograd's F.normalize gives NaN at zero rows
 
 
 @pytest.mark.parametrize("name", sorted(FAMILIES))
 def test_tiny_family_instance_matches_autograd(name):
-    build, size = FAMILIES[name]
+    build, (height, width) = FAMILIES[name]
     torch.manual_seed(0)
     model = randomize_unit_scale(build().double().eval())
-    check_graph_against_autograd(model, torch.randn(2, 3, size, size, dtype=F64))
+    check_graph_against_autograd(model, torch.randn(2, 3, height, width, dtype=F64))
 
 
-@pytest.mark.parametrize("name", ["vit", "convnext"])
+@pytest.mark.parametrize("name", ["vit", "convnext", "swin"])
 def test_deep_defense_on_a_transformer_and_convnext_matches_autograd(name):
     build, size = FAMILIES[name]
     torch.manual_seed(0)
     model = randomize_unit_scale(build().double().eval(), seed=1)
     net = revnet.convert(model)
-    x = torch.randn(6, 3, size, size, dtype=F64, generator=torch.Generator().manual_seed(2))
+    x = torch.randn(6, 3, *size, dtype=F64, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         pred = model(x).argmax(1)
     y = torch.where(torch.arange(6) % 2 == 0, pred, (pred + 1) % 5)  # half right, half misclassified

@@ -11,9 +11,12 @@ from __future__ import annotations
 
 from typing import NamedTuple, Optional
 
+import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..errors import UnsupportedLayerError
 from ._rows import expect_tape, times_per_sample
+from .functional import bind
 
 
 class DropoutTape(NamedTuple):
@@ -52,3 +55,34 @@ class Dropout(nn.Dropout):
     def noise(self, tape: DropoutTape) -> Optional[Tensor]:
         """The mask this tape drew (``None`` in eval mode): pass it back as ``trace(x, noise=...)``."""
         return tape.scale
+
+
+class FunctionalDropoutRule:
+    """``F.dropout(x, p, training)``: the identity when ``training`` is False or ``p`` is 0 (eval mode, and
+    functions such as torchvision's ``shifted_window_attention`` with their default ``dropout=0.0``). With
+    ``p > 0`` in training the call draws a mask a tape cannot give back to DeepFool's re-traces, so it is refused:
+    use ``nn.Dropout``, whose mask revnet keeps. Shapes: x, y ``(T, *s)``; v, g ``(T·K, *s)``."""
+
+    names = ("input", "p", "training", "inplace")
+    defaults = {"p": 0.5, "training": True, "inplace": False}
+
+    def inputs(self, args, kwargs) -> list:
+        return [bind(args, kwargs, self.names, self.defaults)["input"]]
+
+    def forward(self, call, args, kwargs) -> Tensor:
+        b = bind(args, kwargs, self.names, self.defaults)
+        return F.dropout(b["input"], b["p"], b["training"], inplace=False)
+
+    def trace(self, call, args, kwargs, live) -> tuple[Tensor, None]:
+        b = bind(args, kwargs, self.names, self.defaults)
+        if b["training"] and b["p"] > 0:
+            raise UnsupportedLayerError(
+                f"F.dropout(p={b['p']}, training=True) draws a mask revnet cannot keep for DeepFool's re-traces; use "
+                "nn.Dropout (revnet keeps its mask), or call the network in eval mode.")
+        return b["input"], None
+
+    def reverse(self, v: Tensor, tape: None) -> list[Optional[Tensor]]:
+        return [v]
+
+
+DROPOUT_RULES: dict = {F.dropout: FunctionalDropoutRule()}

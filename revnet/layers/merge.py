@@ -4,7 +4,7 @@ Their reverse returns one cotangent per input (the rule protocol is in :mod:`rev
 
 * ``a + α·b``: ``g_a = v``, ``g_b = α·v`` (the cotangent fans out);
 * ``a · b``: ``g_a = v · b``, ``g_b = v · a`` (an operand that does not depend on the input is a constant);
-  ``a / c`` with a constant ``c``: ``g_a = v / c``;
+  ``a / b``: ``g_a = v / b``, ``g_b = −v · (a / b) / b``;
 * ``cat([a, b, …], dim)``: ``v`` split along ``dim`` into the inputs' sizes.
 
 Broadcasting is reversed by summing over the dimensions an input was broadcast along. Inputs that depend on
@@ -82,11 +82,12 @@ class MulTape(NamedTuple):
     live: tuple[bool, bool]
     shapes: tuple[Optional[tuple[int, ...]], Optional[tuple[int, ...]]]
     divide: bool
+    quotient: Optional[Tensor]  # y = a / b when the divisor b depends on the input (its cotangent is −v·y/b)
 
 
 class MulRule:
-    """``a · b`` (either or both depending on the input) and ``a / c`` with ``c`` a constant (a number or a
-    tensor that does not depend on the input)."""
+    """``a · b`` and ``a / b``, either or both operands depending on the input (the other a number or a constant
+    tensor). ``g_a = v·b`` (``v / b``), ``g_b = v·a`` (``−v·y / b``), each summed over its broadcast dims."""
 
     def __init__(self, divide: bool = False):
         self.divide = divide
@@ -103,18 +104,16 @@ class MulRule:
 
     def trace(self, call, args, kwargs, live) -> tuple[Tensor, MulTape]:
         a, b = self.inputs(args, kwargs)
-        if self.divide and live[1]:
-            raise UnsupportedLayerError(
-                "division by a tensor that depends on the input has no rule; only division by a constant is supported.")
         y = call(*args, **kwargs)
         shapes = (_per_sample_shape(a, live[0], y), _per_sample_shape(b, live[1], y))
-        return y, MulTape((a, b), tuple(live), shapes, self.divide)
+        return y, MulTape((a, b), tuple(live), shapes, self.divide, y if self.divide and live[1] else None)
 
     @staticmethod
     def _times(v: Tensor, factor: Any, factor_live: bool, divide: bool) -> Tensor:
         if factor_live:  # a per-sample factor (N, *s): broadcast over the K rows of each sample
             rows = per_sample(v, factor.shape[0])
-            return (rows * factor.unsqueeze(1)).reshape(v.shape[0], *rows.shape[2:])
+            rows = rows / factor.unsqueeze(1) if divide else rows * factor.unsqueeze(1)
+            return rows.reshape(v.shape[0], *rows.shape[2:])
         if isinstance(factor, Tensor):
             factor = factor.to(v.dtype)
         return v / factor if divide else v * factor
@@ -122,7 +121,10 @@ class MulRule:
     def reverse(self, v: Tensor, tape: MulTape) -> list[Optional[Tensor]]:
         (a, b), (live_a, live_b) = tape.operands, tape.live
         ga = _sum_to(self._times(v, b, live_b, tape.divide), tape.shapes[0]) if live_a else None
-        gb = _sum_to(self._times(v, a, live_a, False), tape.shapes[1]) if live_b else None
+        if live_b and tape.divide:
+            gb = _sum_to(self._times(v, -tape.quotient / b, True, False), tape.shapes[1])
+        else:
+            gb = _sum_to(self._times(v, a, live_a, False), tape.shapes[1]) if live_b else None
         return [ga, gb]
 
 
