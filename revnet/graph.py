@@ -53,6 +53,7 @@ from ._checks import fold_class_rows, layer_input_error
 from .errors import ReverseShapeError, RevnetError, TapeMismatchError, UnsupportedLayerError
 from .layers import VALUE_FREE_FUNCTIONS, is_reversible
 from .layers.protocol import nested_noise, reverse_rows, trace_with
+from .trace_through import hidden_functions, hidden_rule, is_hidden_module
 
 _TORCH_DIR = os.path.dirname(os.path.abspath(torch.__file__)) + os.sep  # the separator: torchvision/ is not torch/
 _SHAPE_METHODS = {"size", "dim", "numel", "nelement", "ndimension"}
@@ -107,11 +108,12 @@ class _LeafTracer(fx.Tracer):
     which conversion then reports as unsupported)."""
 
     def __init__(self) -> None:
-        super().__init__()
+        super().__init__(autowrap_functions=hidden_functions())
         self.record_stack_traces = True
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        return is_reversible(m) or registry.is_registered(m) or super().is_leaf_module(m, module_qualified_name)
+        return is_reversible(m) or registry.is_registered(m) or is_hidden_module(m) or \
+            super().is_leaf_module(m, module_qualified_name)
 
 
 def _in_torch(path: str) -> bool:
@@ -394,6 +396,13 @@ class Graph(nn.Module):
                 call = self._constant_call(node)
             elif self._is_shape_only(node):
                 is_live, call = False, self._constant_call(node)
+            elif node.op == "call_module" and not is_reversible(root.get_submodule(node.target)) and \
+                    is_hidden_module(root.get_submodule(node.target)):  # a module timm keeps whole: traced through
+                module = root.get_submodule(node.target)
+                rule = hidden_rule(module, f"{type(module).__name__} '{node.target}'")
+                kind = "rule"
+                sources = tuple(index[s] if isinstance(s, fx.Node) and s in live else None
+                                for s in rule.inputs(node.args, node.kwargs))
             elif node.op == "call_module":
                 module = root.get_submodule(node.target)
                 if not is_reversible(module):
@@ -404,7 +413,7 @@ class Graph(nn.Module):
                 kind, sources = "module", (index[node.args[0]] if node.args[0] in live else None,)
             else:  # call_function / call_method that depends on the input
                 target = node.target
-                rule = registry.rule_for(target)
+                rule = registry.rule_for(target) or hidden_rule(target, _target_name(node))
                 if rule is None:
                     raise _unsupported(label, node, "has no reverse rule in revnet")
                 try:
@@ -589,10 +598,11 @@ class Graph(nn.Module):
             value, entries[i] = trace_with(module, arg, (noise or {}).get(node.name))
             return value
         args, kwargs = load(node.args), load(node.kwargs)
+        call = step.call if node.op != "call_module" else self.get_submodule(node.target)  # a module traced through
         if not record:
-            return step.rule.forward(step.call, args, kwargs)
+            return step.rule.forward(call, args, kwargs)
         live = tuple(s is not None for s in step.sources)
-        value, entries[i] = step.rule.trace(step.call, args, kwargs, live)
+        value, entries[i] = step.rule.trace(call, args, kwargs, live)
         return value
 
     def forward(self, x: Tensor) -> Tensor:

@@ -12,6 +12,10 @@ summing the cotangents of values used twice, exactly as :class:`revnet.Graph` do
 Refused in one line: a call that reads a traced value and has no rule (named), and an in-place call on a traced
 value. Register your own wrapped function with ``revnet.register_function(fn, TraceThrough())``.
 
+timm marks the functions and modules its own fx tools must not trace into (``register_notrace_function`` /
+``register_notrace_module``); the graph tracer honours both lists (they stay one node) and reverses those nodes
+with ``TraceThrough`` unless a rule is registered for them (:func:`hidden_rule`).
+
 Shapes: each traced tensor argument ``(T_i, *s_i)``; the output ``(T, *s)``; v ``(T·K, *s)``; g_i ``(T_i·K, *s_i)``.
 """
 
@@ -181,6 +185,33 @@ def _send(source: tuple[str, int, Optional[int]], grad: Any, pending: dict[int, 
         parts[pos] = grad
     old = pending.get(i, [None] * calls[i].outputs)
     pending[i] = [b if a is None else a if b is None else a + b for a, b in zip(old, parts)]
+
+
+def _timm_fx() -> Any:
+    try:
+        from timm.layers import _fx
+    except ImportError:  # timm is optional (the test extra)
+        return None
+    return _fx
+
+
+def hidden_functions() -> tuple:
+    """timm's ``get_notrace_functions()``: functions the graph tracer keeps as one node (fx ``autowrap``)."""
+    fx_helpers = _timm_fx()
+    return tuple(fx_helpers.get_notrace_functions()) if fx_helpers is not None else ()
+
+
+def is_hidden_module(module: Any) -> bool:
+    """Whether ``module`` is of a class timm marks ``register_notrace_module`` (a leaf for the graph tracer)."""
+    fx_helpers = _timm_fx()
+    return fx_helpers is not None and type(module) in set(fx_helpers.get_notrace_modules())
+
+
+def hidden_rule(target: Any, label: str) -> Optional[TraceThrough]:
+    """The rule of a node the tracer kept whole for timm (a notrace function or module): ``TraceThrough``."""
+    if isinstance(target, str):
+        return None
+    return TraceThrough(label) if target in hidden_functions() or is_hidden_module(target) else None
 
 
 def _torchvision_wrapped() -> dict[Any, TraceThrough]:

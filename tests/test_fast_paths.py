@@ -33,7 +33,7 @@ def test_one_channel_conv_reverse_takes_im2col_and_matches_autograd(kwargs, size
     x = torch.randn(3, 1, *size, dtype=torch.float64)
     y, tape = layer.trace(x)
     v = torch.randn(3, 2, *y.shape[1:], dtype=torch.float64)
-    assert conv_module._single_channel_on_cpu(layer, v)
+    assert conv_module._single_channel_on_cpu(layer.weight, layer.groups, v)
     g = layer.reverse(v.flatten(0, 1), tape).reshape(3, 2, *x.shape[1:])
     assert_vjp_close(g, autograd_vjp(lambda t: F.conv2d(t, layer.weight, layer.bias, layer.stride, layer.padding,
                                                         layer.dilation), x, v), "first order")
@@ -54,9 +54,9 @@ def test_one_channel_conv_reverse_takes_im2col_and_matches_autograd(kwargs, size
 
 def test_kernel_choice_keeps_onednn_elsewhere():
     v = torch.zeros(2, 4, 5, 5)
-    assert not conv_module._single_channel_on_cpu(revnet.Conv2d(3, 4, 3), v)  # three input channels
-    assert not conv_module._single_channel_on_cpu(revnet.Conv2d(2, 4, 3, groups=2), v)  # grouped
-    assert not conv_module._single_channel_on_cpu(revnet.Conv2d(1, 4, 3), v.bfloat16())
+    assert not conv_module._single_channel_on_cpu(revnet.Conv2d(3, 4, 3).weight, 1, v)  # three input channels
+    assert not conv_module._single_channel_on_cpu(revnet.Conv2d(2, 4, 3, groups=2).weight, 2, v)  # grouped
+    assert not conv_module._single_channel_on_cpu(revnet.Conv2d(1, 4, 3).weight, 1, v.bfloat16())
 
 
 def _lenet_like(dtype):

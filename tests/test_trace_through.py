@@ -1,5 +1,5 @@
-"""``TraceThrough`` (whole-function rules for functions hidden from torch.fx), ``F.normalize``, division by a
-traced tensor and ``F.dropout``, against autograd in float64 (forward, first order with K = 3 cotangents,
+"""``TraceThrough`` (whole-function rules for functions hidden from torch.fx, timm's notrace lists), ``F.conv2d``,
+``F.normalize``, division by a traced tensor and ``F.dropout``, against autograd in float64 (forward, first order with K = 3 cotangents,
 second order w.r.t. every weight and x), with weights re-drawn at unit scale.
 
 Time budget: ≤ 20 s.
@@ -191,3 +191,73 @@ def test_functional_dropout_in_training_is_refused_in_one_line():
     with pytest.raises(revnet.UnsupportedLayerError, match="use nn.Dropout") as info:
         net.trace(torch.randn(2, 4))
     assert "\n" not in str(info.value)
+
+
+# ------------------------------------------------------------------------- timm's notrace functions and modules
+
+timm_fx = pytest.importorskip("timm.layers._fx")
+
+
+@timm_fx.register_notrace_function
+def half_rows(x: torch.Tensor) -> torch.Tensor:
+    """Branches on a shape (fx cannot trace it); timm's list keeps it one node."""
+    return x[:, : x.shape[1] // 2] * 2.0 if x.shape[1] > 1 else x
+
+
+@timm_fx.register_notrace_module
+class ShapeGate(nn.Module):
+    """A module timm marks notrace: its forward branches on a shape and calls nn.Conv2d (``F.conv2d`` inside)."""
+
+    def __init__(self, c: int):
+        super().__init__()
+        self.conv = nn.Conv2d(c, c, 3, padding=1, stride=1)
+
+    def forward(self, x):
+        if x.shape[-1] % 2:
+            x = F.pad(x, (0, 1))
+        return self.conv(x).sigmoid() * x
+
+
+class UsesTimmLists(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(2, 4, 3, stride=2, padding=1)
+        self.gate = ShapeGate(4)
+        self.head = nn.Linear(2, 3)
+
+    def forward(self, x):
+        h = self.gate(self.stem(x)).mean((2, 3))
+        return self.head(half_rows(h))
+
+
+@pytest.mark.parametrize("width", [6, 7])
+def test_timm_notrace_functions_and_modules_stay_whole_and_reverse_through(width):
+    model = randomize_unit_scale(UsesTimmLists().double())
+    net = revnet.convert(model)
+    ops = {n.op for n in net.graph.nodes if n.target == "gate" or getattr(n.target, "__name__", "") == "half_rows"}
+    assert ops == {"call_module", "call_function"}
+    check_graph_against_autograd(model, _x(2, 2, 5, width))
+
+
+class FunctionalConv(nn.Module):
+    def __init__(self, c_in, c_out, k, stride, padding, dilation, groups, bias):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(c_out, c_in // groups, k, k))
+        self.bias = nn.Parameter(torch.empty(c_out)) if bias else None
+        self.options = (stride, padding, dilation, groups)
+
+    def forward(self, x):
+        stride, padding, dilation, groups = self.options
+        return torch.tanh(F.conv2d(x, self.weight, self.bias, stride, padding, dilation, groups))
+
+
+@settings(max_examples=15, deadline=None)
+@given(groups=st.sampled_from([1, 2]), k=st.integers(1, 3), stride=st.integers(1, 3), dilation=st.integers(1, 2),
+       padding=st.sampled_from([0, 1, 2, "valid", "same"]), bias=st.booleans(), n=st.integers(1, 2),
+       size=st.integers(5, 8), seed=st.integers(0, 2**16 - 1))
+def test_functional_conv2d_with_the_models_weight_matches_autograd(groups, k, stride, dilation, padding, bias, n,
+                                                                   size, seed):
+    if padding == "same":
+        stride = 1  # torch allows padding="same" with stride 1 only
+    model = randomize_unit_scale(FunctionalConv(2, 4, k, stride, padding, dilation, groups, bias).double(), seed)
+    check_graph_against_autograd(model, _x(n, 2, size, size + 1, seed=seed), seed=seed)

@@ -9,7 +9,7 @@ from torch import nn
 
 from .activation import Hardtanh, LeakyReLU, PReLU, ReLU, ReLU6
 from .attention import ATTENTION_COUNTERPARTS, ATTENTION_METHOD_RULES, ATTENTION_RULES, LogSoftmax, MultiheadAttention, Softmax
-from .conv import Conv2d
+from .conv import CONV_RULES, Conv2d
 from .dropout import DROPOUT_RULES, Dropout
 from .droppath import DROPPATH_COUNTERPARTS, DROPPATH_RULES, StochasticDepth
 from .functional import LAYER_METHOD_RULES, LAYER_RULES, REDUCE_RULES, RESHAPE_METHOD_RULES, RESHAPE_RULES
@@ -58,7 +58,7 @@ TORCH_COUNTERPARTS: dict[type, type[nn.Module]] = {
 # fx function nodes (by the function object) and method nodes (by name) -> reverse rule
 FUNCTION_RULES: dict = {**LAYER_RULES, **RESHAPE_RULES, **REDUCE_RULES, **MERGE_RULES, **LAYOUT_RULES, **NORM_RULES,
                         **HARD_RULES, **DROPPATH_RULES, **ATTENTION_RULES, **LINEAR_RULES,
-                        **TIMM_RULES, **DROPOUT_RULES, **NORMALIZE_RULES}
+                        **TIMM_RULES, **DROPOUT_RULES, **NORMALIZE_RULES, **CONV_RULES}
 METHOD_RULES: dict = {**LAYER_METHOD_RULES, **RESHAPE_METHOD_RULES, **MERGE_METHOD_RULES, **LAYOUT_METHOD_RULES,
                       **NORM_METHOD_RULES, **HARD_METHOD_RULES, **ATTENTION_METHOD_RULES}
 

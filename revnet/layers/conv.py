@@ -54,12 +54,7 @@ class Conv2d(nn.Conv2d):
 
     def _pads(self, in_size: tuple[int, int]) -> list[tuple[int, int]]:
         """(before, after) zero padding per spatial dimension, as the forward applied it."""
-        if self.padding == "valid":
-            return [(0, 0), (0, 0)]
-        if self.padding == "same":
-            total = [d * (k - 1) for d, k in zip(self.dilation, self.kernel_size)]
-            return [(t // 2, t - t // 2) for t in total]
-        return [(p, p) for p in self.padding]
+        return conv_pads(self.padding, self.dilation, self.kernel_size)
 
     def trace(self, x: Tensor) -> tuple[Tensor, Conv2dTape]:
         if x.dim() != 4:
@@ -68,28 +63,93 @@ class Conv2d(nn.Conv2d):
 
     def reverse(self, v: Tensor, tape: Conv2dTape) -> Tensor:
         expect_tape(self, tape, Conv2dTape)
-        pads = self._pads(tape.in_size)
-        if all(before == after for before, after in pads):
-            output_padding = [
-                (size + 2 * p - d * (k - 1) - 1) % s
-                for size, (p, _), d, k, s in zip(tape.in_size, pads, self.dilation, self.kernel_size, self.stride)
-            ]
-            padding = [p for p, _ in pads]
-            if _single_channel_on_cpu(self, v):
-                return torch.ops.aten.slow_conv_transpose2d(
-                    v, self.weight, self.kernel_size, None, self.stride, padding, output_padding, self.dilation)
-            return F.conv_transpose2d(v, self.weight, None, self.stride, padding, output_padding, self.groups,
-                                      self.dilation)
-        # Asymmetric ("same" with an even receptive field; torch allows it only with stride 1): transpose
-        # onto the whole padded grid (H_in + total padding), then crop the padding away.
-        g = F.conv_transpose2d(v, self.weight, None, self.stride, 0, 0, self.groups, self.dilation)
-        (top, _), (left, _) = pads
-        return g[..., top : top + tape.in_size[0], left : left + tape.in_size[1]]
+        return conv2d_reverse(v, self.weight, self.stride, self._pads(tape.in_size), self.dilation, self.groups,
+                              tape.in_size)
 
 
-def _single_channel_on_cpu(conv: nn.Conv2d, v: Tensor) -> bool:
+def conv_pads(padding, dilation, kernel_size) -> list[tuple[int, int]]:
+    """(before, after) zero padding per spatial dimension of a convolution with ``padding`` (ints, ``"valid"`` or
+    ``"same"``)."""
+    if padding == "valid":
+        return [(0, 0), (0, 0)]
+    if padding == "same":
+        total = [d * (k - 1) for d, k in zip(dilation, kernel_size)]
+        return [(t // 2, t - t // 2) for t in total]
+    return [(p, p) for p in padding]
+
+
+def conv2d_reverse(v: Tensor, weight: Tensor, stride, pads, dilation, groups: int, in_size) -> Tensor:
+    """The transposed convolution with ``weight`` that restores ``in_size`` exactly: ``v (M, C_out, H_out, W_out)
+    -> (M, C_in, H_in, W_in)``."""
+    kernel_size = tuple(weight.shape[-2:])
+    if all(before == after for before, after in pads):
+        output_padding = [(size + 2 * p - d * (k - 1) - 1) % s
+                          for size, (p, _), d, k, s in zip(in_size, pads, dilation, kernel_size, stride)]
+        padding = [p for p, _ in pads]
+        if _single_channel_on_cpu(weight, groups, v):
+            return torch.ops.aten.slow_conv_transpose2d(
+                v, weight, kernel_size, None, stride, padding, output_padding, dilation)
+        return F.conv_transpose2d(v, weight, None, stride, padding, output_padding, groups, dilation)
+    # Asymmetric ("same" with an even receptive field; torch allows it only with stride 1): transpose
+    # onto the whole padded grid (H_in + total padding), then crop the padding away.
+    g = F.conv_transpose2d(v, weight, None, stride, 0, 0, groups, dilation)
+    (top, _), (left, _) = pads
+    return g[..., top : top + in_size[0], left : left + in_size[1]]
+
+
+class FunctionalConv2dTape(NamedTuple):
+    weight: Tensor  # the model's weight (C_out, C_in / groups, kH, kW)
+    stride: tuple[int, int]
+    pads: list[tuple[int, int]]
+    dilation: tuple[int, int]
+    groups: int
+    in_size: tuple[int, int]
+
+
+class FunctionalConv2dRule:
+    """``F.conv2d(x, W, b, stride, padding, dilation, groups)`` with the model's own ``W`` and ``b`` (what
+    ``nn.Conv2d`` calls inside a traced-through module, or timm's ``Conv2dSame``): the reverse is ``Conv2d``'s.
+    A weight or bias that depends on the input is refused. Shapes as :class:`Conv2d`."""
+
+    names = ("input", "weight", "bias", "stride", "padding", "dilation", "groups")
+
+    def _bound(self, args, kwargs) -> dict:
+        return {"bias": None, "stride": 1, "padding": 0, "dilation": 1, "groups": 1,
+                **dict(zip(self.names, args)), **kwargs}
+
+    def inputs(self, args, kwargs) -> list:
+        b = self._bound(args, kwargs)
+        return [b["input"], b["weight"], b["bias"]]
+
+    def forward(self, call, args, kwargs) -> Tensor:
+        return call(*args, **kwargs)
+
+    def trace(self, call, args, kwargs, live) -> tuple[Tensor, FunctionalConv2dTape]:
+        if any(live[1:]):
+            raise UnsupportedLayerError("F.conv2d with a weight or bias that depends on the input has no reverse; "
+                                        "its weight and bias must be the model's parameters.")
+        b = self._bound(args, kwargs)
+        x, weight = b["input"], b["weight"]
+        if x.dim() != 4:
+            raise UnsupportedLayerError(f"F.conv2d on input of shape {tuple(x.shape)}; revnet reverses (N, C, H, W).")
+        pair = lambda value: (value, value) if isinstance(value, int) else tuple(value)  # noqa: E731
+        dilation = pair(b["dilation"])
+        padding = b["padding"] if isinstance(b["padding"], str) else pair(b["padding"])
+        tape = FunctionalConv2dTape(weight, pair(b["stride"]), conv_pads(padding, dilation, weight.shape[-2:]),
+                                    dilation, b["groups"], (x.shape[-2], x.shape[-1]))
+        return call(*args, **kwargs), tape
+
+    def reverse(self, v: Tensor, tape: FunctionalConv2dTape) -> list:
+        return [conv2d_reverse(v, tape.weight, tape.stride, tape.pads, tape.dilation, tape.groups, tape.in_size),
+                None, None]
+
+
+def _single_channel_on_cpu(weight: Tensor, groups: int, v: Tensor) -> bool:
     """True where the im2col kernel beats oneDNN's transposed convolution (see the module docstring): one input
     channel, no groups, float32/float64 rows on the CPU, and not inside ``torch.compile`` (the im2col op has no
     symbolic-shape meta function; compiled code leaves the kernel choice to inductor)."""
-    return (v.device.type == "cpu" and conv.in_channels == 1 and conv.groups == 1
+    return (v.device.type == "cpu" and weight.shape[1] == 1 and groups == 1
             and v.dtype in (torch.float32, torch.float64) and not torch.compiler.is_compiling())
+
+
+CONV_RULES: dict = {F.conv2d: FunctionalConv2dRule()}
