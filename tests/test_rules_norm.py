@@ -223,3 +223,32 @@ def test_layer_trace_reverse_on_folded_rows(make, shape, k):
     assert_vjp_close(g.reshape(n, k, *shape[1:]), autograd_vjp(ref, x, v), "folded rows vs autograd")
     with torch.no_grad():
         assert torch.equal(layer.reverse(v.reshape(n * k, *y.shape[1:]), tape), g)
+
+
+class NormThenTokens(nn.Module):
+    """A 1×1 convolution, BatchNorm, then ``flatten(2).transpose(1, 2)`` (timm's iformer and EfficientFormer):
+    the gradient reaching the norm backwards has channels-last strides."""
+
+    def __init__(self, c: int = 8):
+        super().__init__()
+        self.conv, self.bn, self.head = nn.Conv2d(3, c, 1), nn.BatchNorm2d(c), nn.Linear(c, 4)
+
+    def forward(self, x):
+        return self.head(self.bn(self.conv(x)).flatten(2).transpose(1, 2)).mean(1)
+
+
+def test_batchnorm_reverse_is_exact_at_batch_one_with_a_channels_last_cotangent():
+    """torch's own eval-mode batch_norm backward is wrong here at batch 1 (benchmarks/torch_batchnorm_backward.py);
+    revnet's reverse is the per-channel scale, and revnet.check compares with autograd on two copies of x."""
+    model = randomize_unit_scale(NormThenTokens().double().eval())
+    x = _x(1, 3, 5, 6)
+    net = revnet.convert(model)
+    y, tape = net.trace(x)
+    v = torch.randn(1, 2, 4, dtype=F64, generator=torch.Generator().manual_seed(1))
+    g = net.reverse(v, tape)
+    twice = x.repeat(2, 1, 1, 1).requires_grad_(True)  # batch 2: torch's kernel is right there
+    out = model(twice)
+    ref = torch.stack([torch.autograd.grad(out, twice, v[:, j].repeat(2, 1), retain_graph=True)[0][:1]
+                       for j in range(2)], 1)
+    assert_vjp_close(g, ref, "BatchNorm at batch 1")
+    assert revnet.check(model, x).ok
