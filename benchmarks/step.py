@@ -202,7 +202,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                         "inprocess: all in this process (quick; CPU memory figures then include allocator reuse)")
     p.add_argument("--profile", action="store_true",
                    help="also profile one step per (model, batch size, variant) with torch.profiler "
-                        "(top operators, written to <output>/<name>-profile.md)")
+                        "(top operators by time and by memory kept, written to <output>/<name>-profile.md)")
     p.add_argument("--seed", type=int, default=0,
                    help="seed of the reference training; for resnet18-32 the seed of its random init and random batch")
     p.add_argument("--output", default="benchmarks/results", help="folder for the JSON, Markdown and PNG results")
@@ -575,11 +575,15 @@ def profile_step(one_step, restore, device: torch.device) -> str:
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     restore()
-    with profile(activities=activities) as prof:
+    with profile(activities=activities, profile_memory=True) as prof:
         one_step()
         synchronize(device)
     key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
-    return prof.key_averages().table(sort_by=key, row_limit=15)
+    memory = "self_cuda_memory_usage" if device.type == "cuda" else "self_cpu_memory_usage"
+    averages = prof.key_averages()
+    return (f"By time:\n\n{averages.table(sort_by=key, row_limit=15)}\n\nBy memory the operator itself allocates "
+            f"and does not free (what stays alive for the reverse and the backward):\n\n"
+            f"{averages.table(sort_by=memory, row_limit=15)}")
 
 
 def run_worker(spec: dict[str, Any], isolation: str) -> dict[str, Any]:
