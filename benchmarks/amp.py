@@ -74,7 +74,7 @@ def gradients(net, x, y, mode: str, device: torch.device, args, ce_weight: float
     """All weight gradients of ``deep_defense_loss`` (``ce_weight`` 0: the regularizer only), flattened, float64."""
     net.zero_grad(set_to_none=True)
     with _context(mode, device):
-        loss, _ = revnet.deep_defense_loss(net, x, y, lmbd=args.lmbda, c=args.c, d=args.d, max_iter=args.max_iter,
+        loss, _ = revnet.deep_defense_loss(net, x, y, lmbda=args.lmbda, c=args.c, d=args.d, max_iter=args.max_iter,
                                            ce_weight=ce_weight)
     loss.float().backward()
     return torch.cat([p.grad.flatten().double() for p in net.parameters()])

@@ -79,7 +79,7 @@ def check(name: str, second_order_max: float) -> dict[str, Any]:
     unit_scale(model)
     size = tuple(model.pretrained_cfg.get("input_size", (3, 224, 224)))
     row: dict[str, Any] = {"model": name, "parameters": sum(p.numel() for p in model.parameters()),
-                           "input": [1, *size]}
+                           "input": [BATCH, *size]}
     second_order = row["parameters"] <= second_order_max
     start = time.perf_counter()
     with sdpa_kernel(SDPBackend.MATH):

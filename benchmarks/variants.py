@@ -470,7 +470,7 @@ class RevnetVariant(Variant):
 
     def loss(self, net: nn.Module, x: Tensor, y: Tensor, cfg: StepConfig) -> LossOutput:
         loss, info = revnet.losses.deep_defense_loss(  # the library's own training path
-            net, x, y, lmbd=cfg.lmbd, c=cfg.c, d=cfg.d, max_iter=cfg.max_iter, overshoot=cfg.overshoot,
+            net, x, y, lmbda=cfg.lmbd, c=cfg.c, d=cfg.d, max_iter=cfg.max_iter, overshoot=cfg.overshoot,
             early_stop=cfg.early_stop, class_chunk=cfg.class_chunk,
         )
         return LossOutput(loss, info.iterations, info.success, info.correct)

@@ -21,6 +21,8 @@ parameters only for the duration of the call; the cross-entropy's gradient reach
 
 from __future__ import annotations
 
+import warnings
+
 from typing import NamedTuple, Optional, Sequence
 
 import torch
@@ -81,7 +83,7 @@ def deep_defense_loss(
     x: Tensor,
     y: Tensor,
     *,
-    lmbd: float = 15.0,
+    lmbda: float = 15.0,
     c: float = 25.0,
     d: float = 5.0,
     max_iter: int = 5,
@@ -91,13 +93,14 @@ def deep_defense_loss(
     early_stop: bool = True,
     class_chunk: Optional[int] = None,
     candidates: Optional[int] = None,
+    lmbd: Optional[float] = None,
 ) -> tuple[Tensor, DeepDefenseInfo]:
     """The Deep Defense loss (a scalar with a graph) and a :class:`DeepDefenseInfo`.
 
     Args:
         net: a revnet network mapping ``x (N, *in)`` to logits ``(N, C)``.
         x, y: inputs ``(N, *in)`` (float32/float64) and integer labels ``(N,)``.
-        lmbd, c, d: λ, c and d of eq. 6 (the paper's MNIST values by default): finite numbers >= 0 (the paper
+        lmbda, c, d: λ, c and d of eq. 6 (the paper's MNIST values by default): finite numbers >= 0 (the paper
             has c, d > 0; 0 is the limit where the regularizer's terms are constant, λ = 0 turns it off).
         max_iter, overshoot: DeepFool's settings during training.
         reg_layers: dotted names of modules of ``net`` (children such as ``["0", "3"]`` or nested ones such
@@ -107,11 +110,16 @@ def deep_defense_loss(
         candidates: correctly classified samples: DeepFool considers only the top-``candidates`` classes of the
             clean logits (e.g. 10 on ImageNet, so training does not reverse 999 rows per sample); ``None``: all.
             Misclassified samples are attacked towards their label, whatever this is.
+        lmbd: deprecated alias of ``lmbda`` (a ``DeprecationWarning``; removed after 0.2).
     """
     check_batch(x)
     check_network(net, x)
     check_labels(y, x)
-    for value, name in ((lmbd, "lmbd"), (c, "c"), (d, "d"), (ce_weight, "ce_weight"), (overshoot, "overshoot")):
+    if lmbd is not None:  # the keyword's name until 0.1: the command line always said --lmbda
+        warnings.warn("deep_defense_loss(lmbd=...) is deprecated; use lmbda= (the name of the --lmbda flag).",
+                      DeprecationWarning, stacklevel=2)
+        lmbda = lmbd
+    for value, name in ((lmbda, "lmbda"), (c, "c"), (d, "d"), (ce_weight, "ce_weight"), (overshoot, "overshoot")):
         check_nonnegative(value, name)
     check_positive_int(max_iter, "max_iter")
     y = y.to(device=x.device, dtype=torch.long)
@@ -138,7 +146,7 @@ def deep_defense_loss(
     # one exp of a signed exponent (torch.where over two exps would give NaN gradients where one overflows)
     sign = torch.where(correct, torch.full_like(ratio, -c), torch.full_like(ratio, d))
     reg = torch.exp(bounded_exponent(sign * ratio)).sum() / len(x)
-    loss = ce_weight * ce + lmbd * reg
+    loss = ce_weight * ce + lmbda * reg
     return loss, DeepDefenseInfo(ce.detach(), reg.detach(), ratio.detach(), correct, info.success, info.iterations)
 
 

@@ -181,8 +181,11 @@ class ReverseLayer(nn.Module):
         return self.layer.reverse(v, tape)
 
     def __repr__(self) -> str:
+        """The reverse's own view: a layer may describe its reverse (``reverse_extra_repr``: Linear's maps
+        ``out_features -> in_features`` and has no bias), else its forward's ``extra_repr``."""
         label = getattr(self.layer, "reverse_label", f"Reverse{type(self.layer).__name__}")
-        return f"{label}({self.layer.extra_repr()})"
+        describe = getattr(self.layer, "reverse_extra_repr", self.layer.extra_repr)
+        return f"{label}({describe()})"
 
 
 class Reversed(nn.Module):

@@ -62,7 +62,7 @@ from revnet.losses import deep_defense_loss
 torch.manual_seed(0)
 net = models.build("lenet")
 x, y = torch.randn(100, 1, 28, 28), torch.randint(0, 10, (100,))
-loss, _ = deep_defense_loss(net, x, y, lmbd=15.0, c=25.0, d=5.0, max_iter=2)
+loss, _ = deep_defense_loss(net, x, y, lmbda=15.0, c=25.0, d=5.0, max_iter=2)
 loss.backward()
 print("CAPABILITY", torch.backends.cpu.get_cpu_capability(), "THREADS", torch.get_num_threads())
 """

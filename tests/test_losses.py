@@ -98,7 +98,7 @@ def test_reg_layers_leave_the_network_unchanged():
 def test_loss_is_the_formula_of_eq_6():
     net, x, y = _batch("mlp")
     lmbd, c, d = 3.0, 10.0, 2.0
-    loss, info = deep_defense_loss(net, x, y, lmbd=lmbd, c=c, d=d)
+    loss, info = deep_defense_loss(net, x, y, lmbda=lmbd, c=c, d=d)
     with torch.no_grad():
         logits = net(x)
     ratio = info.ratio
@@ -107,7 +107,7 @@ def test_loss_is_the_formula_of_eq_6():
     assert_vjp_close(info.ce, F.cross_entropy(logits, y), "ce")
     assert_vjp_close(info.reg, terms.sum() / len(x), "reg")
     assert_vjp_close(loss.detach(), info.ce + lmbd * terms.mean(), "loss")
-    no_reg, _ = deep_defense_loss(net, x, y, lmbd=0.0)
+    no_reg, _ = deep_defense_loss(net, x, y, lmbda=0.0)
     assert_vjp_close(no_reg.detach(), info.ce, "lambda = 0")
     assert info.ratio.grad_fn is None and info.ce.grad_fn is None and loss.grad_fn is not None
 
@@ -170,3 +170,13 @@ def test_deep_defense_loss_takes_the_top_candidate_classes():
     torch.testing.assert_close(full, revnet.deep_defense_loss(net, x, y, max_iter=4)[0], rtol=1e-12, atol=1e-12)
     with pytest.raises(ValueError, match="candidates must be an integer in"):
         revnet.deep_defense_loss(net, x, y, candidates=1)
+
+
+def test_lmbd_is_a_deprecated_alias_of_lmbda():
+    torch.manual_seed(0)
+    net = revnet.Sequential(revnet.Linear(4, 3))
+    x, y = torch.randn(5, 4), torch.tensor([0, 1, 2, 0, 1])
+    new, _ = revnet.deep_defense_loss(net, x, y, lmbda=3.0)
+    with pytest.warns(DeprecationWarning, match="use lmbda="):
+        old, _ = revnet.deep_defense_loss(net, x, y, lmbd=3.0)
+    assert torch.equal(new, old)

@@ -97,7 +97,7 @@ def test_deep_defense_on_a_transformer_and_convnext_matches_autograd(name):
     with torch.no_grad():
         pred = model(x).argmax(1)
     y = torch.where(torch.arange(6) % 2 == 0, pred, (pred + 1) % 5)  # half right, half misclassified
-    ours, info = revnet.deep_defense_loss(net, x, y, lmbd=1.0, c=5.0, d=5.0, max_iter=3)
+    ours, info = revnet.deep_defense_loss(net, x, y, lmbda=1.0, c=5.0, d=5.0, max_iter=3)
     theirs, ref = reference_deep_defense_loss(model, x, y, lmbd=1.0, c=5.0, d=5.0, max_iter=3)
     assert 0 < int(ref["correct"].sum()) < len(y)
     torch.testing.assert_close(info.ratio, ref["ratio"], rtol=1e-9, atol=1e-12)

@@ -137,7 +137,7 @@ def test_deepfool_through_a_moved_batch_axis_matches_autograd():
     net = revnet.convert(model)
     x = torch.randn(6, 3, 4, dtype=F64, generator=torch.Generator().manual_seed(1))
     y = torch.tensor([0, 1, 2, 0, 1, 2])
-    ours, info = revnet.deep_defense_loss(net, x, y, lmbd=1.0, c=5.0, d=5.0, max_iter=3)
+    ours, info = revnet.deep_defense_loss(net, x, y, lmbda=1.0, c=5.0, d=5.0, max_iter=3)
     theirs, ref = reference_deep_defense_loss(model, x, y, lmbd=1.0, c=5.0, d=5.0, max_iter=3)
     assert 0 < int(ref["correct"].sum()) < len(y)  # both kinds of samples: untargeted and targeted steps
     torch.testing.assert_close(info.ratio, ref["ratio"], rtol=1e-10, atol=1e-12)

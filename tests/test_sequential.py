@@ -359,3 +359,12 @@ def test_second_order_through_shape_dropout_identity_and_bn1d(train_mode):
         e = torch.zeros_like(p) if e is None else e
         assert_vjp_close(a, e, f"d/d {name}")
     assert ours[0].abs().sum() > 0 and ours[-2].abs().sum() > 0
+
+
+def test_the_printed_reverse_names_what_the_reverse_maps():
+    net = revnet.Sequential(revnet.Conv2d(1, 8, 3, padding=1, groups=1), revnet.ReLU(), revnet.Flatten(),
+                            revnet.Linear(8 * 4 * 4, 10))
+    text = repr(net.reversed())
+    assert "TransposedLinear(in_features=10, out_features=128)" in text
+    assert "ConvTranspose2d(8, 1, kernel_size=(3, 3), stride=(1, 1), padding=(1, 1))" in text
+    assert "bias" not in text

@@ -88,7 +88,7 @@ def batch_loss(
     if method in ("deepdefense", "deepdefense+fgs"):
         with_fgs = method == "deepdefense+fgs"
         loss, info = deep_defense_loss(
-            net, xb, yb, lmbd=hp["lmbd"], c=hp["c"], d=hp["d"], max_iter=hp["max_iter"], overshoot=hp["overshoot"],
+            net, xb, yb, lmbda=hp["lmbd"], c=hp["c"], d=hp["d"], max_iter=hp["max_iter"], overshoot=hp["overshoot"],
             reg_layers=hp.get("reg_layers"), ce_weight=hp["alpha"] if with_fgs else 1.0, candidates=hp.get("candidates"),
         )
         if with_fgs:

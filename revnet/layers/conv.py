@@ -56,6 +56,15 @@ class Conv2d(nn.Conv2d):
         """(before, after) zero padding per spatial dimension, as the forward applied it."""
         return conv_pads(self.padding, self.dilation, self.kernel_size)
 
+    def reverse_extra_repr(self) -> str:
+        """The transposed convolution maps ``out_channels`` to ``in_channels``; the bias takes no part in it."""
+        text = f"{self.out_channels}, {self.in_channels}, kernel_size={self.kernel_size}, stride={self.stride}"
+        if self.padding not in ((0, 0), "valid"):
+            text += f", padding={self.padding!r}" if isinstance(self.padding, str) else f", padding={self.padding}"
+        if self.dilation != (1, 1):
+            text += f", dilation={self.dilation}"
+        return text + (f", groups={self.groups}" if self.groups != 1 else "")
+
     def trace(self, x: Tensor) -> tuple[Tensor, Conv2dTape]:
         if x.dim() != 4:
             raise ValueError(f"revnet.Conv2d expects input of shape (N, C, H, W), got {tuple(x.shape)}.")

@@ -30,6 +30,10 @@ class Linear(nn.Linear):
         # g[..., i] = Σ_o v[..., o] · W[o, i]
         return torch.matmul(v, self.weight)
 
+    def reverse_extra_repr(self) -> str:
+        """The reverse maps ``out_features`` to ``in_features``; the bias takes no part in it."""
+        return f"in_features={self.out_features}, out_features={self.in_features}"
+
     def reverse_differences(self, toward: Tensor, away: Tensor) -> Tensor:
         """The reverse of the one-hot difference rows ``e_toward − e_away`` without building them: the row
         difference ``W[toward] − W[away]`` (what DeepFool reverses; equal to ``reverse`` of those rows, since
