@@ -1,5 +1,7 @@
 from setuptools import find_packages, setup
 
+APP_PARTS = ("train", "models", "benchmarks")
+
 setup(
     name="revnet",
     version="0.1.0",
@@ -7,7 +9,10 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.9",
-    packages=find_packages(include=["revnet", "revnet.*", "models", "models.*"]),
+    # the library, and the experiment code as one namespaced package (no generic top-level names such as
+    # ``models`` or ``train``): the repository's train/, models/ and benchmarks/ folders are revnet_app's parts
+    packages=find_packages(include=["revnet", "revnet.*"]) + [f"revnet_app.{p}" for p in APP_PARTS] + ["revnet_app"],
+    package_dir={"revnet_app": "revnet_app", **{f"revnet_app.{p}": p for p in APP_PARTS}},
     install_requires=["torch>=2.1", "torchvision>=0.16", "tqdm>=4.60", "matplotlib>=3.5"],
     extras_require={
         "test": ["pytest>=7", "hypothesis>=6.80", "foolbox>=3.3", "pyautoattack>=0.2", "timm>=1.0"],

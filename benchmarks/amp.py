@@ -32,12 +32,12 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from benchmarks.step import load_batch, machine_info, reference_checkpoints, resolve_device, write_text  # noqa: E402
+from revnet_app.benchmarks import SCRATCH  # noqa: E402
+
+from revnet_app.benchmarks.step import load_batch, machine_info, reference_checkpoints, resolve_device, write_text  # noqa: E402
 
 import revnet  # noqa: E402
 
@@ -62,7 +62,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--ref-lr", type=float, default=0.01, help="learning rate of a reference trained here")
     p.add_argument("--seed", type=int, default=0, help="seed of a reference trained here")
     p.add_argument("--device", default=None, help="cpu or cuda; unset: cuda if available")
-    p.add_argument("--output", default="benchmarks/results", help="folder of amp[-cuda].{json,md}")
+    p.add_argument("--output", default=SCRATCH, help="folder of amp[-cuda].{json,md} (default %(default)s, a scratch folder; pass --output benchmarks/results to update the committed results)")
     return p
 
 

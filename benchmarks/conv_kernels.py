@@ -18,18 +18,17 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
+
+from revnet_app.benchmarks import SCRATCH
 import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
-from benchmarks.step import machine_info, write_text  # noqa: E402
+from revnet_app.benchmarks.step import machine_info, write_text  # noqa: E402
 
 # (label, C_in, C_out, kernel, H_in, stride, padding, rows)
 LAYERS = [
@@ -49,7 +48,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=3, help="untimed calls of each kernel first")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     p.add_argument("--quick", action="store_true", help="the first layer only, 3 rounds (for the tests)")
-    p.add_argument("--output", default=str(ROOT / "benchmarks" / "results"), help="folder for conv-kernels.*")
+    p.add_argument("--output", default=SCRATCH, help="folder for conv-kernels.* (default %(default)s, a scratch folder; pass --output benchmarks/results to update the committed results)")
     return p
 
 

@@ -43,26 +43,25 @@ import argparse
 import contextlib
 import copy
 import json
-import sys
 import time
 from pathlib import Path
 from typing import Any, Optional
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from benchmarks.step import (  # noqa: E402  (also puts train/ on sys.path)
+from revnet_app.benchmarks import SCRATCH  # noqa: E402
+
+from revnet_app.benchmarks.step import (  # noqa: E402
     MiB, PeakMemory, amp_context, fmt, load_batch, machine_info, reference_checkpoints, resolve_device,
     summarize, synchronize, write_text,
 )
-from benchmarks.rounds import MIN_ROUNDS, interleaved, spread  # noqa: E402
-from benchmarks.peers import PEERS, foolbox_attack, missing, torchattacks_attack  # noqa: E402
-from benchmarks.variants import ATOL, RTOL, EquivalenceError, eval_deepfool, to_torch  # noqa: E402
+from revnet_app.benchmarks.rounds import MIN_ROUNDS, interleaved, spread  # noqa: E402
+from revnet_app.benchmarks.peers import PEERS, foolbox_attack, missing, torchattacks_attack  # noqa: E402
+from revnet_app.benchmarks.variants import ATOL, RTOL, EquivalenceError, eval_deepfool, to_torch  # noqa: E402
 
-import models  # noqa: E402
+from revnet_app import models  # noqa: E402
 import revnet  # noqa: E402
 
 ENGINES = ("revnet", "loop", "batched", "func")
@@ -126,7 +125,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--profile", action="store_true",
                    help="mnist part: also profile one run of every engine and peer with torch.profiler (top "
                         "operators by self time, <output>/<name>-profile.md)")
-    p.add_argument("--output", default="benchmarks/results", help="folder for the JSON and Markdown results")
+    p.add_argument("--output", default=SCRATCH, help="folder for the JSON and Markdown results (default %(default)s, a scratch folder; pass --output benchmarks/results to update the committed results)")
     return p
 
 

@@ -22,20 +22,19 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 import torchvision  # noqa: E402
+
+from revnet_app.benchmarks import SCRATCH  # noqa: E402
 from torch import nn  # noqa: E402
 
-import models  # noqa: E402
+from revnet_app import models  # noqa: E402
 import revnet  # noqa: E402
 
 F64 = torch.float64
@@ -58,7 +57,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--classes", type=int, default=3, help="K: random cotangents per sample")
     p.add_argument("--batch-size", type=int, default=2, help="N: samples in the traced batch")
     p.add_argument("--seed", type=int, default=0, help="seeds the weights, the statistics and the data")
-    p.add_argument("--output", default=str(ROOT / "benchmarks" / "results"), help="folder for the JSON and Markdown")
+    p.add_argument("--output", default=SCRATCH, help="folder for the JSON and Markdown (default %(default)s, a scratch folder; pass --output benchmarks/results to update the committed results)")
     return p
 
 

@@ -14,20 +14,20 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
 
+from revnet_app.benchmarks import SCRATCH
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "train"))
 
-import data as data_lib  # noqa: E402
-import library_attacks as lib  # noqa: E402
-import pipeline as pipeline_lib  # noqa: E402
+from revnet_app.train import data as data_lib  # noqa: E402
+from revnet_app.train import library_attacks as lib  # noqa: E402
+from revnet_app.train import pipeline as pipeline_lib  # noqa: E402
 
-import models  # noqa: E402
+from revnet_app import models  # noqa: E402
 
 
 def main() -> None:
@@ -35,7 +35,7 @@ def main() -> None:
     p.add_argument("--reference", required=True, help="a checkpoint (models.load format) to attack")
     p.add_argument("--data-dir", default=None, help="MNIST in torchvision's layout (unset: the embedded subset)")
     p.add_argument("--images", type=int, default=10, help="first N test images")
-    p.add_argument("--output", default="benchmarks/results", help="folder for fmn-calibration.{json,md}")
+    p.add_argument("--output", default=SCRATCH, help="folder for fmn-calibration.{json,md} (default %(default)s, a scratch folder; pass --output benchmarks/results to update the committed results)")
     args = p.parse_args()
     if lib.missing("fmn"):
         raise SystemExit("error: foolbox is not installed: pip install -e '.[test]'")

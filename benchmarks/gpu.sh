@@ -5,9 +5,10 @@
 # ResNet-18 (32 px batch 128, 224 px batch 32; float32), torch.compile off and on (LeNet batch 100, float32), and
 # benchmarks/deepfool.py (evaluation DeepFool throughput against autograd and foolbox, LeNet/MLP at batch 100 and
 # 1000, float32 and bf16). Results:
-# JSON/Markdown/PNG under $RESULTS (default benchmarks/results/gpu/), one folder per run, and a log of every command.
+# JSON/Markdown/PNG under $RESULTS (default runs/benchmarks/gpu/, a scratch folder; RESULTS=benchmarks/results/gpu
+# updates the committed results), one folder per run, and a log of every command.
 #
-#   bash benchmarks/gpu.sh            # on the GPU machine
+#   RESULTS=benchmarks/results/gpu bash benchmarks/gpu.sh   # on the GPU machine, into the committed results
 #   bash benchmarks/gpu.sh --quick    # anywhere (CPU too): the same commands, tiny budgets, no compile, so the
 #                                     # script cannot rot (tests/test_gpu_script.py)
 #
@@ -17,10 +18,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 QUICK=0
 [[ "${1:-}" == "--quick" ]] && QUICK=1
-RESULTS=${RESULTS:-benchmarks/results/gpu}
+RESULTS=${RESULTS:-runs/benchmarks/gpu}
 CACHE=${CACHE:-/tmp/revnet-gpu-refs}
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+export PYTHONUNBUFFERED=1
 PY=${PYTHON:-python3}
+# revnet and revnet_app (train/, models/, benchmarks/) as the checkout's editable install; offline, no dependencies
+"$PY" -c "import revnet_app" 2>/dev/null || "$PY" -m pip install -q --no-deps --no-build-isolation -e . >/dev/null
 mkdir -p "$RESULTS"
 LOG="$RESULTS/gpu.log"
 : > "$LOG"

@@ -16,17 +16,16 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from revnet_app.benchmarks import SCRATCH
 
-from benchmarks.rounds import interleaved, round_ratios  # noqa: E402
-from benchmarks.step import machine_info, write_text  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
+
+from revnet_app.benchmarks.rounds import interleaved, round_ratios  # noqa: E402
+from revnet_app.benchmarks.step import machine_info, write_text  # noqa: E402
 from revnet.layers import pooling  # noqa: E402
 
 # (label, rows, channels, output size, window)
@@ -43,7 +42,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--rounds", type=int, default=15, help="interleaved rounds per shape")
     p.add_argument("--quick", action="store_true", help="the first shape only, 3 rounds (for the tests)")
-    p.add_argument("--output", default=str(ROOT / "benchmarks" / "results"), help="folder for pool-reverse.*")
+    p.add_argument("--output", default=SCRATCH, help="folder for pool-reverse.* (default %(default)s, a scratch folder; pass --output benchmarks/results to update the committed results)")
     return p
 
 

@@ -84,16 +84,15 @@ from pathlib import Path
 from typing import Any, Optional
 
 ROOT = Path(__file__).resolve().parents[1]
-for _path in (ROOT, ROOT / "train"):  # train/ last, so it comes first: its data.py, not ./data/
-    if str(_path) not in sys.path:
-        sys.path.insert(0, str(_path))
 
 import torch  # noqa: E402
 
-import data as data_lib  # noqa: E402  (train/data.py)
-import models  # noqa: E402
-from benchmarks.rounds import interleaved, round_ratios  # noqa: E402
-from benchmarks.variants import ALL_VARIANTS, COMPILED, VARIANTS, StepConfig, check_equivalence, compile_frames  # noqa: E402,E501
+from revnet_app.benchmarks import SCRATCH  # noqa: E402
+
+from revnet_app.train import data as data_lib  # noqa: E402
+from revnet_app import models  # noqa: E402
+from revnet_app.benchmarks.rounds import interleaved, round_ratios  # noqa: E402
+from revnet_app.benchmarks.variants import ALL_VARIANTS, COMPILED, VARIANTS, StepConfig, check_equivalence, compile_frames  # noqa: E402,E501
 
 MNIST_MODELS = ["lenet", "mlp"]  # models.build(arch) + checkpoints, embedded MNIST batches
 # random init and random N(0, 1) batches (no CIFAR-10/ImageNet offline): (input shape, default batch, network)
@@ -205,7 +204,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                         "(top operators by time and by memory kept, written to <output>/<name>-profile.md)")
     p.add_argument("--seed", type=int, default=0,
                    help="seed of the reference training; for resnet18-32 the seed of its random init and random batch")
-    p.add_argument("--output", default="benchmarks/results", help="folder for the JSON, Markdown and PNG results")
+    p.add_argument("--output", default=SCRATCH, help="folder for the JSON, Markdown and PNG results (default %(default)s, a scratch folder; pass --output benchmarks/results to update the committed results)")
     p.add_argument("--worker", default=None, metavar="JSON",
                    help="internal: run one measurement described by a JSON object and print its result "
                         "(how the fresh subprocess per variant is started)")
@@ -355,7 +354,7 @@ def reference_checkpoints(args: argparse.Namespace, archs: list[str]) -> dict[st
         if path.is_file():
             out[arch] = {"path": str(path), "origin": f"cached: {path}"}
             continue
-        import engine  # train/engine.py
+        from revnet_app.train import engine
 
         print(f"training a reference {arch} on the embedded MNIST subset ({args.ref_epochs} epochs) -> {path}",
               flush=True)

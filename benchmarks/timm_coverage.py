@@ -28,7 +28,9 @@ from typing import Any
 
 import torch
 
-from torchvision_coverage import _autograd_nan, _scaled, run_isolated, unit_scale
+from revnet_app.benchmarks import SCRATCH
+
+from revnet_app.benchmarks.torchvision_coverage import _autograd_nan, _scaled, run_isolated, unit_scale
 
 ROOT = Path(__file__).resolve().parents[1]
 F64 = torch.float64
@@ -45,7 +47,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--second-order-max", type=float, default=3e7,
                    help="with --named: second order for models of at most this many parameters (default 3e7)")
     p.add_argument("--timeout", type=float, default=240, help="seconds per model (default 240)")
-    p.add_argument("--output", default=str(ROOT / "benchmarks" / "results"), help="folder for the JSON and Markdown")
+    p.add_argument("--output", default=SCRATCH, help="folder for the JSON and Markdown (default %(default)s, a scratch folder; pass --output benchmarks/results to update the committed results)")
     return p
 
 

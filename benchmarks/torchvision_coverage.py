@@ -25,6 +25,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from revnet_app.benchmarks import SCRATCH
 import torchvision
 from torch import nn
 
@@ -44,7 +46,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--second-order-max", type=float, default=3e7,
                    help="check second order only for models of at most this many parameters (default 3e7)")
     p.add_argument("--timeout", type=float, default=600, help="seconds per model before it is reported as timed out")
-    p.add_argument("--output", default=str(ROOT / "benchmarks" / "results"), help="folder for the JSON and Markdown")
+    p.add_argument("--output", default=SCRATCH, help="folder for the JSON and Markdown (default %(default)s, a scratch folder; pass --output benchmarks/results to update the committed results)")
     return p
 
 

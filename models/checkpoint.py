@@ -73,21 +73,16 @@ def is_user_model(arch: str) -> bool:
 
 
 def build_user_model(spec: str, **kwargs: Any) -> nn.Module:
-    """``module:function`` → ``function()`` from ``importlib.import_module(module)`` (the current folder is on
-    the path), converted with ``revnet.convert`` unless it already is a ``revnet.Sequential``/``Graph``. Any
-    failure is a one-line ``ValueError`` naming ``spec``."""
-    import importlib
-    import sys
-
+    """``module:function`` → ``function()`` from ``module`` (the current folder first, then the installed
+    packages and ``PYTHONPATH``; :func:`import_user_module`), converted with ``revnet.convert`` unless it already
+    is a ``revnet.Sequential``/``Graph``. Any failure is a one-line ``ValueError`` naming ``spec``."""
     import revnet
 
     module_name, _, func_name = spec.partition(":")
     if not module_name or not func_name:
         raise ValueError(f"--model {spec!r}: write it as module:function, e.g. mymodels:small_cnn.")
-    if "" not in sys.path and "." not in sys.path:
-        sys.path.insert(0, "")
     try:
-        module = importlib.import_module(module_name)
+        module = import_user_module(module_name)
     except SystemExit as exc:  # a script's sys.exit() at import would end the run silently, with its status
         raise ValueError(f"--model {spec!r}: importing {module_name!r} called sys.exit({exc.code!r}); a module of "
                          "builders must not exit when imported (guard script code with if __name__ == "
@@ -104,6 +99,31 @@ def build_user_model(spec: str, **kwargs: Any) -> nn.Module:
     if isinstance(model, (revnet.Sequential, revnet.Graph)):
         return model
     return revnet.convert(model)
+
+
+def import_user_module(name: str) -> Any:
+    """Import ``name`` (dotted or not) looking in the current folder first, without changing ``sys.path``: a
+    top-level module or package found there is loaded from its file under its own name; anything else is
+    ``importlib.import_module``. (A script's folder, not the current one, leads ``sys.path`` when it runs as
+    ``python train/finetune.py``.)"""
+    import importlib
+    import importlib.machinery
+    import importlib.util
+    import os
+    import sys
+
+    top = name.partition(".")[0]
+    if top not in sys.modules:
+        spec = importlib.machinery.PathFinder.find_spec(top, [os.getcwd()])
+        if spec is not None and spec.loader is not None:
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[top] = module
+            try:
+                spec.loader.exec_module(module)
+            except BaseException:
+                del sys.modules[top]
+                raise
+    return importlib.import_module(name)
 
 
 def _call_builder(spec: str, name: str, func: Any, kwargs: dict[str, Any]) -> Any:

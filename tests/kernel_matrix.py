@@ -57,7 +57,7 @@ SETTINGS: list[tuple[str, dict[str, str], bool]] = [  # name, environment, mkldn
 PROBE = """
 import torch
 torch.backends.mkldnn.enabled = {mkldnn}
-import models
+from revnet_app import models
 from revnet.losses import deep_defense_loss
 torch.manual_seed(0)
 net = models.build("lenet")

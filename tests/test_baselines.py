@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -15,10 +13,9 @@ import revnet
 from revnet import baselines
 from revnet.losses import deep_defense_loss
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "train"))
 
-import engine  # noqa: E402
-import finetune  # noqa: E402
+from revnet_app.train import engine  # noqa: E402
+from revnet_app.train import finetune  # noqa: E402
 
 D = torch.float64
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -19,14 +18,13 @@ import revnet
 from autograd_reference import NETS, mixed_batch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from benchmarks import deepfool as deepfool_script  # noqa: E402
-from benchmarks import step as step_script  # noqa: E402
-from benchmarks import variants as V  # noqa: E402
+from revnet_app.benchmarks import deepfool as deepfool_script  # noqa: E402
+from revnet_app.benchmarks import step as step_script  # noqa: E402
+from revnet_app.benchmarks import variants as V  # noqa: E402
 
-import data as data_lib  # noqa: E402  (train/data.py, put on sys.path by benchmarks.step)
-import models  # noqa: E402
+from revnet_app.train import data as data_lib  # noqa: E402
+from revnet_app import models  # noqa: E402
 
 F64 = torch.float64
 MAX_ITER = 5

@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import gzip
 import struct
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "train"))
 
-import data  # noqa: E402
+from revnet_app.train import data  # noqa: E402
 
 
 def write_idx_gz(path: Path, array: np.ndarray) -> None:

@@ -8,20 +8,17 @@ import http.server
 import io
 import pickle
 import struct
-import sys
 import tarfile
 import threading
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "train"))
 
-import datasets  # noqa: E402
-from data import DataError  # noqa: E402
+from revnet_app.train import datasets  # noqa: E402
+from revnet_app.train.data import DataError  # noqa: E402
 
 PER_CLASS = {"train": 3, "test": 2}  # images per class in each training batch / in the test batch
 

@@ -27,12 +27,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "train"))
 
-import distributed  # noqa: E402
+from revnet_app.train import distributed  # noqa: E402
 import tolerances  # noqa: E402
-import finetune  # noqa: E402
-import loaders  # noqa: E402
+from revnet_app.train import finetune  # noqa: E402
+from revnet_app.train import loaders  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
 # 400 MNIST images, global batch 50: 8 steps, a mid-epoch checkpoint every 3
@@ -174,7 +173,7 @@ def test_a_nan_on_one_rank_stops_every_rank_with_one_message(runs):
 
 
 def test_evaluate_under_torchrun_equals_one_process(runs):
-    import evaluate
+    from revnet_app.train import evaluate
 
     ckpt = runs / "single" / "final.pt"
     flags = [str(ckpt), *_data_flags(), "--eval-samples", "100", "--eval-max-iter", "10", "--no-progress",
@@ -193,7 +192,7 @@ def test_evaluate_under_torchrun_equals_one_process(runs):
 
 
 def test_amp_trains_in_bf16_with_the_deepfool_step_in_float32():
-    import engine
+    from revnet_app.train import engine
 
     torch.manual_seed(0)
     net = finetune.models.build("mlp")

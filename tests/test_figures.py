@@ -13,9 +13,8 @@ import torch
 pytest.importorskip("matplotlib")
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "train"))
 
-import figures  # noqa: E402
+from revnet_app.train import figures  # noqa: E402
 
 N = 50  # test images per epoch evaluation in the fake runs
 

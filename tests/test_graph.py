@@ -350,11 +350,8 @@ def test_dropout_keeps_each_samples_mask_through_deepfool():
 
 
 def test_batchnorm_network_fine_tunes_with_frozen_statistics():
-    import sys
-    from pathlib import Path
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "train"))
-    import engine
+    from revnet_app.train import engine
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 3))

@@ -7,7 +7,6 @@ Time budget: ≤ 30 s here (a linear model, a handful of images, few steps).
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,9 +14,8 @@ import torch
 from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "train"))
 
-import library_attacks as lib  # noqa: E402
+from revnet_app.train import library_attacks as lib  # noqa: E402
 
 needs_foolbox = pytest.mark.skipif(lib.missing("fmn") is not None, reason="foolbox is in the test extra")
 needs_autoattack = pytest.mark.skipif(lib.missing("autoattack") is not None, reason="pyautoattack is in the test extra")
@@ -107,7 +105,7 @@ def test_autoattack_fools_every_image_outside_the_margin_and_none_inside():
 
 
 def test_without_the_packages_the_columns_say_not_installed(monkeypatch):
-    import table1
+    from revnet_app.train import table1
 
     monkeypatch.setattr(lib, "missing", lambda attack: lib.PACKAGES[attack])
     net, x = linear_model(), images(2)
@@ -119,8 +117,8 @@ def test_without_the_packages_the_columns_say_not_installed(monkeypatch):
 @needs_foolbox
 @needs_autoattack
 def test_evaluate_reports_autoattack_and_fmn_only_when_asked(tmp_path):
-    import evaluate
-    import models
+    from revnet_app.train import evaluate
+    from revnet_app import models
 
     torch.manual_seed(0)
     net = models.build("mlp")

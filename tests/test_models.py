@@ -1,18 +1,15 @@
 """models/: architectures, the checkpoint format (weights_only, atomic, architecture check), data fallback."""
 
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
-import models
+from revnet_app import models
 import revnet
 from helpers import assert_vjp_close, autograd_vjp, plain_copy
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "train"))
-import data as data_lib  # noqa: E402
+from revnet_app.train import data as data_lib  # noqa: E402
 
 
 @pytest.mark.parametrize("arch", ["mlp", "lenet"])

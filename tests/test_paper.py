@@ -4,15 +4,13 @@ Time budget: well under 1 s (one markdown file parsed).
 """
 
 import re
-import sys
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "train"))
 
-import paper  # noqa: E402
+from revnet_app.train import paper  # noqa: E402
 
 PAPER = ROOT.parent / "shared" / "paper" / "deep-defense-neurips2018.md"
 DATASETS = {"MNIST": "mnist", "CIFAR-10": "cifar10", "ImageNet": "imagenet"}

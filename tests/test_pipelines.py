@@ -22,16 +22,14 @@ import torch
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "train"))
-sys.path.insert(0, str(ROOT / "tests"))
 
-import evaluate  # noqa: E402
-import finetune  # noqa: E402
-import recipes  # noqa: E402
+from revnet_app.train import evaluate  # noqa: E402
+from revnet_app.train import finetune  # noqa: E402
+from revnet_app.train import recipes  # noqa: E402
 from helpers import strip_timings  # noqa: E402
 from test_datasets import make_batch, py2_pickle  # noqa: E402
 
-import models  # noqa: E402
+from revnet_app import models  # noqa: E402
 from revnet import baselines  # noqa: E402
 
 TINY = ["--epochs", "1", "--ref-epochs", "1", "--batch-size", "25", "--max-iter", "2", "--eval-max-iter", "3",
@@ -322,7 +320,7 @@ def test_a_users_own_model_fine_tunes_with_model_module_function(tmp_path, monke
 
 
 def test_table1_on_cifar10_writes_the_papers_layout_with_its_numbers(cifar_root, cache, tmp_path):
-    import table1
+    from revnet_app.train import table1
 
     out = tmp_path / "table"
     table1.main(table1.get_args_parser().parse_args(

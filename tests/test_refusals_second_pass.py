@@ -17,7 +17,7 @@ import pytest
 import torch
 from torch import nn
 
-import models
+from revnet_app import models
 import revnet
 from revnet import metrics
 from revnet.attacks import ce_input_gradient
@@ -42,10 +42,10 @@ Y = torch.tensor([0, 1, 2, 0, 1])
 # ---------------------------------------------------------------- 1. the loss's hyper-parameters
 
 @pytest.mark.parametrize("kwargs, message", [
-    ({"lmbd": -15}, "lmbd must be a finite number >= 0, got -15."),
-    ({"lmbd": float("nan")}, "lmbd must be a finite number >= 0, got nan."),
-    ({"lmbd": float("inf")}, "lmbd must be a finite number >= 0, got inf."),
-    ({"lmbd": "15"}, "lmbd must be a finite number >= 0, got '15'."),
+    ({"lmbda": -15}, "lmbda must be a finite number >= 0, got -15."),
+    ({"lmbda": float("nan")}, "lmbda must be a finite number >= 0, got nan."),
+    ({"lmbda": float("inf")}, "lmbda must be a finite number >= 0, got inf."),
+    ({"lmbda": "15"}, "lmbda must be a finite number >= 0, got '15'."),
     ({"c": float("nan")}, "c must be a finite number >= 0, got nan."),
     ({"c": -25.0}, "c must be a finite number >= 0, got -25.0."),
     ({"c": float("inf")}, "c must be a finite number >= 0, got inf."),
@@ -66,7 +66,7 @@ def test_deep_defense_loss_refuses_bad_hyperparameters_naming_them(kwargs, messa
 
 
 def test_deep_defense_loss_accepts_zero_weights_and_integers():
-    for kwargs in ({"lmbd": 0}, {"lmbd": 15, "c": 25, "d": 5}, {"ce_weight": 0.0}, {"lmbd": torch.tensor(2.0)}):
+    for kwargs in ({"lmbda": 0}, {"lmbda": 15, "c": 25, "d": 5}, {"ce_weight": 0.0}, {"lmbda": torch.tensor(2.0)}):
         loss, _ = revnet.deep_defense_loss(_mlp(), X, Y, max_iter=2, **kwargs)
         assert torch.isfinite(loss)
 

@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import sys
 import tempfile
 from pathlib import Path
 
@@ -37,10 +36,9 @@ import torch
 import regression_run as rr
 import tolerances
 
-sys.path.insert(0, str(rr.ROOT / "train"))
 
-import finetune  # noqa: E402
-import pipeline as pipeline_lib  # noqa: E402
+from revnet_app.train import finetune  # noqa: E402
+from revnet_app.train import pipeline as pipeline_lib  # noqa: E402
 
 HISTORIC_REL = 1e-5  # the historic fixture against today's kernels: the kernels add the same terms in another order
 

@@ -7,7 +7,6 @@ Time budget: about 15 s on a 2-core CPU (two tiny MLP runs on the embedded MNIST
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,10 +17,9 @@ import revnet
 from revnet.losses import EXPONENT_KNEE, EXPONENT_MAX, bounded_exponent
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "train"))
 
-import engine  # noqa: E402
-import finetune  # noqa: E402
+from revnet_app.train import engine  # noqa: E402
+from revnet_app.train import finetune  # noqa: E402
 
 TINY = ["--no-download", "--train-samples", "200", "--ref-epochs", "3", "--lr", "0.002", "--eval-samples", "50",
         "--epoch-eval-samples", "50", "--eval-max-iter", "5", "--no-progress", "--batch-size", "50"]
@@ -173,8 +171,8 @@ def test_empty_batches_and_foreign_tapes_give_clear_errors():
 
 
 def test_a_checkpoint_with_nan_weights_is_refused_in_one_line(tmp_path):
-    import evaluate
-    import models
+    from revnet_app.train import evaluate
+    from revnet_app import models
 
     net = models.build("mlp")
     with torch.no_grad():

@@ -13,11 +13,10 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "train"))
 
-import engine  # noqa: E402
-import evaluate  # noqa: E402
-import finetune  # noqa: E402
+from revnet_app.train import engine  # noqa: E402
+from revnet_app.train import evaluate  # noqa: E402
+from revnet_app.train import finetune  # noqa: E402
 
 
 def _error_line(capsys, parse, argv) -> str:

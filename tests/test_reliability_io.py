@@ -19,16 +19,15 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "train"))
 
-import data  # noqa: E402
-import engine  # noqa: E402
-import evaluate  # noqa: E402
-import finetune  # noqa: E402
-import pipeline  # noqa: E402
-import utils  # noqa: E402
+from revnet_app.train import data  # noqa: E402
+from revnet_app.train import engine  # noqa: E402
+from revnet_app.train import evaluate  # noqa: E402
+from revnet_app.train import finetune  # noqa: E402
+from revnet_app.train import pipeline  # noqa: E402
+from revnet_app.train import utils  # noqa: E402
 
-import models  # noqa: E402
+from revnet_app import models  # noqa: E402
 
 
 def one_line(exc: BaseException) -> str:

@@ -18,9 +18,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "train"))
 
-import finetune  # noqa: E402
+from revnet_app.train import finetune  # noqa: E402
 
 TINY = ["--no-download", "--train-samples", "200", "--ref-epochs", "2", "--epochs", "1", "--eval-samples", "50",
         "--epoch-eval-samples", "50", "--eval-max-iter", "5", "--no-progress", "--batch-size", "50",
@@ -131,7 +130,7 @@ def test_a_divergence_from_a_weak_reference_says_why_and_what_to_do(tmp_path, mo
 def test_model_args_reach_the_builder_and_the_checkpoint(tmp_path, monkeypatch, capsys):
     """``--model module:function --model-args KEY=VALUE``: the builder gets the arguments (Python literals), and
     ``final.pt`` records them so that ``models.load`` rebuilds the same model."""
-    import models
+    from revnet_app import models
 
     (tmp_path / "usermods.py").write_text(BUILDERS)
     monkeypatch.chdir(tmp_path)

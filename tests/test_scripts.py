@@ -14,13 +14,12 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "train"))
 
-import evaluate  # noqa: E402
-import finetune  # noqa: E402
-import sweep  # noqa: E402
+from revnet_app.train import evaluate  # noqa: E402
+from revnet_app.train import finetune  # noqa: E402
+from revnet_app.train import sweep  # noqa: E402
 
-import models  # noqa: E402
+from revnet_app import models  # noqa: E402
 
 TINY = ["--no-download", "--train-samples", "300", "--ref-epochs", "10", "--lr", "0.002", "--eval-samples", "100",
         "--epoch-eval-samples", "50", "--eval-max-iter", "10", "--no-progress", "--batch-size", "50",

@@ -13,10 +13,9 @@ import pytest
 pytest.importorskip("matplotlib")
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "train"))
 
-import figures  # noqa: E402
-import studies  # noqa: E402
+from revnet_app.train import figures  # noqa: E402
+from revnet_app.train import studies  # noqa: E402
 
 # --eval-samples/--epoch-eval-samples here win over the study's own (1000), as they come last
 TINY = ["--no-download", "--train-samples", "200", "--ref-epochs", "8", "--ref-lr", "0.05", "--lr", "0.002",

@@ -8,16 +8,14 @@ Time budget: ≤ 5 s for the module (each test well under a second).
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "train"))
 
-import finetune  # noqa: E402
-import sweep  # noqa: E402
+from revnet_app.train import finetune  # noqa: E402
+from revnet_app.train import sweep  # noqa: E402
 
 REF_VAL = {"acc": 0.9, "rho2": 0.2}
 

@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "train"))
 
-import figures  # noqa: E402
-import table1  # noqa: E402
-from methods import EXTRA_ROWS, METHODS, PAPER_ROWS  # noqa: E402
+from revnet_app.train import figures  # noqa: E402
+from revnet_app.train import table1  # noqa: E402
+from revnet_app.train.methods import EXTRA_ROWS, METHODS, PAPER_ROWS  # noqa: E402
 
 TINY = ["--no-download", "--train-samples", "200", "--ref-epochs", "8", "--lr", "0.002", "--eval-samples", "60",
         "--epoch-eval-samples", "30", "--eval-max-iter", "8", "--batch-size", "50", "--epochs", "2",

@@ -71,13 +71,11 @@ def test_finetune_runs_a_tiny_timm_model_on_a_cifar_format_folder(tmp_path, monk
     (DeepFool ρ₂, FGS, ε_ref through the ViT's reverse). The epoch is plain cross-entropy: Deep Defense from a
     one-epoch reference diverges by design (see finetune's weak-reference message), which is not what this
     tests; the Deep Defense loss on a ViT is checked against autograd in ``test_modern_models.py``."""
-    import sys
 
-    sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1] / "train"))
-    import finetune
+    from revnet_app.train import finetune
     from test_pipelines import TINY as PIPE_TINY, _cifar
 
-    import models
+    from revnet_app import models
 
     monkeypatch.chdir(tmp_path)
     root = _cifar(tmp_path / "data")

@@ -13,7 +13,6 @@ import builtins
 import os
 import pickle
 import shlex
-import sys
 import warnings
 from pathlib import Path
 
@@ -21,12 +20,10 @@ import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "train"))
-sys.path.insert(0, str(ROOT / "tests"))
 
-import datasets  # noqa: E402
-import safe_pickle  # noqa: E402
-from data import DataError  # noqa: E402
+from revnet_app.train import datasets  # noqa: E402
+from revnet_app.train import safe_pickle  # noqa: E402
+from revnet_app.train.data import DataError  # noqa: E402
 from test_datasets import make_batch, py2_pickle  # noqa: E402
 
 OLD = b"numpy.core.multiarray"  # the module the real files (numpy 1.x, Python 2, protocol 2) name

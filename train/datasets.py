@@ -69,8 +69,8 @@ from torchvision import transforms as T
 from torchvision.datasets import CIFAR10, ImageFolder
 from torchvision.datasets.utils import download_and_extract_archive
 
-import safe_pickle
-from data import DataError, removing_created
+from revnet_app.train import safe_pickle
+from revnet_app.train.data import DataError, removing_created
 
 PathLike = Union[str, os.PathLike]
 

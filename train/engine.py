@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
-import distributed
+from revnet_app.train import distributed
 import revnet
 from revnet import baselines, metrics
 from revnet.attacks.fgs import _check_clip

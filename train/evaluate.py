@@ -16,24 +16,22 @@ from __future__ import annotations
 
 import argparse
 import math
-import sys
 from pathlib import Path
 from typing import Any
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import data as data_lib  # noqa: E402
-import distributed  # noqa: E402
-import engine  # noqa: E402
-import library_attacks  # noqa: E402
-import pipeline as pipeline_lib  # noqa: E402
-import utils  # noqa: E402
-from finetune import check_device, finite_float  # noqa: E402
-from loaders import EvalSet  # noqa: E402
+from revnet_app.train import data as data_lib  # noqa: E402
+from revnet_app.train import distributed  # noqa: E402
+from revnet_app.train import engine  # noqa: E402
+from revnet_app.train import library_attacks  # noqa: E402
+from revnet_app.train import pipeline as pipeline_lib  # noqa: E402
+from revnet_app.train import utils  # noqa: E402
+from revnet_app.train.finetune import check_device, finite_float  # noqa: E402
+from revnet_app.train.loaders import EvalSet  # noqa: E402
 
-import models  # noqa: E402
+from revnet_app import models  # noqa: E402
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:

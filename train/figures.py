@@ -34,15 +34,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import utils  # noqa: E402
-from methods import LABELS, METHODS  # noqa: E402
+from revnet_app.train import utils  # noqa: E402
+from revnet_app.train.methods import LABELS, METHODS  # noqa: E402
 
 MODEL_NAMES = {"mlp": "MLP", "lenet": "LeNet", "alexnet": "AlexNet", "nin": "NIN"}
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")

@@ -38,21 +38,20 @@ from typing import Any
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import data as data_lib  # noqa: E402
-import distributed  # noqa: E402
-import engine  # noqa: E402
-import loaders  # noqa: E402
-import pipeline as pipeline_lib  # noqa: E402
-import recipes  # noqa: E402
-import references  # noqa: E402
-import utils  # noqa: E402
-from methods import LABELS, METHODS  # noqa: E402
-from recipes import DATASET_DEFAULTS, DEFAULTS, METHOD_DEFAULTS, default_settings  # noqa: E402,F401
-from references import fingerprint  # noqa: E402,F401
+from revnet_app.train import data as data_lib  # noqa: E402
+from revnet_app.train import distributed  # noqa: E402
+from revnet_app.train import engine  # noqa: E402
+from revnet_app.train import loaders  # noqa: E402
+from revnet_app.train import pipeline as pipeline_lib  # noqa: E402
+from revnet_app.train import recipes  # noqa: E402
+from revnet_app.train import references  # noqa: E402
+from revnet_app.train import utils  # noqa: E402
+from revnet_app.train.methods import LABELS, METHODS  # noqa: E402
+from revnet_app.train.recipes import DATASET_DEFAULTS, DEFAULTS, METHOD_DEFAULTS, default_settings  # noqa: E402,F401
+from revnet_app.train.references import fingerprint  # noqa: E402,F401
 
-import models  # noqa: E402
+from revnet_app import models  # noqa: E402
 import revnet  # noqa: E402
 
 METHOD_HELP = (

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from engine import show_progress
+from revnet_app.train.engine import show_progress
 
 NOT_INSTALLED = "not installed"
 PACKAGES = {"autoattack": "pyautoattack", "fmn": "foolbox"}

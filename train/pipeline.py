@@ -31,9 +31,9 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset, Subset
 
-import data as data_lib
-import datasets as ds
-from loaders import SeededItems, TensorImages
+from revnet_app.train import data as data_lib
+from revnet_app.train import datasets as ds
+from revnet_app.train.loaders import SeededItems, TensorImages
 
 DATASETS = ("mnist", "fashion-mnist", "cifar10", "imagenet")
 NUM_CLASSES = {"mnist": 10, "fashion-mnist": 10, "cifar10": 10, "imagenet": 1000}

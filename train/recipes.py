@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-import pipeline
+from revnet_app.train import pipeline
 
 MNIST_LIKE = ("mnist", "fashion-mnist")
 MODEL_DATASETS = {

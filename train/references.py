@@ -16,9 +16,9 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-import models
-import utils
-from recipes import PRETRAINED
+from revnet_app import models
+from revnet_app.train import utils
+from revnet_app.train.recipes import PRETRAINED
 
 TORCHVISION_PREPROCESSING = ("torchvision's ImageNet preprocessing: Resize(256/224·crop), CenterCrop(crop), x/1 in "
                              "[0, 1], minus mean (0.485, 0.456, 0.406), divided by std (0.229, 0.224, 0.225)")

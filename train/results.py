@@ -14,21 +14,19 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import data as data_lib  # noqa: E402
-import engine  # noqa: E402
-import finetune  # noqa: E402
-import utils  # noqa: E402
+from revnet_app.train import data as data_lib  # noqa: E402
+from revnet_app.train import engine  # noqa: E402
+from revnet_app.train import finetune  # noqa: E402
+from revnet_app.train import utils  # noqa: E402
 
-import models  # noqa: E402
+from revnet_app import models  # noqa: E402
 
 COLUMNS = ["acc", "rho2", "fgs_acc@0.2", "fgs_acc@0.5", "fgs_acc@1.0"]
 

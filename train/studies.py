@@ -38,17 +38,15 @@ from __future__ import annotations
 import argparse
 import re
 import statistics
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import finetune  # noqa: E402
-import utils  # noqa: E402
+from revnet_app.train import finetune  # noqa: E402
+from revnet_app.train import utils  # noqa: E402
 
-import models  # noqa: E402
+from revnet_app import models  # noqa: E402
 
 QUICK_CS = [5.0, 15.0, 25.0, 35.0, 45.0]
 FULL_CS = [5.0, 10.0, 15.0, 20.0, 25.0, 30.0, 35.0, 40.0, 45.0]

@@ -24,14 +24,12 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import sys
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import finetune  # noqa: E402
-import utils  # noqa: E402
+from revnet_app.train import finetune  # noqa: E402
+from revnet_app.train import utils  # noqa: E402
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:

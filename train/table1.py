@@ -31,26 +31,24 @@ import argparse
 import functools
 import os
 import statistics
-import sys
 import time
 from pathlib import Path
 from typing import Any, Optional
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import engine  # noqa: E402
-import figures  # noqa: E402
-import finetune  # noqa: E402
-import paper  # noqa: E402
-import library_attacks  # noqa: E402
-import pipeline as pipeline_lib  # noqa: E402
-import recipes  # noqa: E402
-import utils  # noqa: E402
-from methods import EXTRA_ROWS, LABELS, METHODS, PAPER_ROWS  # noqa: E402
+from revnet_app.train import engine  # noqa: E402
+from revnet_app.train import figures  # noqa: E402
+from revnet_app.train import finetune  # noqa: E402
+from revnet_app.train import paper  # noqa: E402
+from revnet_app.train import library_attacks  # noqa: E402
+from revnet_app.train import pipeline as pipeline_lib  # noqa: E402
+from revnet_app.train import recipes  # noqa: E402
+from revnet_app.train import utils  # noqa: E402
+from revnet_app.train.methods import EXTRA_ROWS, LABELS, METHODS, PAPER_ROWS  # noqa: E402
 
-import models  # noqa: E402
+from revnet_app import models  # noqa: E402
 import revnet  # noqa: E402
 
 COLUMNS = ["acc", "rho2", "fgs_acc@0.2", "fgs_acc@0.5", "fgs_acc@1.0", "pgd_acc", "aa_acc", "fmn_median"]

@@ -15,11 +15,10 @@ from typing import Any
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import distributed  # noqa: E402
-import models  # noqa: E402
-from models.checkpoint import write_error  # noqa: E402
+from revnet_app.train import distributed  # noqa: E402
+from revnet_app import models  # noqa: E402
+from revnet_app.models.checkpoint import write_error  # noqa: E402
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
