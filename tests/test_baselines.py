@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 
 import pytest
 import torch
@@ -14,8 +13,8 @@ from revnet import baselines
 from revnet.losses import deep_defense_loss
 
 
+from revnet_app.train import methods  # noqa: E402
 from revnet_app.train import engine  # noqa: E402
-from revnet_app.train import finetune  # noqa: E402
 
 D = torch.float64
 
@@ -123,8 +122,9 @@ def test_ce_weight_scales_only_the_cross_entropy_of_the_deep_defense_loss():
 def test_deepdefense_plus_fgs_batch_loss_is_alpha_ce_plus_fgs_ce_plus_regularizer():
     net = small_net()
     x, y = batch()
-    hp = dict(lmbd=15.0, c=25.0, d=5.0, max_iter=3, overshoot=0.02, fgs_eps=0.05, alpha=0.3, clip=None)
-    loss, _, _, _ = engine.batch_loss(net, x, y, "deepdefense+fgs", hp)
+    method = methods.build("deepdefense+fgs", lmbda=15.0, c=25.0, d=5.0, max_iter=3, overshoot=0.02, fgs_eps=0.05,
+                           alpha=0.3, clip=None)
+    loss = method.loss(net, x, y).loss
     _, info = deep_defense_loss(net, x, y, max_iter=3)
     x_fgs = autograd_fgs(net, x, y, 0.05)
     expected = 0.3 * F.cross_entropy(net(x), y) + 0.7 * F.cross_entropy(net(x_fgs), y) + 15.0 * info.reg
@@ -135,10 +135,10 @@ def test_parseval_epoch_is_sgd_followed_by_the_retraction():
     x, y = batch(8)
     nets = [small_net(), small_net()]
     opts = [torch.optim.SGD(n.parameters(), lr=0.1) for n in nets]
-    engine.train_one_epoch(nets[0], opts[0], x, y, method="parseval", batch_size=8,
-                           generator=torch.Generator().manual_seed(5), parseval_beta=0.01, progress=False)
-    engine.train_one_epoch(nets[1], opts[1], x, y, method="clean", batch_size=8,
-                           generator=torch.Generator().manual_seed(5), progress=False)
+    for net, opt, method in zip(nets, opts, [methods.build("parseval", parseval_beta=0.01), methods.build("clean")]):
+        gen = torch.Generator().manual_seed(5)
+        engine.train_one_epoch(net, method, opt, engine.tensor_batches(x, y, 8, gen), generator=gen,
+                               progress=engine.EpochProgress(bar=False))
     gen = torch.Generator().manual_seed(5)
     torch.randperm(8, generator=gen)  # the batch order drawn by train_one_epoch
     baselines.parseval_retraction_(baselines.parseval_weights(nets[1]), beta=0.01, generator=gen)
@@ -150,8 +150,8 @@ def test_parseval_epoch_is_sgd_followed_by_the_retraction():
 def test_advtrain_set_is_deepfool_of_the_reference_and_is_cached(tmp_path, which):
     net = small_net().eval()
     x, y = batch(6)
-    args = argparse.Namespace(advtrain_set=which, advtrain_max_iter=20, overshoot=0.02, eval_batch_size=4)
-    tx, ty, info = finetune.advtrain_set(args, net, x, y, tmp_path, None)
+    method = methods.build("advtrain-deepfool", advtrain_set=which, advtrain_max_iter=20, overshoot=0.02)
+    tx, ty, info = method.prepare(x, y, ref_net=net, out=tmp_path, batch_size=4)
     delta, _ = revnet.deepfool(net, x, max_iter=20)
     expected = x + delta if which == "perturbed" else torch.cat([x, x + delta])
     torch.testing.assert_close(tx, expected, rtol=1e-10, atol=1e-12)
@@ -160,5 +160,5 @@ def test_advtrain_set_is_deepfool_of_the_reference_and_is_cached(tmp_path, which
     with torch.no_grad():  # a changed network does not matter any more: the stored set is reused
         for p in net.parameters():
             p.add_(1.0)
-    tx2, _, _ = finetune.advtrain_set(args, net, x, y, tmp_path, None)
+    tx2, _, _ = method.prepare(x, y, ref_net=net, out=tmp_path, batch_size=4)
     torch.testing.assert_close(tx2, tx, rtol=0, atol=0)

@@ -28,6 +28,7 @@ from hypothesis import strategies as st
 
 ROOT = Path(__file__).resolve().parents[1]
 
+from revnet_app.train import methods  # noqa: E402
 from revnet_app.train import distributed  # noqa: E402
 import tolerances  # noqa: E402
 from revnet_app.train import finetune  # noqa: E402
@@ -44,10 +45,14 @@ def _data_flags() -> list[str]:
     return ["--data-dir", str(DATA)] if (DATA / "MNIST").is_dir() else ["--no-download"]
 
 
-def _torchrun(tmp: Path, out: str, *extra: str, env: dict | None = None, nproc: int = 2):
+def _torchrun(tmp: Path, out: str, *extra: str, env: dict | None = None, nproc: int = 2,
+              kill_after: int | None = None):
+    """``train/finetune.py`` under torchrun; ``kill_after=K``: each process kills itself after the checkpoint of
+    its K-th step (``tests/finetune_killed.py``)."""
+    script = [str(ROOT / "train" / "finetune.py")] if kill_after is None else [
+        str(ROOT / "tests" / "finetune_killed.py"), str(kill_after)]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           str(ROOT / "train" / "finetune.py"), *RUN, *_data_flags(), "--cache-dir", str(tmp / "refs"),
-           "--out", str(tmp / out), *extra]
+           *script, *RUN, *_data_flags(), "--cache-dir", str(tmp / "refs"), "--out", str(tmp / out), *extra]
     full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
     return subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=full_env, cwd=tmp)
 
@@ -145,7 +150,7 @@ def test_two_processes_equal_one(runs):
 
 
 def test_sigkill_then_resume_equals_the_uninterrupted_run(runs):
-    killed = _torchrun(runs, "killed", env={"REVNET_TEST_SIGKILL_AFTER_STEP": "3"})
+    killed = _torchrun(runs, "killed", kill_after=3)
     assert killed.returncode != 0
     state = torch.load(runs / "killed" / "resume" / "checkpoint.pt", weights_only=True)
     assert state["mid_epoch"]["step"] == 3 and state["world_size"] == 2 and len(state["rng"]["ranks"]) == 2
@@ -202,8 +207,9 @@ def test_amp_trains_in_bf16_with_the_deepfool_step_in_float32():
         model = finetune.models.build("mlp")
         model.load_state_dict(net.state_dict())
         opt = torch.optim.SGD(model.parameters(), lr=0.01)
-        stats = engine.train_one_epoch(model, opt, x, y, method="deepdefense", batch_size=20,
-                                       generator=torch.Generator().manual_seed(0), progress=False, amp=amp)
+        gen = torch.Generator().manual_seed(0)
+        stats = engine.train_one_epoch(model, methods.build("deepdefense"), opt, engine.tensor_batches(x, y, 20, gen),
+                                       generator=gen, progress=engine.EpochProgress(bar=False), amp=amp)
         losses[amp] = stats["train_loss"]
         assert all(p.dtype == torch.float32 and torch.isfinite(p).all() for p in model.parameters())
     assert losses[True] == pytest.approx(losses[False], rel=0.05)  # bf16 matmuls: a few % (benchmarks/amp.md)

@@ -350,8 +350,7 @@ def test_dropout_keeps_each_samples_mask_through_deepfool():
 
 
 def test_batchnorm_network_fine_tunes_with_frozen_statistics():
-
-    from revnet_app.train import engine
+    from revnet_app.train import engine, methods
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 3))
@@ -361,11 +360,13 @@ def test_batchnorm_network_fine_tunes_with_frozen_statistics():
     bn = net[1]
     before = (bn.running_mean.clone(), bn.running_var.clone())
     for method in ("deepdefense", "clean", "advtrain-fgs"):
-        engine.train_one_epoch(net, opt, x, y, method=method, batch_size=10, generator=torch.Generator().manual_seed(0),
-                               max_iter=2, progress=False)
+        gen = torch.Generator().manual_seed(0)
+        engine.train_one_epoch(net, methods.build(method, max_iter=2), opt, engine.tensor_batches(x, y, 10, gen),
+                               generator=gen, progress=engine.EpochProgress(bar=False))
     assert torch.equal(bn.running_mean, before[0]) and torch.equal(bn.running_var, before[1])
-    engine.train_one_epoch(net, opt, x, y, method="clean", batch_size=10, generator=torch.Generator().manual_seed(0),
-                           progress=False, freeze_bn=False)  # reference training: batch statistics, as usual
+    gen = torch.Generator().manual_seed(0)
+    engine.train_one_epoch(net, methods.build("clean"), opt, engine.tensor_batches(x, y, 10, gen), generator=gen,
+                           progress=engine.EpochProgress(bar=False, freeze_bn=False))  # reference training: batch statistics
     assert not torch.equal(bn.running_mean, before[0])
 
 

@@ -280,9 +280,9 @@ def test_resume_after_sigkill_mid_epoch_ends_equal_to_an_uninterrupted_run(image
     whole = subprocess.run([*script, *argv, "--out", str(tmp_path / "whole")], capture_output=True, text=True,
                            timeout=300)
     assert whole.returncode == 0, whole.stderr[-2000:]
-    env = {**os.environ, "REVNET_TEST_SIGKILL_AFTER_STEP": "4"}  # 3 steps per epoch: killed in epoch 2, step 1
-    killed = subprocess.run([*script, *argv, "--out", str(tmp_path / "cut")], capture_output=True, text=True,
-                            timeout=300, env=env)
+    killing = [sys.executable, str(ROOT / "tests" / "finetune_killed.py"), "4"]  # 3 steps per epoch: epoch 2, step 1
+    killed = subprocess.run([*killing, *argv, "--out", str(tmp_path / "cut")], capture_output=True, text=True,
+                            timeout=300)
     assert killed.returncode == -9
     state = torch.load(tmp_path / "cut" / "resume" / "checkpoint.pt", weights_only=True)
     assert state["mid_epoch"]["epoch"] == 2 and state["mid_epoch"]["step"] == 1

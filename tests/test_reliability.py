@@ -140,9 +140,7 @@ def test_one_class_models_and_bad_labels_are_refused():
     with pytest.raises(ValueError, match=r"labels in \[0, 7\], but the network has 3 classes"):
         revnet.metrics.network_accuracy(_mlp(), x, torch.tensor([0, 7, 1]))
     with pytest.raises(ValueError, match="200 training images but 150 labels"):
-        engine.train_one_epoch(_mlp().float(), torch.optim.SGD(_mlp().parameters(), lr=0.1), torch.randn(200, 4),
-                               torch.zeros(150, dtype=torch.long), method="clean", batch_size=50,
-                               generator=torch.Generator(), progress=False)
+        engine.tensor_batches(torch.randn(200, 4), torch.zeros(150, dtype=torch.long), 50, torch.Generator())
 
 
 def test_nan_weights_are_refused_by_the_metrics():

@@ -14,6 +14,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
+from revnet_app.train import methods  # noqa: E402
 from revnet_app.train import engine  # noqa: E402
 from revnet_app.train import evaluate  # noqa: E402
 from revnet_app.train import finetune  # noqa: E402
@@ -185,8 +186,9 @@ def test_progress_bars_only_when_stderr_is_a_terminal(tty, progress, drawn, monk
     net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))
     opt = torch.optim.SGD(net.parameters(), lr=0.1)
     x, y = torch.randn(20, 1, 2, 2), torch.randint(0, 3, (20,))
-    engine.train_one_epoch(net, opt, x, y, method="clean", batch_size=5, generator=torch.Generator().manual_seed(0),
-                           desc="bar-test", progress=progress)
+    gen = torch.Generator().manual_seed(0)
+    engine.train_one_epoch(net, methods.build("clean"), opt, engine.tensor_batches(x, y, 5, gen), generator=gen,
+                           progress=engine.EpochProgress(desc="bar-test", bar=progress))
     assert ("bar-test" in fake.getvalue()) is drawn
 
 

@@ -20,6 +20,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
+from revnet_app.train import methods  # noqa: E402
 from revnet_app.train import data  # noqa: E402
 from revnet_app.train import engine  # noqa: E402
 from revnet_app.train import evaluate  # noqa: E402
@@ -166,9 +167,9 @@ def test_a_non_checkpoint_and_the_script_sites_refuse_in_one_line(tmp_path, lene
     out = tmp_path / "run"
     out.mkdir()
     torch.save({"x_adv": torch.zeros(3, 1, 28, 28), "fooled": torch.ones(3, dtype=torch.bool)}, out / "advtrain_set.pt")
-    adv_args = argparse.Namespace(advtrain_set="perturbed")
     with pytest.raises(SystemExit) as info:
-        finetune.advtrain_set(adv_args, None, torch.zeros(5, 1, 28, 28), torch.zeros(5), out, None)
+        methods.build("advtrain-deepfool").prepare(torch.zeros(5, 1, 28, 28), torch.zeros(5), ref_net=None, out=out,
+                                                   batch_size=5)
     assert "'x_adv' has shape (3, 1, 28, 28), expected (5, 1, 28, 28)" in one_line(info.value)
 
     # --resume: utils.load_resume checks the keys and the model's shapes

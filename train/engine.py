@@ -5,18 +5,16 @@ from __future__ import annotations
 import math
 import sys
 import time
+from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Optional
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from revnet_app.train import distributed
-import revnet
-from revnet import baselines, metrics
+from revnet_app.train import distributed, methods
+from revnet import metrics
 from revnet.attacks.fgs import _check_clip
-from revnet.losses import deep_defense_loss
 
 FRACTIONS = (0.2, 0.5, 1.0)
 
@@ -72,110 +70,61 @@ def batches(n: int, batch_size: int, generator: Optional[torch.Generator]) -> li
     return list(order.split(batch_size))
 
 
-_index_batches = batches  # train_one_epoch's ``batches`` argument shadows the function's name
-
-
-def batch_loss(
-    net: nn.Module, xb: Tensor, yb: Tensor, method: str, hp: dict[str, Any]
-) -> tuple[Tensor, float, float, float]:
-    """The training loss of one batch for ``method``, the number of correct clean predictions, for the
-    Deep Defense methods the summed ‖Δx‖/‖x‖ (else NaN), and the clean cross-entropy (the batch mean).
-
-    ``hp`` holds the method's hyper-parameters: ``lmbd, c, d, max_iter, overshoot, reg_layers`` (Deep Defense),
-    ``fgs_eps, alpha, clip`` (FGS). ``clean``, ``advtrain-deepfool`` (whose DeepFool set the caller passes as the
-    data) and ``parseval`` (whose retraction follows the optimizer step) use the plain cross-entropy.
-    """
-    if method in ("deepdefense", "deepdefense+fgs"):
-        with_fgs = method == "deepdefense+fgs"
-        loss, info = deep_defense_loss(
-            net, xb, yb, lmbda=hp["lmbd"], c=hp["c"], d=hp["d"], max_iter=hp["max_iter"], overshoot=hp["overshoot"],
-            reg_layers=hp.get("reg_layers"), ce_weight=hp["alpha"] if with_fgs else 1.0, candidates=hp.get("candidates"),
-        )
-        if with_fgs:
-            x_fgs = revnet.fgs_perturb(net, xb, yb, hp["fgs_eps"], clip=hp.get("clip"))
-            loss = loss + (1.0 - hp["alpha"]) * F.cross_entropy(net(x_fgs), yb)
-        return loss, info.correct.float().sum().item(), info.ratio.sum().item(), info.ce.item()
-    if method == "advtrain-fgs":
-        loss, logits = baselines.fgs_adversarial_loss(net, xb, yb, eps=hp["fgs_eps"], alpha=hp["alpha"],
-                                                      clip=hp.get("clip"))
-        ce = F.cross_entropy(logits.detach(), yb).item()
-    elif method in ("clean", "advtrain-deepfool", "parseval"):
-        logits = net(xb)
-        loss = F.cross_entropy(logits, yb)
-        ce = loss.item()
-    else:
-        raise ValueError(f"unknown method {method!r}")
-    return loss, (logits.detach().argmax(1) == yb).float().sum().item(), math.nan, ce
-
-
 class Objective(nn.Module):
-    """The whole training loss of one batch (:func:`batch_loss`: cross-entropy, and for the Deep Defense methods
-    the regularizer through the explicit DeepFool recursion) as one module's ``forward``.
+    """The whole training loss of one batch (``method.loss``: cross-entropy, and for the Deep Defense methods the
+    regularizer through the explicit DeepFool recursion) as one module's ``forward``.
 
     This is the module ``DistributedDataParallel`` wraps (``World.wrap``): DDP prepares its gradient all-reduce
     in the wrapped module's ``forward``, so wrapping the network alone and then calling ``net.trace`` /
     ``net.reverse`` (which are not ``forward``) would leave the regularizer's path outside it. Here every use of
     the weights, forward and reverse, happens inside the one ``forward`` DDP sees. ``forward(x, y)`` returns
-    ``(loss, correct, Σ‖Δx‖/‖x‖, clean CE)`` as :func:`batch_loss` does; a rank whose share of a global batch is
-    empty (fewer images than ranks) returns a zero loss that still touches every parameter, so it joins the
-    all-reduce."""
+    ``(loss, correct, Σ‖Δx‖/‖x‖, clean CE)`` (a :class:`~revnet_app.train.methods.StepOutput`'s fields); a rank
+    whose share of a global batch is empty (fewer images than ranks) returns a zero loss that still touches every
+    parameter, so it joins the all-reduce."""
 
-    def __init__(self, net: nn.Module, method: str, hp: dict[str, Any]) -> None:
+    def __init__(self, net: nn.Module, method: methods.Method,
+                 generator: Optional[torch.Generator] = None) -> None:
         super().__init__()
-        self.net, self.method, self.hp = net, method, hp
+        self.net, self.method, self.generator = net, method, generator
 
     def forward(self, xb: Tensor, yb: Tensor) -> tuple[Tensor, float, float, float]:
         if len(yb) == 0:
             return sum(p.sum() for p in self.net.parameters() if p.requires_grad) * 0.0, 0.0, 0.0, 0.0
-        return batch_loss(self.net, xb, yb, self.method, self.hp)
+        out = self.method.loss(self.net, xb, yb, self.generator)
+        return out.loss, out.correct, out.ratio, out.ce
+
+
+def tensor_batches(x: Tensor, y: Tensor, batch_size: int,
+                   generator: Optional[torch.Generator]) -> list[tuple[Tensor, Tensor]]:
+    """``(x, y)`` in ``batch_size`` chunks, shuffled with ``generator`` (drawn now, before any draw of the epoch
+    itself such as Parseval's rows), as :func:`train_one_epoch`'s ``batches``."""
+    if len(x) != len(y):
+        raise ValueError(f"{len(x)} training images but {len(y)} labels; pass one label per image.")
+    return [(x[idx], y[idx]) for idx in batches(len(y), batch_size, generator)]
 
 
 def train_one_epoch(
     net: nn.Module,
+    method: methods.Method,
     optimizer: torch.optim.Optimizer,
-    x: Optional[Tensor] = None,
-    y: Optional[Tensor] = None,
+    batches: Iterable[tuple[Tensor, Tensor]],
     *,
-    method: str,
-    batch_size: int = 100,
-    generator: torch.Generator,
-    batches: Optional[Iterable[tuple[Tensor, Tensor]]] = None,
-    num_batches: Optional[int] = None,
-    start_step: int = 0,
-    totals: Optional[dict[str, float]] = None,
-    on_step: Optional[Callable[[int, dict[str, float]], None]] = None,
-    lmbd: float = 15.0,
-    c: float = 25.0,
-    d: float = 5.0,
-    max_iter: int = 5,
-    overshoot: float = 0.02,
-    candidates: Optional[int] = None,
-    reg_layers: Optional[list[str]] = None,
-    fgs_eps: float = 0.1,
-    alpha: float = 0.5,
-    clip: Optional[tuple[float, float]] = None,
-    parseval_beta: float = 1e-4,
-    parseval_fraction: float = 0.3,
-    desc: str = "train",
-    progress: bool = True,
-    freeze_bn: bool = True,
+    generator: Optional[torch.Generator] = None,
     world: Optional[distributed.World] = None,
     amp: bool = False,
+    progress: Optional[EpochProgress] = None,
 ) -> dict[str, float]:
-    """One epoch with ``method`` (see :func:`batch_loss`) over ``batches`` (an iterable of preprocessed
-    ``(x_b, y_b)`` on the training device, e.g. a ``DataLoader`` mapped to the device), or over the tensors
-    ``(x, y)`` in shuffled ``batch_size`` chunks drawn from ``generator``.
+    """One epoch of ``method`` (a :class:`~revnet_app.train.methods.Method`) over ``batches``: an iterable of
+    preprocessed ``(x_b, y_b)`` on the training device (a ``DataLoader`` mapped to the device, or
+    :func:`tensor_batches`). ``generator`` is the epoch's: the method draws its noise from it (Parseval's rows
+    after every optimizer step). ``progress`` (:class:`EpochProgress`): the bar, BatchNorm mode and mid-epoch
+    resume. Returns the epoch's mean loss, training accuracy (on the clean inputs), mean clean cross-entropy
+    (``train_ce``) and, for the Deep Defense methods, the mean ‖Δx‖/‖x‖. Raises :class:`NonFiniteLossError` at
+    the first NaN/inf loss (before the optimizer step).
 
-    Parseval training retracts the weights after every optimizer step, drawing its rows from ``generator``.
-    Mid-epoch resume: ``start_step`` is the index of the first batch of ``batches`` within the epoch and
-    ``totals`` the running sums saved with it; ``on_step(step, totals)`` is called after every optimizer step
-    (``step`` counts from 1 over the whole epoch). Returns the epoch's mean loss, training accuracy (on the clean
-    inputs), mean clean cross-entropy (``train_ce``) and, for the Deep Defense methods, the mean ‖Δx‖/‖x‖. Raises
-    :class:`NonFiniteLossError` at the first NaN/inf loss (before the optimizer step).
-
-    ``freeze_bn`` (fine-tuning, every method): BatchNorm layers stay in eval mode, with frozen running statistics,
-    while the rest trains (Dropout included); BatchNorm reverses only with frozen statistics. Reference training
-    from scratch passes ``False`` (train-mode BatchNorm, as usual).
+    BatchNorm (``progress.freeze_bn``, fine-tuning, every method): BatchNorm layers stay in eval mode, with frozen
+    running statistics, while the rest trains (Dropout included); BatchNorm reverses only with frozen
+    statistics. Reference training from scratch passes ``freeze_bn=False`` (train-mode BatchNorm, as usual).
 
     ``world`` (several processes under ``torchrun``): ``batches`` are this rank's shares of the global batches
     (``loaders.EpochBatches``) and the objective runs inside ``DistributedDataParallel`` (see :class:`Objective`).
@@ -188,21 +137,17 @@ def train_one_epoch(
     regularizer's exp, stay in float32).
     """
     world = world or distributed.World()
-    set_train_mode(net, freeze_bn=freeze_bn)
-    hp = dict(lmbd=lmbd, c=c, d=d, max_iter=max_iter, overshoot=overshoot, reg_layers=reg_layers,
-              fgs_eps=fgs_eps, alpha=alpha, clip=clip, candidates=candidates)
-    dd = method in ("deepdefense", "deepdefense+fgs")
-    parseval = baselines.parseval_weights(net) if method == "parseval" else None
-    if batches is None:
-        if len(x) != len(y):
-            raise ValueError(f"{len(x)} training images but {len(y)} labels; pass one label per image.")
-        order = _index_batches(len(y), batch_size, generator)  # drawn up front, before any Parseval draw
-        batches, num_batches = ((x[idx], y[idx]) for idx in order), len(order)
-    totals = dict(totals) if totals else {"loss": 0.0, "correct": 0.0, "ratio": 0.0, "ce": 0.0, "seen": 0}
-    objective = world.wrap(Objective(net, method, hp))
+    progress = progress or EpochProgress()
+    set_train_mode(net, freeze_bn=progress.freeze_bn)
+    num_batches = progress.num_batches if progress.num_batches is not None else (
+        len(batches) if hasattr(batches, "__len__") else None)
+    totals = dict(progress.totals) if progress.totals else {"loss": 0.0, "correct": 0.0, "ratio": 0.0, "ce": 0.0,
+                                                            "seen": 0}
+    objective = world.wrap(Objective(net, method, generator))
     device_type = next(net.parameters()).device.type
-    bar = tqdm(batches, desc=desc, leave=False, disable=not show_progress(progress), total=num_batches)
-    for step, (xb, yb) in enumerate(bar, start_step + 1):
+    desc = progress.desc
+    bar = tqdm(batches, desc=desc, leave=False, disable=not show_progress(progress.bar), total=num_batches)
+    for step, (xb, yb) in enumerate(bar, progress.start_step + 1):
         with torch.autocast(device_type, dtype=torch.bfloat16, enabled=amp):
             loss, logits_correct, ratio, ce = objective(xb, yb)
         n = len(yb)
@@ -216,9 +161,7 @@ def train_one_epoch(
         optimizer.zero_grad(set_to_none=True)
         (loss * (world.size * n / n_global) if world.distributed else loss).backward()
         optimizer.step()
-        if parseval is not None:
-            baselines.parseval_retraction_(parseval, beta=parseval_beta, fraction=parseval_fraction,
-                                           generator=generator)
+        method.after_step(net, generator)
         totals["loss"] += loss.item() * n
         totals["correct"] += logits_correct
         totals["ratio"] += ratio
@@ -227,10 +170,10 @@ def train_one_epoch(
         seen = totals["seen"]
         bar.set_postfix(
             loss=f"{totals['loss'] / seen:.4f}", acc=f"{totals['correct'] / seen:.4f}",
-            **({"dx/x": f"{totals['ratio'] / seen:.4f}"} if dd else {}),
+            **({"dx/x": f"{totals['ratio'] / seen:.4f}"} if method.reports_ratio else {}),
         )
-        if on_step is not None:
-            on_step(step, totals)
+        if progress.on_step is not None:
+            progress.on_step(step, totals)
     keys = ("loss", "correct", "ratio", "ce", "seen")
     total = dict(zip(keys, world.sum([totals[k] for k in keys])))
     seen = max(total["seen"], 1)
@@ -238,8 +181,25 @@ def train_one_epoch(
         "train_loss": total["loss"] / seen,
         "train_acc": total["correct"] / seen,
         "train_ce": total["ce"] / seen,
-        **({"train_ratio": total["ratio"] / seen} if dd else {}),
+        **({"train_ratio": total["ratio"] / seen} if method.reports_ratio else {}),
     }
+
+
+@dataclass
+class EpochProgress:
+    """How :func:`train_one_epoch` shows and resumes an epoch: the bar's label (``desc``, ``bar``: shown when
+    True and a terminal is attached), the number of batches for the bar, ``freeze_bn`` (see there), and a
+    mid-epoch resume: ``start_step`` is the index of the first batch of ``batches`` within the epoch and
+    ``totals`` the running sums saved with it; ``on_step(step, totals)`` is called after every optimizer step
+    (``step`` counts from 1 over the whole epoch)."""
+
+    desc: str = "train"
+    bar: bool = True
+    num_batches: Optional[int] = None
+    freeze_bn: bool = True
+    start_step: int = 0
+    totals: Optional[dict[str, float]] = None
+    on_step: Optional[Callable[[int, dict[str, float]], None]] = None
 
 
 class _TensorBatches:
@@ -386,13 +346,14 @@ def train_reference(
     log = []
     for epoch in range(epochs):
         if epoch_batches is None:
-            gen, source = torch.Generator().manual_seed(seed * 1000 + epoch), {}
+            gen = torch.Generator().manual_seed(seed * 1000 + epoch)
+            batches_, num = tensor_batches(x, y, batch_size, gen), None
         else:
             batches_, num, gen = epoch_batches(epoch)
-            source = {"batches": batches_, "num_batches": num}
         stats = train_one_epoch(
-            net, optimizer, x, y, method="clean", batch_size=batch_size, generator=gen,
-            desc=f"reference {epoch + 1}/{epochs}", progress=progress, freeze_bn=False, world=world, **source,
+            net, methods.Clean({}), optimizer, batches_, generator=gen, world=world,
+            progress=EpochProgress(desc=f"reference {epoch + 1}/{epochs}", bar=progress, num_batches=num,
+                                   freeze_bn=False),
         )
         scheduler.step()
         log.append({"epoch": epoch + 1, **stats})

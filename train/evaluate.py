@@ -28,7 +28,7 @@ from revnet_app.train import engine  # noqa: E402
 from revnet_app.train import library_attacks  # noqa: E402
 from revnet_app.train import pipeline as pipeline_lib  # noqa: E402
 from revnet_app.train import utils  # noqa: E402
-from revnet_app.train.finetune import check_device, finite_float  # noqa: E402
+from revnet_app.train.cli import check_device, finite_float  # noqa: E402
 from revnet_app.train.loaders import EvalSet  # noqa: E402
 
 from revnet_app import models  # noqa: E402

@@ -20,9 +20,9 @@ fine-tuned model, readable with ``torch.load(weights_only=True)`` / ``models.loa
 from it exactly). Data goes through ``torch.utils.data.DataLoader`` (``train/pipeline.py``); the defaults per
 dataset and model are in ``train/recipes.py`` (``finetune.py MODEL --help`` lists them).
 
-Test hook: with the environment variable ``REVNET_TEST_SIGKILL_AFTER_STEP=K`` the process kills itself with
-SIGKILL right after the checkpoint of its K-th training step (counted over the whole run), as a power cut
-would; the tests use it to check that ``--resume`` then ends equal to an uninterrupted run.
+``cli(argv, after_checkpoint=f)`` calls ``f(steps)`` after every checkpoint with the number of training steps
+done in this process; the tests install one that kills the process there, as a power cut would, to check that
+``--resume`` then ends equal to an uninterrupted run (``tests/finetune_killed.py``).
 """
 
 from __future__ import annotations
@@ -30,11 +30,10 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -47,49 +46,16 @@ from revnet_app.train import pipeline as pipeline_lib  # noqa: E402
 from revnet_app.train import recipes  # noqa: E402
 from revnet_app.train import references  # noqa: E402
 from revnet_app.train import utils  # noqa: E402
+from revnet_app.train import methods  # noqa: E402
+from revnet_app.train.cli import check_device, finite_float, valid_devices  # noqa: E402,F401
 from revnet_app.train.methods import LABELS, METHODS  # noqa: E402
-from revnet_app.train.recipes import DATASET_DEFAULTS, DEFAULTS, METHOD_DEFAULTS, default_settings  # noqa: E402,F401
+from revnet_app.train.recipes import DATASET_DEFAULTS, DEFAULTS, default_settings  # noqa: E402,F401
 from revnet_app.train.references import fingerprint  # noqa: E402,F401
 
 from revnet_app import models  # noqa: E402
 import revnet  # noqa: E402
 
-METHOD_HELP = (
-    "deepdefense: CE + the DeepFool-based regularizer (the paper's method); "
-    "clean: CE only, same recipe; "
-    "advtrain-deepfool: Adv. Train I, CE on DeepFool examples generated once from the reference (see --advtrain-set); "
-    "advtrain-fgs: Adv. Train II, alpha*CE(x) + (1-alpha)*CE(x + eps*sign(grad)) with online FGS examples; "
-    "parseval: Parseval training, CE + a retraction of 30%% of the weight rows towards orthonormality after "
-    "every step; deepdefense+fgs: alpha*CE(x) + (1-alpha)*CE(x_fgs) + the Deep Defense regularizer"
-)
-
-
-def finite_float(text: str) -> float:
-    """argparse ``type`` of every float flag: NaN and ±inf (also overflowing literals such as 1e999) are refused
-    here, so argparse names the flag in its one-line error; the ranges are checked after parsing."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
-    return value
-
-
-def valid_devices() -> list[str]:
-    """The ``--device`` values that work on this machine."""
-    names = ["auto", "cpu"]
-    if torch.cuda.is_available():
-        names += ["cuda"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
-    return names
-
-
-def check_device(name: str | None, parser: argparse.ArgumentParser) -> None:
-    """``parser.error`` (one line listing the valid devices) unless ``name`` is None or in :func:`valid_devices`."""
-    if name is None or name in valid_devices():
-        return
-    hint = "" if torch.cuda.is_available() else " (CUDA is not available here)"
-    parser.error(f"--device {name!r} is not a valid device; choose one of: {', '.join(valid_devices())}{hint}")
+METHOD_HELP = methods.method_help()
 
 
 class _HelpFormatter(utils.HelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -176,40 +142,7 @@ def get_args_parser(add_help: bool = True, model: str | None = None) -> argparse
                    help="training batch size, global: under torchrun each of the N processes takes its share "
                         "(batch size / N images) of the same batches as one process would, so the same flags "
                         "train the same model on any number of processes")
-    p.add_argument("--lmbda", type=finite_float, default=None,
-                   help="λ, weight of the Deep Defense regularizer (default: MNIST mlp/lenet 25, tuned on validation here "
-                        "(results/sweeps/); else 15, ImageNet 5, the paper's)")
-    p.add_argument("--c", type=finite_float, default=None,
-                   help="c: exp(-c·‖Δx‖/‖x‖) for correctly classified samples (default: MNIST mlp/lenet 5, tuned on "
-                        "validation here (results/sweeps/); else 25, NIN 70, ImageNet 500, the paper's)")
-    p.add_argument("--d", type=finite_float, default=None,
-                   help="d: exp(d·‖Δx‖/‖x‖) for misclassified samples (default: 5, the paper's)")
-    p.add_argument("--candidates", type=int, default=None,
-                   help="DeepFool (training loss and ρ₂) considers only the top-K classes (default: 0, all; "
-                        "ImageNet: 10, DeepFool's convention)")
-    p.add_argument("--max-iter", type=int, default=5, help="DeepFool iterations inside the training loss")
-    p.add_argument("--overshoot", type=finite_float, default=0.02, help="DeepFool overshoot (training and evaluation)")
-    p.add_argument("--reg-layers", nargs="+", default=None, metavar="MODULE",
-                   help="Deep Defense: only these modules of the network (dotted names as in "
-                        "net.named_modules(), e.g. 0 for LeNet's conv1 or layer3.1.conv2 in a ResNet; lenet: conv1 0, "
-                        "conv2 2, fc1 5, fc2 7) receive the regularizer's gradient "
-                        "(the paper's Figure 4); the CE gradient reaches every layer. Default: all layers")
-    p.add_argument("--alpha", type=finite_float, default=0.5,
-                   help="advtrain-fgs, deepdefense+fgs: weight of the clean CE (Goodfellow et al.: 0.5)")
-    p.add_argument("--fgs-eps", type=finite_float, default=None,
-                   help="advtrain-fgs, deepdefense+fgs: FGS step of the training examples, in network-input units "
-                        "(MNIST: x/255 - mean); default chosen on a validation split on MNIST (see README), untuned "
-                        "elsewhere")
-    p.add_argument("--parseval-beta", type=finite_float, default=None,
-                   help="parseval: retraction step beta (Cisse et al.: 1e-4 for MNIST; the paper: 3e-4 on CIFAR-10); "
-                        "default chosen on a validation split on MNIST (see README)")
-    p.add_argument("--parseval-fraction", type=finite_float, default=0.3,
-                   help="parseval: fraction of each weight's rows retracted after every step")
-    p.add_argument("--advtrain-set", default="perturbed", choices=("perturbed", "perturbed+clean"),
-                   help="advtrain-deepfool: train on the DeepFool examples only (the DeepFool paper's choice: "
-                        "'only on the perturbed training set') or on them added to the clean training set")
-    p.add_argument("--advtrain-max-iter", type=int, default=50,
-                   help="advtrain-deepfool: DeepFool iterations when generating the training examples")
+    methods.add_all_args(p)  # each method's own flags (revnet_app.train.methods)
     p.add_argument("--ref-epochs", type=int, default=None,
                    help="epochs of the reference (plain CE) training (default: 20; CIFAR-10 60, untuned)")
     p.add_argument("--ref-lr", type=finite_float, default=None,
@@ -450,35 +383,6 @@ def train_batches(dataset, preprocess: dict | None, args, device, epoch: int, st
     return batches, len(sampler), sampler.generator
 
 
-def advtrain_set(args, ref_net, train_x, train_y, out: Path, clip) -> tuple[torch.Tensor, torch.Tensor, dict]:
-    """Adv. Train I's training set: DeepFool examples of the training images, generated once from the reference
-    model (cached in ``out/advtrain_set.pt`` so a resumed run reuses them), alone or added to the clean set."""
-    path = out / "advtrain_set.pt"
-    if path.exists():
-        try:
-            cached = models.load_state(path, ("x_adv", "fooled"), map_location=train_x.device, what="DeepFool set",
-                                       shapes={"x_adv": tuple(train_x.shape), "fooled": (len(train_x),)})
-        except models.CheckpointError as exc:
-            raise SystemExit(f"error: {exc} Delete {path} to generate the DeepFool examples again.") from None
-        x_adv, fooled = cached["x_adv"], cached["fooled"]
-        utils.say(f"DeepFool training examples: reusing {path}")
-    else:
-        utils.say(f"generating DeepFool examples of {len(train_y)} training images from the reference ...")
-        t0 = time.perf_counter()
-        x_adv, fooled = revnet.baselines.deepfool_adversarial_set(
-            ref_net.eval(), train_x, max_iter=args.advtrain_max_iter, overshoot=args.overshoot,
-            batch_size=args.eval_batch_size, clip=clip)
-        utils.say(f"  done in {time.perf_counter() - t0:.0f} s")
-        if distributed.current().main:  # every rank generates the same set; rank 0 keeps it
-            models.save_atomic({"x_adv": x_adv, "fooled": fooled}, path)
-    ratio = (x_adv - train_x).flatten(1).norm(dim=1) / train_x.flatten(1).norm(dim=1).clamp_min(1e-12)
-    info = {"set": args.advtrain_set, "n_adversarial": len(x_adv), "fooled_fraction": fooled.float().mean().item(),
-            "mean_ratio": ratio.mean().item()}
-    if args.advtrain_set == "perturbed+clean":
-        return torch.cat([train_x, x_adv]), torch.cat([train_y, train_y]), info
-    return x_adv, train_y, info
-
-
 def epoch_legend(epoch_eps: float) -> str:
     """What the reference line and the per-epoch lines mean (printed once, before the first epoch)."""
     return (
@@ -563,7 +467,9 @@ def materialize(dataset, preprocess: dict, device, batch_size: int, budget_bytes
     return torch.cat(xs), torch.cat(ys)
 
 
-def main(args: argparse.Namespace) -> dict[str, Any]:
+def main(args: argparse.Namespace, after_checkpoint: Callable[[int], None] | None = None) -> dict[str, Any]:
+    """Run ``finetune.py`` with parsed ``args``; ``after_checkpoint(steps)`` (tests only) runs after every
+    checkpoint with the number of training steps this process has done."""
     parser = get_args_parser()
     check_args(args, parser)
     if args.workers is None:
@@ -575,12 +481,13 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     else:
         world, device = distributed.World(), utils.resolve_device(args.device)
     try:
-        return run(args, world, device)
+        return run(args, world, device, after_checkpoint)
     finally:
         world.close()
 
 
-def run(args: argparse.Namespace, world: distributed.World, device: torch.device) -> dict[str, Any]:
+def run(args: argparse.Namespace, world: distributed.World, device: torch.device,
+        after_checkpoint: Callable[[int], None] | None = None) -> dict[str, Any]:
     """The whole run on this process (rank ``world.rank`` of ``world.size``; rank 0 alone prints and writes)."""
     out = Path(args.out)
     resume_path = out / "resume" / "checkpoint.pt"
@@ -631,7 +538,8 @@ def run(args: argparse.Namespace, world: distributed.World, device: torch.device
     if args.reg_layers and not set(args.reg_layers) <= all_modules:
         raise SystemExit(f"error: --reg-layers {args.reg_layers}: {args.model}'s modules with parameters are "
                          f"{modules_with_params} (print(models.build({args.model!r})) shows them).")
-    if args.reg_layers and args.method not in ("deepdefense", "deepdefense+fgs"):
+    method = methods.build(args.method, {**vars(args), "clip": clip, "candidates": candidates})
+    if args.reg_layers and not method.uses("reg_layers"):
         raise SystemExit("error: --reg-layers applies to the Deep Defense methods only.")
     optimizer = torch.optim.SGD(net.parameters(), lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
     milestones = [args.epochs - args.lr_drop_epochs] if args.lr_drop_epochs else []
@@ -669,14 +577,13 @@ def run(args: argparse.Namespace, world: distributed.World, device: torch.device
     utils.say(epoch_legend(epoch_eps))
 
     train_set, train_pre, advtrain_info = pipe.train_set, preprocess, None
-    if args.method == "advtrain-deepfool":
+    if method.needs_train_tensors:  # a set of its own made from the training images (Adv. Train I)
         train_x, train_y = materialize(pipe.train_set if pipe.in_memory else pipe.train_eval_set, preprocess, device,
-                                       args.eval_batch_size, args.eval_cache_mb << 20, "advtrain-deepfool",
-                                       run_dtype(args))
-        train_x, train_y, advtrain_info = advtrain_set(args, ref_net, train_x, train_y, out, clip)
+                                       args.eval_batch_size, args.eval_cache_mb << 20, args.method, run_dtype(args))
+        train_x, train_y, advtrain_info = method.prepare(train_x, train_y, ref_net=ref_net, out=out,
+                                                         batch_size=args.eval_batch_size)
         train_set, train_pre = loaders.TensorImages(train_x, train_y), None
 
-    kill_after = int(os.environ.get("REVNET_TEST_SIGKILL_AFTER_STEP", "0") or 0)
     steps_done = [0]
 
     def save_resume(epoch_done: int, extra: dict | None = None) -> None:
@@ -711,19 +618,15 @@ def run(args: argparse.Namespace, world: distributed.World, device: torch.device
                 summed = dict(zip(keys, world.sum([running[k] for k in keys])))
                 save_resume(epoch - 1, {"epoch": epoch, "step": step, "totals": summed,
                                         "generator": gen.get_state(), "rng": world.gather(torch.get_rng_state())})
-                if kill_after and steps_done[0] >= kill_after:
-                    os.kill(os.getpid(), signal.SIGKILL)
+                if after_checkpoint is not None:
+                    after_checkpoint(steps_done[0])
 
         t0 = time.perf_counter()
         try:
             stats = engine.train_one_epoch(
-                net, optimizer, method=args.method, generator=gen, batches=batches, num_batches=num_left,
-                start_step=start_step, totals=totals, on_step=on_step,
-                lmbd=args.lmbda, c=args.c, d=args.d, max_iter=args.max_iter, overshoot=args.overshoot,
-                candidates=candidates, reg_layers=args.reg_layers,
-                fgs_eps=args.fgs_eps, alpha=args.alpha, clip=clip, parseval_beta=args.parseval_beta,
-                parseval_fraction=args.parseval_fraction,
-                desc=f"epoch {epoch}/{args.epochs}", progress=progress, world=world, amp=args.amp,
+                net, method, optimizer, batches, generator=gen, world=world, amp=args.amp,
+                progress=engine.EpochProgress(desc=f"epoch {epoch}/{args.epochs}", bar=progress, num_batches=num_left,
+                                              start_step=start_step, totals=totals, on_step=on_step),
             )
         except engine.NonFiniteLossError as exc:
             fail_run(out, args, history, f"{exc} (epoch {epoch}){weak_reference_hint(args, ref_metrics)}",
@@ -750,8 +653,8 @@ def run(args: argparse.Namespace, world: distributed.World, device: torch.device
         t = row["test"]
         utils.say(f"epoch {epoch}/{args.epochs}: loss {stats['train_loss']:.4f}, test acc {t['acc']:.4f}, "
               f"rho2 {t['rho2']:.4f}, fgs@1.0 {t['fgs_acc@1.0']:.4f} ({train_seconds:.0f} s train)")
-        if kill_after and steps_done[0] >= kill_after:
-            os.kill(os.getpid(), signal.SIGKILL)
+        if after_checkpoint is not None:
+            after_checkpoint(steps_done[0])
 
     weights_sha1 = same_weights_on_every_rank(net, world)
     utils.say(f"final evaluation on {n_eval} test images ...")
@@ -885,9 +788,11 @@ def model_named(argv: list[str]) -> str | None:
 
 
 
-if __name__ == "__main__":
+def cli(argv: list[str] | None = None, after_checkpoint: Callable[[int], None] | None = None) -> dict[str, Any]:
+    """``python train/finetune.py ARGS``: :func:`main` with one-line errors."""
+    argv = sys.argv[1:] if argv is None else argv
     try:
-        main(get_args_parser(model=model_named(sys.argv[1:])).parse_args())
+        return main(get_args_parser(model=model_named(argv)).parse_args(argv), after_checkpoint)
     except models.WriteError as exc:  # a failed write anywhere (resume checkpoint, log.jsonl): one line
         raise SystemExit(f"error: {exc}") from None
     except data_lib.DataError as exc:  # data found unreadable while reading it (an ImageNet val/ without images)
@@ -896,3 +801,7 @@ if __name__ == "__main__":
         if distributed.launched_by_torchrun() and os.environ.get("RANK", "0") != "0" and exc.code not in (0, None):
             raise SystemExit(1) from None
         raise
+
+
+if __name__ == "__main__":
+    cli()

@@ -10,7 +10,8 @@ ImageNet (epochs and learning rate on CIFAR-10, learning rates on ImageNet, FGS 
 ImageNet uses the top-10 candidate classes (DeepFool's convention; not in the paper's text).
 
 ``default_settings(model, method, dataset)`` merges, last wins: ``BASE``, ``DATASET_BASE[dataset]``,
-``DEFAULTS[model]``, ``METHOD_DEFAULTS[model][method]``, ``DATASET_DEFAULTS[dataset][model]``.
+``DEFAULTS[model]``, the method's ``model_defaults[model]``, ``DATASET_DEFAULTS[dataset][model]``, the method's
+``tuned[dataset][model]`` (each method keeps its own in ``revnet_app.train.methods``).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 from typing import Optional
 
 from revnet_app.train import pipeline
+from revnet_app.train.methods import METHOD_CLASSES, DeepDefense
 
 MNIST_LIKE = ("mnist", "fashion-mnist")
 MODEL_DATASETS = {
@@ -50,18 +52,6 @@ DATASET_BASE: dict[str, dict[str, float]] = {
     "imagenet": {"lmbda": 5.0, "c": 500.0, "d": 5.0, "candidates": 10, "epochs": 1, "lr": 1e-4, "lr_drop_epochs": 0,
                  "fgs_eps": 0.02, "parseval_beta": 3e-4, "ref_epochs": 90, "ref_lr": 0.1},
 }
-# chosen with train/sweep.py on a validation split (see README and results/sweep-*.md); METHOD_DEFAULTS
-# override DEFAULTS for one method
-METHOD_DEFAULTS: dict[str, dict[str, dict[str, float]]] = {
-    "mlp": {"advtrain-deepfool": {"lr": 2e-2}, "deepdefense+fgs": {"fgs_eps": 0.1}},
-    "lenet": {"advtrain-deepfool": {"lr": 2.5e-3}, "deepdefense+fgs": {"fgs_eps": 0.1}},
-}
-# Deep Defense on MNIST: c and λ tuned on validation (results/sweeps/sweep-{mlp,lenet}-deepdefense.md: grid c 5/15/25
-# × λ 15/25 at the epochs and lr below; c 5, λ 25 had the highest validation ρ₂ at a validation accuracy not below
-# the reference's, for both networks). MNIST only: other datasets keep the paper's c and λ
-TUNED_OURS: dict[str, dict[str, dict[str, float]]] = {
-    "mnist": {"mlp": {"c": 5.0, "lmbda": 25.0}, "lenet": {"c": 5.0, "lmbda": 25.0}},
-}
 DEFAULTS: dict[str, dict[str, float]] = {
     "lenet": {"epochs": 10, "lr": 5e-3, "fgs_eps": 0.2, "parseval_beta": 1e-1},
     "mlp": {"epochs": 60, "lr": 4e-2, "fgs_eps": 0.2, "parseval_beta": 1e-1},
@@ -79,6 +69,9 @@ DATASET_DEFAULTS: dict[str, dict[str, dict[str, float]]] = {
 }
 
 
+TUNED_OURS = DeepDefense.tuned  # Deep Defense's c and λ tuned on validation (MNIST mlp/lenet)
+
+
 def default_dataset(model: str) -> str:
     """The ``--dataset`` of a model when none is given: its first in ``MODEL_DATASETS`` (a user's model: mnist)."""
     return MODEL_DATASETS.get(model, MNIST_LIKE)[0]
@@ -86,9 +79,9 @@ def default_dataset(model: str) -> str:
 
 def default_settings(model: str, method: str, dataset: str) -> dict[str, float]:
     """The defaults of the flags left unset (see the module docstring for the order)."""
-    return {**BASE, **DATASET_BASE.get(dataset, {}), **DEFAULTS.get(model, {}),
-            **METHOD_DEFAULTS.get(model, {}).get(method, {}), **DATASET_DEFAULTS.get(dataset, {}).get(model, {}),
-            **(TUNED_OURS.get(dataset, {}).get(model, {}) if method == "deepdefense" else {})}
+    cls = METHOD_CLASSES[method]
+    return {**BASE, **DATASET_BASE.get(dataset, {}), **DEFAULTS.get(model, {}), **cls.model_defaults.get(model, {}),
+            **DATASET_DEFAULTS.get(dataset, {}).get(model, {}), **cls.tuned.get(dataset, {}).get(model, {})}
 
 
 def paper_c_lmbda(dataset: str, model: str) -> dict[str, float]:
