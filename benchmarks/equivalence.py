@@ -13,8 +13,8 @@ For each model: ``revnet.convert(model)``, one ``trace`` of a random batch, then
   parameter and double backprop (``create_graph=True``), the largest over all parameters.
 
 BatchNorm layers are in eval mode with random running statistics and affine weights; Dropout in eval mode.
-Results go to ``--output`` as ``graph-equivalence.json`` and ``.md``. The tests (``tests/test_graph.py``,
-``tests/test_models.py``) assert these at ``rtol = 1e-10, atol = 1e-12`` after the same scaling.
+Results go to ``--output`` as ``graph-equivalence.json`` and ``.md``. The tests (``tests/lib/test_graph.py``,
+``tests/app/test_models.py``) assert these at ``rtol = 1e-10, atol = 1e-12`` after the same scaling.
 """
 
 from __future__ import annotations

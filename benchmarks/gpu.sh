@@ -10,7 +10,7 @@
 #
 #   RESULTS=benchmarks/results/gpu bash benchmarks/gpu.sh   # on the GPU machine, into the committed results
 #   bash benchmarks/gpu.sh --quick    # anywhere (CPU too): the same commands, tiny budgets, no compile, so the
-#                                     # script cannot rot (tests/test_gpu_script.py)
+#                                     # script cannot rot (tests/app/test_gpu_script.py)
 #
 # The last full run (benchmarks/results/gpu/gpu.log) predates the ConvNet, the 224-px ResNet, compile and the
 # peers; it took 339 s.
@@ -68,7 +68,7 @@ COMMON=(--device "$DEVICE" --cache-dir "$CACHE")
 
 run "$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'cpu')"
 if [[ $QUICK == 0 ]]; then
-  run "$PY" -m pytest -q -p no:cacheprovider tests/test_deepfool.py tests/test_losses.py -k cuda
+  run "$PY" -m pytest -q -p no:cacheprovider tests/lib/test_deepfool.py tests/lib/test_losses.py -k cuda
 fi
 for amp in "" "--amp --amp-dtype bfloat16"; do
   tag=$([[ -z $amp ]] && echo fp32 || echo bf16)

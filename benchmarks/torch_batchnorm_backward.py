@@ -9,7 +9,7 @@ gradient times that scale, whatever the strides. For an input ``(N, 64, 14, 14)`
 by ``(N, 196, 64).transpose(1, 2).reshape(N, 64, 14, 14)`` (what ``flatten(2).transpose(1, 2)`` after the norm
 gives backwards, as in timm's iformer and EfficientFormer), this compares autograd with that scale, and with
 autograd on the same gradient made contiguous, for N = 1 and 2, float32 and float64, oneDNN on and off. revnet's
-reverse is the scale itself (``revnet/layers/norm.py``), which ``tests/test_rules_norm.py`` checks on such a
+reverse is the scale itself (``revnet/layers/norm.py``), which ``tests/lib/test_rules_norm.py`` checks on such a
 gradient at N = 1.
 """
 

@@ -7,7 +7,7 @@ Example::
 For each setting (ATen's ``ATEN_CPU_CAPABILITY``, oneDNN's ``ONEDNN_MAX_CPU_ISA``, MKL's
 ``MKL_ENABLE_INSTRUCTIONS`` and ``MKL_CBWR``, 1 or 2 threads, ``torch.backends.mkldnn`` off) it runs
 
-* the short float32 LeNet run of ``tests/test_regression.py`` (``regression_run.FLOAT32_ARGV``) and the float64
+* the short float32 LeNet run of ``tests/app/test_regression.py`` (``regression_run.FLOAT32_ARGV``) and the float64
   first step (``regression_run.FLOAT64_ARGV``), in subprocesses under that setting;
 * a probe under ``ONEDNN_VERBOSE=1 MKL_VERBOSE=1`` (one Deep Defense step of LeNet, float32), which shows
   which kernels the setting selected: oneDNN's implementation names, MKL's instruction-set banner and CNR mode,

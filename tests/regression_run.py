@@ -1,4 +1,4 @@
-"""The regression runs of ``tests/test_regression.py`` and ``tests/kernel_matrix.py``: their commands, how they are
+"""The regression runs of ``tests/app/test_regression.py`` and ``tests/kernel_matrix.py``: their commands, how they are
 run (a subprocess with a fixed thread count) and what is read back from them.
 
 * ``FLOAT32_ARGV``: the short LeNet run of ``tests/fixtures/regression-lenet-mnist.json`` (reference training from

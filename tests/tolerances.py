@@ -12,7 +12,7 @@
    ``tests/fixtures/kernel-matrix.md``) and from the Intel run of issue 27, about twice the largest deviation
    seen. A short float32 training run drifts a lot (1.7% on ρ₂ after two epochs, ε_ref 3%, eight of 200 images
    under FGS), so such a tolerance alone cannot tell a small change of the algorithm: pin the sample order
-   exactly and the first steps in float64 beside it (``tests/test_regression.py``).
+   exactly and the first steps in float64 beside it (``tests/app/test_regression.py``).
 4. **Another device or torch version** (GPU against CPU): as 3; it drifts like another CPU.
 
 Tolerances never grow to make a test pass; a new figure comes from a new measurement, written down with it.

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from revnet_app.train import distributed, methods
+from revnet_app.train import distributed, loaders, methods
 from revnet import metrics
 from revnet.attacks.fgs import _check_clip
 
@@ -202,28 +202,6 @@ class EpochProgress:
     on_step: Optional[Callable[[int, dict[str, float]], None]] = None
 
 
-class _TensorBatches:
-    """Tensors already in memory as a re-iterable set of ``batch_size`` chunks (the interface of
-    ``loaders.EvalSet``)."""
-
-    def __init__(self, x: Tensor, y: Tensor, batch_size: int) -> None:
-        self.x, self.y, self.batch_size = x, y, batch_size
-
-    def __len__(self) -> int:
-        return len(self.y)
-
-    @property
-    def num_batches(self) -> int:
-        return math.ceil(len(self.y) / self.batch_size)
-
-    def cached(self, extra_bytes_per_image: int = 0) -> bool:
-        return True
-
-    def __iter__(self):
-        for start in range(0, len(self.y), self.batch_size):
-            yield self.x[start:start + self.batch_size], self.y[start:start + self.batch_size]
-
-
 def fgs_accuracy_stream(net: nn.Module, data, eps: float, *, clip: Optional[tuple[float, float]] = None,
                         signs: Optional[list[Tensor]] = None, world: Optional[distributed.World] = None) -> float:
     """FGS accuracy at ``eps`` over a re-iterable set of batches ``(x, y)`` (a ``loaders.EvalSet``), one batch in
@@ -273,7 +251,7 @@ def evaluate(
     world = world or distributed.World()
     net.eval()
     start = time.perf_counter()
-    data = _TensorBatches(x, y, batch_size) if isinstance(x, Tensor) else x
+    data = loaders.TensorEvalSet(x, y, batch_size) if isinstance(x, Tensor) else x
     n = int(world.sum([len(data)])[0])
     if n == 0:
         raise ValueError("evaluate: no images to evaluate (the test set or --eval-samples is empty).")

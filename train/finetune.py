@@ -173,7 +173,7 @@ def get_args_parser(add_help: bool = True, model: str | None = None) -> argparse
     p.add_argument("--dtype", default="float32", choices=("float32", "float64"),
                    help="floating-point type of the weights, the inputs and every computation (reference training, "
                         "fine-tuning, evaluation). float64 is slow but gives the same numbers to ~1e-12 on any CPU "
-                        "(tests/test_regression.py pins the first steps with it); a float32 --reference is cast to it")
+                        "(tests/app/test_regression.py pins the first steps with it); a float32 --reference is cast to it")
     p.add_argument("--threads", type=int, default=None, metavar="N",
                    help="CPU threads of this process (torch.set_num_threads; default: torch's, the number of cores). "
                         "float32 sums are reduced in another order with another count, so runs that must agree to "

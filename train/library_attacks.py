@@ -213,7 +213,7 @@ def l2_fmn_attack(steps: int):
     """foolbox's ``L2FMNAttack(steps=steps)``, with its projection onto the L2 ball repaired if it is broken;
     :func:`fmn_norms` starts it from :func:`fmn_starting_points`.
 
-    Two things were measured here (tests/test_library_attacks.py and benchmarks/fmn_calibration.py on the MLP
+    Two things were measured here (tests/app/test_library_attacks.py and benchmarks/fmn_calibration.py on the MLP
     reference's first 10 test images, medians in pixel units):
     * foolbox 3.3.4 (and its main branch when this was written) projects with the factor
       ``min(1, ‖x‖/‖x‖) = 1``, i.e. not at all, so its "minimal" perturbation is just the first adversarial its

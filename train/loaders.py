@@ -21,7 +21,7 @@ order, seeded per-image augmentation, and evaluation sets that stream batches in
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
@@ -135,6 +135,46 @@ class EmptyShareCollate:
         if items:
             return default_collate(items)
         return torch.empty((0, *self.x_shape), dtype=self.x_dtype), torch.empty(0, dtype=self.y_dtype)
+
+
+@runtime_checkable
+class EvalBatches(Protocol):
+    """What the evaluation loops (``engine.evaluate``, ``engine.fgs_accuracy_stream``) read: a re-iterable set of
+    ``(x, y)`` batches on the device, ``len()`` images in ``num_batches`` batches, and whether a caller may keep
+    per-image data of its own next to them (``cached``). :class:`EvalSet` (a dataset through a ``DataLoader``) and
+    :class:`TensorEvalSet` (tensors already in memory) implement it."""
+
+    batch_size: int
+
+    def __len__(self) -> int: ...
+
+    @property
+    def num_batches(self) -> int: ...
+
+    def cached(self, extra_bytes_per_image: int = 0) -> bool: ...
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]: ...
+
+
+class TensorEvalSet:
+    """Tensors already in memory as an :class:`EvalBatches`: ``batch_size`` chunks in order, always cached."""
+
+    def __init__(self, x: Tensor, y: Tensor, batch_size: int) -> None:
+        self.x, self.y, self.batch_size = x, y, batch_size
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    @property
+    def num_batches(self) -> int:
+        return math.ceil(len(self.y) / self.batch_size)
+
+    def cached(self, extra_bytes_per_image: int = 0) -> bool:
+        return True
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        for start in range(0, len(self.y), self.batch_size):
+            yield self.x[start:start + self.batch_size], self.y[start:start + self.batch_size]
 
 
 class EvalSet:

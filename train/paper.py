@@ -3,7 +3,7 @@
 Every row (MNIST, CIFAR-10, ImageNet) is transcribed from ``../shared/paper/deep-defense-neurips2018.md``
 (Table 1) and was checked against it twice, number by number. (The MNIST rows were first typed from memory;
 five LeNet cells were wrong then: Par. Train's FGS columns, Adv. Train I's ρ₂ and FGS columns, and Ours' Acc.@0.2
-and @0.5. ``tests/test_paper.py`` pins the corrected ones.) Columns: test accuracy (%), ρ₂, and FGS accuracy
+and @0.5. ``tests/app/test_paper.py`` pins the corrected ones.) Columns: test accuracy (%), ρ₂, and FGS accuracy
 (%) at 0.2/0.5/1.0·ε_ref (ε_ref: the FGS step at which the paper's own Deep Defense model drops to 50%
 accuracy). The paper's MNIST models were trained on the full 60,000-image training set with 0–255 inputs; ours
 use the 5,000-image subset in ``../shared/data``, so only the *ordering* of the methods and the size of the gains

@@ -19,7 +19,7 @@ i.e. after this normalisation. The preprocessing dict ``{"scale", "mean"[, "std"
 
 MNIST and Fashion-MNIST keep their whole-tensor loading (``data.load``: IDX files checked, the embedded subset
 offline) and are wrapped as ``loaders.TensorImages``; their sample order is unchanged, so runs are bit-exact with
-the earlier path (``tests/test_regression.py``).
+the earlier path (``tests/app/test_regression.py``).
 """
 
 from __future__ import annotations

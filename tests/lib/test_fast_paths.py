@@ -19,7 +19,7 @@ from revnet.layers import pooling as pooling_module
 
 from helpers import assert_vjp_close, autograd_vjp
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize("kwargs, size", [

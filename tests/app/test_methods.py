@@ -14,7 +14,7 @@ import torch.nn.functional as F
 import revnet
 from revnet_app.train import engine, methods, recipes
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_the_table_names_every_method_once_with_its_own_file():

@@ -4,7 +4,7 @@ The issue's named timm models (ViT, DeiT, ConvNeXt, Swin, EfficientNet, MobileNe
 each built by ``timm.create_model`` with its own class and block types but small widths and depths, random weights
 re-drawn at unit scale, float64, eval mode. ``check_graph_against_autograd``: forward, first order (K = 2) and
 second order w.r.t. every weight and x. MobileNetV3's squeeze-excitation gate is ``hard_sigmoid``, for which torch
-has no double backward, so its autograd reference stops at first order (``tests/test_rules_hard.py`` checks
+has no double backward, so its autograd reference stops at first order (``tests/lib/test_rules_hard.py`` checks
 Hardsigmoid's second order against a twin). timm's own fused attention (``F.scaled_dot_product_attention``) and
 its ``q @ kᵀ`` path (``TIMM_FUSED_ATTN=0``) are both checked on the ViT.
 """

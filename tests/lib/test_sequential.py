@@ -322,7 +322,7 @@ def test_register_a_user_activation_as_in_the_readme():
 def test_readme_example_is_the_quickstart_script():
     from pathlib import Path
 
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     readme = (root / "README.md").read_text()
     script = (root / "examples" / "quickstart.py").read_text()
     assert f"```python\n{script}```" in readme

@@ -16,7 +16,7 @@ from torch import nn
 import revnet
 from revnet.losses import EXPONENT_KNEE, EXPONENT_MAX, bounded_exponent
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 from revnet_app.train import engine  # noqa: E402
 from revnet_app.train import finetune  # noqa: E402

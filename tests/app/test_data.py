@@ -76,3 +76,15 @@ def test_fashion_mnist_missing_everywhere_is_an_error_naming_the_package(tmp_pat
     with pytest.raises(data.DataError, match="empty/FashionMNIST/raw"):  # an explicit folder is never filled
         data.load("fashion-mnist", str(tmp_path / "empty"), download=False)
     assert not (tmp_path / "empty" / "FashionMNIST").exists()
+
+
+def test_both_evaluation_sets_implement_the_written_batch_interface():
+    from revnet_app.train import loaders
+
+    x, y = torch.randn(7, 1, 2, 2), torch.arange(7)
+    tensors = loaders.TensorEvalSet(x, y, 3)
+    streamed = loaders.EvalSet(torch.utils.data.TensorDataset(x, y), lambda raw: raw, 3)
+    for batches in (tensors, streamed):
+        assert isinstance(batches, loaders.EvalBatches)
+        assert len(batches) == 7 and batches.num_batches == 3
+        assert torch.equal(torch.cat([xb for xb, _ in batches]), x)

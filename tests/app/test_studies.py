@@ -12,7 +12,7 @@ import pytest
 
 pytest.importorskip("matplotlib")
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 from revnet_app.train import figures  # noqa: E402
 from revnet_app.train import studies  # noqa: E402

@@ -11,7 +11,7 @@ import sys
 import tokenize
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 BOOBY_TRAP = "raise RuntimeError('the user module {name} was imported instead of revnet_app')\n"
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 from revnet_app.train import figures  # noqa: E402
 from revnet_app.train import table1  # noqa: E402

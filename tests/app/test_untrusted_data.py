@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 from revnet_app.train import datasets  # noqa: E402
 from revnet_app.train import safe_pickle  # noqa: E402

@@ -487,7 +487,7 @@ def test_register_function_adds_a_rule():
 def test_readme_convert_example_runs():
     from pathlib import Path
 
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
     start = readme.index("import torch, torchvision, revnet\n")
     block = readme[start:readme.index("```", start)]
     assert "revnet.convert(model)" in block and "resnet18" in block

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 from revnet_app.train import methods  # noqa: E402
 from revnet_app.train import engine  # noqa: E402

@@ -21,7 +21,7 @@ import pytest
 import torch
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 from revnet_app.train import evaluate  # noqa: E402
 from revnet_app.train import finetune  # noqa: E402

@@ -17,7 +17,7 @@ import revnet
 
 from autograd_reference import NETS, mixed_batch
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 from revnet_app.benchmarks import deepfool as deepfool_script  # noqa: E402
 from revnet_app.benchmarks import step as step_script  # noqa: E402

@@ -18,7 +18,7 @@ in issue 27. On the machine the fixture was made on (``machine`` in the fixture:
 ATen capability, torch, threads) the run must equal it bit for bit; elsewhere that check is skipped with the
 reason, and the historic fixture (whole-tensor data path) must agree with it to ``HISTORIC_REL``.
 
-When the arithmetic changes on purpose, rewrite the fixtures with ``python tests/test_regression.py --write``
+When the arithmetic changes on purpose, rewrite the fixtures with ``python tests/app/test_regression.py --write``
 and say why in the commit.
 """
 
@@ -139,8 +139,8 @@ def main() -> None:
     written = {
         rr.BIT_EXACT: {"argv": rr.FLOAT32_ARGV, "machine": rr.machine_key(),
                        "what": "metrics.json of the float32 regression run with today's CPU kernels, made on "
-                               "`machine`; tests/test_regression.py compares a run there bit for bit and "
-                               "elsewhere within tests/tolerances.py. Written by python tests/test_regression.py "
+                               "`machine`; tests/app/test_regression.py compares a run there bit for bit and "
+                               "elsewhere within tests/tolerances.py. Written by python tests/app/test_regression.py "
                                "--write",
                        "metrics": {k: m32[k] for k in historic["metrics"]}},
         rr.FLOAT64: {"argv": [a.replace(f"{rr.ROOT}/", "") for a in rr.FLOAT64_ARGV], "machine": rr.machine_key(),
