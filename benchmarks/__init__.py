@@ -10,3 +10,17 @@ collects these files.
 
 SCRATCH = "runs/benchmarks"
 """Where every benchmark writes unless ``--output`` says otherwise (relative to the current folder)."""
+
+
+def add_reference_flags(parser, reference_help: str) -> None:
+    """The flags of the scripts that time trained MNIST references (step.py, deepfool.py, amp.py): --reference
+    (repeatable), --cache-dir, --ref-epochs, --ref-lr."""
+    parser.add_argument("--reference", action="append", default=[], metavar="PATH", help=reference_help)
+    parser.add_argument("--cache-dir", default="runs/references", help="where trained reference models are cached")
+    parser.add_argument("--ref-epochs", type=int, default=10, help="epochs of a reference trained here")
+    parser.add_argument("--ref-lr", type=float, default=0.01, help="learning rate of a reference trained here")
+
+
+def add_device_flag(parser) -> None:
+    """--device of the benchmark scripts."""
+    parser.add_argument("--device", default=None, help="cpu or cuda; unset: cuda if available")

@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 import torch  # noqa: E402
 
-from revnet_app.benchmarks import SCRATCH  # noqa: E402
+from revnet_app.benchmarks import SCRATCH, add_device_flag, add_reference_flags  # noqa: E402
 
 from revnet_app.benchmarks.step import load_batch, machine_info, reference_checkpoints, resolve_device, write_text  # noqa: E402
 
@@ -55,13 +55,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--lmbda", type=float, default=15.0, help="λ of the regularizer")
     p.add_argument("--c", type=float, default=25.0, help="c of exp(-c·‖Δx‖/‖x‖)")
     p.add_argument("--d", type=float, default=5.0, help="d of exp(d·‖Δx‖/‖x‖)")
-    p.add_argument("--reference", action="append", default=[], metavar="PATH",
-                   help="reference checkpoint(s); default: trained on the embedded MNIST subset and cached")
-    p.add_argument("--cache-dir", default="runs/references", help="where trained reference models are cached")
-    p.add_argument("--ref-epochs", type=int, default=10, help="epochs of a reference trained here")
-    p.add_argument("--ref-lr", type=float, default=0.01, help="learning rate of a reference trained here")
+    add_reference_flags(p, "reference checkpoint(s); default: trained on the embedded MNIST subset and cached")
     p.add_argument("--seed", type=int, default=0, help="seed of a reference trained here")
-    p.add_argument("--device", default=None, help="cpu or cuda; unset: cuda if available")
+    add_device_flag(p)
     p.add_argument("--output", default=SCRATCH, help="folder of amp[-cuda].{json,md} (default %(default)s, a scratch folder; pass --output benchmarks/results to update the committed results)")
     return p
 

@@ -51,7 +51,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 import torch  # noqa: E402
 
-from revnet_app.benchmarks import SCRATCH  # noqa: E402
+from revnet_app.benchmarks import SCRATCH, add_device_flag, add_reference_flags  # noqa: E402
 
 from revnet_app.benchmarks.step import (  # noqa: E402
     MiB, PeakMemory, amp_context, fmt, load_batch, machine_info, reference_checkpoints, resolve_device,
@@ -103,14 +103,10 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                         "alternating order (A B C, C B A, ...)")
     p.add_argument("--time-budget", type=float, default=120.0,
                    help="seconds of timed rounds per configuration; stops early (>= 3 rounds)")
-    p.add_argument("--reference", action="append", default=[], metavar="PATH",
-                   help="reference checkpoint (models.load format), repeat for several models; default: train one "
+    add_reference_flags(p, "reference checkpoint (models.load format), repeat for several models; default: train one "
                         "on the embedded MNIST subset, cached")
-    p.add_argument("--cache-dir", default="runs/references", help="where trained reference models are cached")
-    p.add_argument("--ref-epochs", type=int, default=10, help="epochs of a reference trained here")
-    p.add_argument("--ref-lr", type=float, default=0.01, help="learning rate of a reference trained here")
     p.add_argument("--check-batch", type=int, default=8, help="images in the float64 equivalence check")
-    p.add_argument("--device", default=None, help="cpu or cuda; unset: cuda if available")
+    add_device_flag(p)
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"], help="dtype of the timed attacks")
     p.add_argument("--amp", action="store_true",
                    help="run the timed attacks under torch.autocast (float16 on CUDA, bfloat16 on the CPU) and "

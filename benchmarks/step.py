@@ -87,9 +87,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 import torch  # noqa: E402
 
-from revnet_app.benchmarks import SCRATCH  # noqa: E402
+from revnet_app.benchmarks import SCRATCH, add_device_flag, add_reference_flags  # noqa: E402
 
 from revnet_app.train import data as data_lib  # noqa: E402
+from revnet_app.train.utils import git_commit as _git_commit, resolve_device  # noqa: E402,F401
 from revnet_app import models  # noqa: E402
 from revnet_app.benchmarks.rounds import interleaved, round_ratios  # noqa: E402
 from revnet_app.benchmarks.variants import ALL_VARIANTS, COMPILED, VARIANTS, StepConfig, check_equivalence, compile_frames  # noqa: E402,E501
@@ -177,15 +178,11 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                         "separate runs)")
     p.add_argument("--rounds-budget", type=float, default=90.0,
                    help="seconds of interleaved rounds per (model, batch size); stops early (>= 3 rounds)")
-    p.add_argument("--reference", action="append", default=[], metavar="PATH",
-                   help="reference checkpoint (models.load format; its arch says which model it is for); "
+    add_reference_flags(p, "reference checkpoint (models.load format; its arch says which model it is for); "
                         "repeat for several models. Default: train one on the embedded MNIST subset, cached")
-    p.add_argument("--cache-dir", default="runs/references", help="where trained reference models are cached")
-    p.add_argument("--ref-epochs", type=int, default=10, help="epochs of a reference trained here")
-    p.add_argument("--ref-lr", type=float, default=0.01, help="learning rate of a reference trained here")
     p.add_argument("--check-batch", type=int, default=8,
                    help="images in the float64 equivalence check (every 4th gets a wrong label)")
-    p.add_argument("--device", default=None, help="cpu or cuda; unset: cuda if available")
+    add_device_flag(p)
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"], help="dtype of the timed steps")
     p.add_argument("--amp", action="store_true",
                    help="mixed precision (torch.autocast; float16 + GradScaler on CUDA, bfloat16 on the CPU) and a "
@@ -215,15 +212,6 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
 # Shared helpers (benchmarks/deepfool.py imports these too).
 
 
-def resolve_device(name: Optional[str]) -> torch.device:
-    if name in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit(f"error: --device {name} but CUDA is not available here; use --device cpu.")
-    return device
-
-
 def cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -235,14 +223,8 @@ def cpu_model() -> str:
 
 
 def git_commit() -> str:
-    try:
-        out = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
-                             text=True, timeout=10)
-        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain"], capture_output=True, text=True,
-                               timeout=10)
-        return out.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "") if out.returncode == 0 else "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
+    """The short commit of the checkout (``+dirty`` with uncommitted changes), as the results record it."""
+    return _git_commit(short=True)
 
 
 def machine_info(device: torch.device, threads: int) -> dict[str, Any]:

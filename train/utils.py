@@ -118,10 +118,12 @@ def append_jsonl(path: str | os.PathLike, obj: Any) -> None:
         raise write_error(Path(path), exc) from exc
 
 
-def git_commit() -> str:
+def git_commit(short: bool = False) -> str:
+    """The checkout's commit (``short``: abbreviated), ``+dirty`` with uncommitted changes; ``unknown`` outside git."""
     try:
         root = Path(__file__).resolve().parents[1]
-        out = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
+        out = subprocess.run(["git", "-C", str(root), "rev-parse", *(["--short"] if short else []), "HEAD"],
+                             capture_output=True, text=True, timeout=10)
         dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain"], capture_output=True, text=True, timeout=10)
         return out.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "") if out.returncode == 0 else "unknown"
     except (OSError, subprocess.SubprocessError):
