@@ -31,7 +31,8 @@ from torch import Tensor, nn
 from torch.fx.node import map_arg
 
 from .convert import convert
-from .graph import Graph, _target_name, _where
+from .graph import Graph
+from .graph_build import _target_name, _where
 from .layers.protocol import is_reversible, reverse_rows
 from .sequential import Sequential
 

@@ -12,14 +12,14 @@ The result shares the model's parameters and buffers (the same tensor objects), 
 other, and the ``state_dict`` keys are unchanged. A module or function without a reverse raises
 :class:`revnet.UnsupportedLayerError` naming it and saying how to register one; so does what the converted
 network would silently not reproduce: module hooks (forward, forward pre-, backward; on any module, or global),
-TorchScript modules and parametrized modules (see :func:`revnet.graph.refuse_unconvertible`).
+TorchScript modules and parametrized modules (see :func:`revnet.graph_build.refuse_unconvertible`).
 """
 
 from __future__ import annotations
 
 from torch import nn
 
-from .graph import refuse_unconvertible
+from .graph_build import refuse_unconvertible
 from .sequential import _as_child
 
 
