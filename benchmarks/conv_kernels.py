@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 
-from revnet_app.benchmarks.step import machine_info, write_text  # noqa: E402
+from revnet_app.benchmarks.harness import machine_info, write_text  # noqa: E402
 
 # (label, C_in, C_out, kernel, H_in, stride, padding, rows)
 LAYERS = [

@@ -53,10 +53,11 @@ import torch  # noqa: E402
 
 from revnet_app.benchmarks import SCRATCH, add_device_flag, add_reference_flags  # noqa: E402
 
-from revnet_app.benchmarks.step import (  # noqa: E402
-    MiB, PeakMemory, amp_context, fmt, load_batch, machine_info, reference_checkpoints, resolve_device,
-    summarize, synchronize, write_text,
+from revnet_app.benchmarks.harness import (  # noqa: E402
+    MiB, PeakMemory, fmt, machine_info, resolve_device, summarize, synchronize, write_text,
 )
+from revnet_app.benchmarks.step import amp_context  # noqa: E402
+from revnet_app.benchmarks.step_problems import load_batch, reference_checkpoints  # noqa: E402
 from revnet_app.benchmarks.rounds import MIN_ROUNDS, interleaved, spread  # noqa: E402
 from revnet_app.benchmarks.peers import PEERS, foolbox_attack, missing, torchattacks_attack  # noqa: E402
 from revnet_app.benchmarks.variants import ATOL, RTOL, EquivalenceError, eval_deepfool, to_torch  # noqa: E402

@@ -25,7 +25,7 @@ from revnet_app.benchmarks import SCRATCH
 ROOT = Path(__file__).resolve().parents[1]
 
 from revnet_app.benchmarks.rounds import interleaved, round_ratios  # noqa: E402
-from revnet_app.benchmarks.step import machine_info, write_text  # noqa: E402
+from revnet_app.benchmarks.harness import machine_info, write_text  # noqa: E402
 from revnet.layers import pooling  # noqa: E402
 
 # (label, rows, channels, output size, window)
