@@ -16,7 +16,7 @@ setup(
     install_requires=["torch>=2.1", "torchvision>=0.16", "tqdm>=4.60", "matplotlib>=3.5"],
     extras_require={
         "test": ["pytest>=7", "hypothesis>=6.80", "foolbox>=3.3", "pyautoattack>=0.2", "timm>=1.0",
-                 # the documentation site (docs/, mkdocs.yml), built with --strict by tests/test_docs.py
+                 # the documentation site (docs/, mkdocs.yml), built with --strict by tests/app/test_docs.py
                  "mkdocs-material>=9.5", "mkdocstrings[python]>=0.24"],
         # benchmarks/deepfool.py's second peer; it pins requests~=2.25 (a downgrade), so it is not in "test"
         "bench": ["torchattacks>=3.4"],
