@@ -30,7 +30,7 @@ import torch
 
 from revnet_app.benchmarks import SCRATCH
 
-from revnet_app.benchmarks.torchvision_coverage import _autograd_nan, _scaled, run_isolated, unit_scale
+from revnet_app.benchmarks.torchvision_coverage import _scaled, run_isolated, second_order_fields, unit_scale
 
 ROOT = Path(__file__).resolve().parents[1]
 F64 = torch.float64
@@ -104,12 +104,7 @@ def check(name: str, second_order_max: float) -> dict[str, Any]:
             try:
                 ours = torch.autograd.grad((w * g).square().sum(), params, allow_unused=True)
                 theirs = torch.autograd.grad((w * ref).square().sum(), params, allow_unused=True)
-                if _autograd_nan(theirs):
-                    row["second_order_note"] = (f"autograd gives NaN at {_autograd_nan(theirs)} weight-gradient "
-                                                "entries (norm at 0); compared on the rest")
-                row["second_order"] = max(_scaled(a if a is not None else torch.zeros_like(p),
-                                                  b if b is not None else torch.zeros_like(p))
-                                          for a, b, p in zip(ours, theirs, params))
+                row.update(second_order_fields(ours, theirs, params))
             except RuntimeError as exc:  # torch without a double backward (hardsigmoid)
                 row["second_order_note"] = " ".join(str(exc).split())[:120]
     row["seconds"] = round(time.perf_counter() - start, 1)

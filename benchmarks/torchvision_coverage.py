@@ -82,6 +82,19 @@ def _autograd_nan(grads) -> int:
     return sum(int((~g.isfinite()).sum()) for g in grads if g is not None)
 
 
+def second_order_fields(ours, theirs, params) -> dict[str, Any]:
+    """A row's second-order entry: the largest scaled difference over the weights (``None`` gradients as zeros),
+    and a note where autograd's own gradient has NaN entries (compared on the rest)."""
+    out: dict[str, Any] = {}
+    if _autograd_nan(theirs):
+        out["second_order_note"] = (f"autograd gives NaN at {_autograd_nan(theirs)} weight-gradient entries "
+                                    "(norm at 0); compared on the rest")
+    out["second_order"] = max(_scaled(a if a is not None else torch.zeros_like(p),
+                                      b if b is not None else torch.zeros_like(p))
+                              for a, b, p in zip(ours, theirs, params))
+    return out
+
+
 def check(name: str, k: int, second_order_max: float) -> dict[str, Any]:
     torch.manual_seed(0)
     model = torchvision.models.get_model(name, weights=None, num_classes=10).double().eval()
@@ -113,12 +126,7 @@ def check(name: str, k: int, second_order_max: float) -> dict[str, Any]:
         except RuntimeError as exc:  # torch has no double backward for some ops (hardsigmoid): first order only
             row["second_order_note"] = " ".join(str(exc).split())[:120]
         else:
-            if _autograd_nan(theirs):
-                row["second_order_note"] = (f"autograd gives NaN at {_autograd_nan(theirs)} weight-gradient entries "
-                                            "(norm at 0); compared on the rest")
-            row["second_order"] = max(_scaled(a if a is not None else torch.zeros_like(p),
-                                              b if b is not None else torch.zeros_like(p))
-                                      for a, b, p in zip(ours, theirs, params))
+            row.update(second_order_fields(ours, theirs, params))
     row["seconds"] = round(time.perf_counter() - start, 1)
     return row
 
