@@ -159,18 +159,3 @@ def format_table(rows: list[dict[str, Any]], columns: list[tuple[str, str]]) -> 
     return "\n".join(lines)
 
 
-RESUME_KEYS = ("model", "optimizer", "lr_scheduler", "epoch", "rng", "history", "reference_metrics")
-"""What ``finetune.py`` writes into ``OUT/resume/checkpoint.pt`` and ``--resume`` needs."""
-
-
-def load_resume(path: str | os.PathLike, net: torch.nn.Module, device: torch.device | str) -> dict:
-    """``--resume``'s checkpoint, checked (``models.load_state``: every key of ``RESUME_KEYS``, the model's state
-    dict keys and shapes against ``net``); anything wrong is a one-line ``SystemExit``."""
-    try:
-        state = models.load_state(path, RESUME_KEYS, map_location=device, shapes={"model": net},
-                                  what="resume checkpoint")
-        if not isinstance(state["rng"], dict) or not isinstance(state["rng"].get("torch"), torch.Tensor):
-            raise models.CheckpointError(f"{path} is not a usable resume checkpoint: rng['torch'] is missing.")
-    except models.CheckpointError as exc:
-        raise SystemExit(f"error: --resume: {exc} Start a new --out (or delete {path} to start this run afresh).") from None
-    return state

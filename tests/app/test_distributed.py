@@ -33,6 +33,8 @@ from revnet_app.train import distributed  # noqa: E402
 import tolerances  # noqa: E402
 from revnet_app.train import finetune  # noqa: E402
 from revnet_app.train import loaders  # noqa: E402
+from revnet_app import models  # noqa: E402
+import revnet  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
 # 400 MNIST images, global batch 50: 8 steps, a mid-epoch checkpoint every 3
@@ -200,11 +202,11 @@ def test_amp_trains_in_bf16_with_the_deepfool_step_in_float32():
     from revnet_app.train import engine
 
     torch.manual_seed(0)
-    net = finetune.models.build("mlp")
+    net = models.build("mlp")
     x, y = torch.randn(40, 1, 28, 28), torch.randint(0, 10, (40,))
     losses = {}
     for amp in (False, True):
-        model = finetune.models.build("mlp")
+        model = models.build("mlp")
         model.load_state_dict(net.state_dict())
         opt = torch.optim.SGD(model.parameters(), lr=0.01)
         gen = torch.Generator().manual_seed(0)
@@ -214,5 +216,5 @@ def test_amp_trains_in_bf16_with_the_deepfool_step_in_float32():
         assert all(p.dtype == torch.float32 and torch.isfinite(p).all() for p in model.parameters())
     assert losses[True] == pytest.approx(losses[False], rel=0.05)  # bf16 matmuls: a few % (benchmarks/amp.md)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        delta, _ = finetune.revnet.deepfool(net.eval(), x[:5], max_iter=3)
+        delta, _ = revnet.deepfool(net.eval(), x[:5], max_iter=3)
     assert delta.dtype == torch.float32

@@ -27,6 +27,7 @@ from revnet_app.train import evaluate  # noqa: E402
 from revnet_app.train import finetune  # noqa: E402
 from revnet_app.train import pipeline  # noqa: E402
 from revnet_app.train import utils  # noqa: E402
+from revnet_app.train import finetune_setup, run_state  # noqa: E402
 
 from revnet_app import models  # noqa: E402
 
@@ -172,16 +173,16 @@ def test_a_non_checkpoint_and_the_script_sites_refuse_in_one_line(tmp_path, lene
                                                    batch_size=5)
     assert "'x_adv' has shape (3, 1, 28, 28), expected (5, 1, 28, 28)" in one_line(info.value)
 
-    # --resume: utils.load_resume checks the keys and the model's shapes
+    # --resume: run_state.load_resume checks the keys and the model's shapes
     torch.save({"model": models.build("mlp").state_dict(), "optimizer": {}, "lr_scheduler": {}, "epoch": 1,
                 "rng": {"torch": torch.get_rng_state()}, "history": [], "reference_metrics": {}}, out / "resume.pt")
     with pytest.raises(SystemExit) as info:
-        utils.load_resume(out / "resume.pt", models.build("lenet"), "cpu")
+        run_state.load_resume(out / "resume.pt", models.build("lenet"), "cpu")
     assert one_line(info.value).startswith("error: --resume: ") and "does not fit resume checkpoint 'model'" in str(
         info.value.code)
     torch.save({"model": {}}, out / "resume.pt")
     with pytest.raises(SystemExit, match="lacks 'optimizer', 'lr_scheduler'"):
-        utils.load_resume(out / "resume.pt", models.build("lenet"), "cpu")
+        run_state.load_resume(out / "resume.pt", models.build("lenet"), "cpu")
 
 
 # ---------------------------------------------------------------- 3. output folders
@@ -288,7 +289,7 @@ def test_zero_reference_rho2_still_writes_final_pt_and_resume_keeps_the_wall_tim
         ref_nets.append(r[0])
         return r
 
-    monkeypatch.setattr(finetune, "get_reference", capture)
+    monkeypatch.setattr(finetune_setup, "get_reference", capture)
     monkeypatch.setattr(engine, "evaluate", _fake_evaluate(ref_nets))
     monkeypatch.setattr(engine, "train_one_epoch",
                         lambda *a, **k: {"train_loss": 0.1, "train_acc": 0.9, "train_ce": 0.1})
