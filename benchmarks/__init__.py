@@ -8,6 +8,8 @@ git), so a try never replaces the committed tables; ``--output benchmarks/result
 collects these files.
 """
 
+from revnet_app.train import cli
+
 SCRATCH = "runs/benchmarks"
 """Where every benchmark writes unless ``--output`` says otherwise (relative to the current folder)."""
 
@@ -22,5 +24,5 @@ def add_reference_flags(parser, reference_help: str) -> None:
 
 
 def add_device_flag(parser) -> None:
-    """--device of the benchmark scripts."""
-    parser.add_argument("--device", default=None, help="cpu or cuda; unset: cuda if available")
+    """--device of the benchmark scripts (``train/cli.py``'s flag)."""
+    cli.add_device_flag(parser, help="cpu or cuda; unset: cuda if available")

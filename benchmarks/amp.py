@@ -37,8 +37,9 @@ import torch  # noqa: E402
 
 from revnet_app.benchmarks import SCRATCH, add_device_flag, add_reference_flags  # noqa: E402
 
-from revnet_app.benchmarks.harness import machine_info, resolve_device, write_text  # noqa: E402
+from revnet_app.benchmarks.harness import machine_info, write_text  # noqa: E402
 from revnet_app.benchmarks.step_problems import load_batch, reference_checkpoints  # noqa: E402
+from revnet_app.train.utils import resolve_device  # noqa: E402
 
 import revnet  # noqa: E402
 

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 
-from revnet_app.benchmarks.harness import machine_info, write_text  # noqa: E402
+from revnet_app.benchmarks.harness import machine_info, quartiles, write_text  # noqa: E402
 
 # (label, C_in, C_out, kernel, H_in, stride, padding, rows)
 LAYERS = [
@@ -92,18 +92,11 @@ def measure_layer(spec, repeats: int, warmup: int) -> dict:
             for name in (list(kernels) if i % 2 == 0 else list(kernels)[::-1]):
                 times[name].append(_time(lambda: run(name)))
         out[mode] = {name: {"median_ms": statistics.median(t) * 1e3,
-                            "iqr_ms": [q * 1e3 for q in _quartiles(t)]} for name, t in times.items()}
+                            "iqr_ms": [q * 1e3 for q in quartiles(t)]} for name, t in times.items()}
         for name in ("im2col", "channels_last"):
             ratios = [a / b for a, b in zip(times[name], times["onednn"])]
-            out[mode][f"{name}_over_onednn"] = {"median": statistics.median(ratios), "iqr": list(_quartiles(ratios))}
+            out[mode][f"{name}_over_onednn"] = {"median": statistics.median(ratios), "iqr": list(quartiles(ratios))}
     return out
-
-
-def _quartiles(values: list[float]) -> tuple[float, float]:
-    if len(values) < 2:
-        return values[0], values[0]
-    q = statistics.quantiles(values, n=4, method="inclusive")
-    return q[0], q[2]
 
 
 def markdown(report: dict) -> str:

@@ -18,7 +18,7 @@ Two parts (``--parts``):
 Engines (``--engines``): ``revnet`` is the library's ``revnet.attacks.deepfool`` on the ``revnet.Sequential``;
 ``loop`` (one ``torch.autograd.grad`` per candidate row), ``batched`` (one ``is_grads_batched`` backward)
 and ``func`` (``torch.func.vjp`` + ``vmap``) run the *same algorithm* on a plain ``torch.nn`` copy with frozen
-weights (``benchmarks/variants.py: shortcut_deepfool``: only the Q−1 candidate rows ``e_c − e_l`` per
+weights (``benchmarks/deepfool_algorithms.py: shortcut_deepfool``: only the Q−1 candidate rows ``e_c − e_l`` per
 iteration, the chosen row reused, finished samples leave the batch), so the comparison isolates the
 explicit reverse from autograd. Before timing, every engine's perturbations, iterations and labels are
 checked against revnet's in float64 (``--check-batch`` images).
@@ -43,7 +43,6 @@ import argparse
 import contextlib
 import copy
 import json
-import time
 from pathlib import Path
 from typing import Any, Optional
 
@@ -52,17 +51,17 @@ ROOT = Path(__file__).resolve().parents[1]
 import torch  # noqa: E402
 
 from revnet_app.benchmarks import SCRATCH, add_device_flag, add_reference_flags  # noqa: E402
-
 from revnet_app.benchmarks.harness import (  # noqa: E402
-    MiB, PeakMemory, fmt, machine_info, resolve_device, summarize, synchronize, write_text,
-)
-from revnet_app.benchmarks.step import amp_context  # noqa: E402
+    MiB, PeakMemory, amp_context, fmt, machine_info, summarize, synchronize, write_text)
 from revnet_app.benchmarks.step_problems import load_batch, reference_checkpoints  # noqa: E402
 from revnet_app.benchmarks.rounds import MIN_ROUNDS, interleaved, spread  # noqa: E402
 from revnet_app.benchmarks.peers import PEERS, foolbox_attack, missing, torchattacks_attack  # noqa: E402
-from revnet_app.benchmarks.variants import ATOL, RTOL, EquivalenceError, eval_deepfool, to_torch  # noqa: E402
+from revnet_app.benchmarks.deepfool_algorithms import eval_deepfool  # noqa: E402
+from revnet_app.benchmarks.variant_equivalence import ATOL, RTOL, EquivalenceError  # noqa: E402
+from revnet_app.benchmarks.variants import to_torch  # noqa: E402
 
 from revnet_app import models  # noqa: E402
+from revnet_app.train.utils import resolve_device  # noqa: E402
 import revnet  # noqa: E402
 
 ENGINES = ("revnet", "loop", "batched", "func")

@@ -23,7 +23,7 @@ from revnet_app.benchmarks import SCRATCH
 
 ROOT = Path(__file__).resolve().parents[1]
 
-from revnet_app.train import data as data_lib  # noqa: E402
+from revnet_app.train import normalization  # noqa: E402
 from revnet_app.train import library_attacks as lib  # noqa: E402
 from revnet_app.train import pipeline as pipeline_lib  # noqa: E402
 
@@ -44,7 +44,7 @@ def main() -> None:
     net, ckpt = models.load(args.reference)
     pipe = pipeline_lib.load_pipeline("mnist", args.data_dir, download=False, crop=224)
     raw = torch.stack([pipe.test_set[i][0] for i in range(args.images)])
-    x01 = lib.to_pixels(data_lib.preprocess(raw, ckpt["preprocess"]), ckpt["preprocess"], pipe.raw_max)
+    x01 = lib.to_pixels(normalization.preprocess(raw, ckpt["preprocess"]), ckpt["preprocess"], pipe.raw_max)
     fmodel = foolbox.PyTorchModel(lib.PixelModel(net, ckpt["preprocess"], pipe.raw_max).eval(), bounds=(0.0, 1.0))
     with torch.no_grad():
         labels = fmodel(x01).argmax(1)

@@ -1,5 +1,5 @@
 """The measuring half of the benchmarks: the machine and environment record, peak memory (CUDA allocator or the
-process's resident set, /proc), timing summaries, a profile of one step, and atomic writes of the results.
+process's resident set, /proc), timing summaries, autocast, a profile of one step, and atomic writes of the results.
 Shared by ``step.py``, ``deepfool.py``, ``amp.py`` and ``conv_kernels.py``."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any, Optional
 
 import torch
 
-from revnet_app.train.utils import git_commit as _git_commit, resolve_device  # noqa: F401
+from revnet_app.train.utils import git_commit as _git_commit
 
 ROOT = Path(__file__).resolve().parents[1]
 MiB = 2**20
@@ -57,12 +57,17 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def quartiles(values: list[float]) -> tuple[float, float]:
+    """The lower and upper quartile (inclusive method; both the value itself for one value)."""
+    if len(values) == 1:
+        return values[0], values[0]
+    q1, _, q3 = statistics.quantiles(values, n=4, method="inclusive")
+    return q1, q3
+
+
 def summarize(times: list[float]) -> dict[str, Any]:
     """Median, quartiles and IQR (seconds) of repeated timings."""
-    if len(times) == 1:
-        q1 = q3 = times[0]
-    else:
-        q1, _, q3 = statistics.quantiles(times, n=4, method="inclusive")
+    q1, q3 = quartiles(times)
     return {"median_s": statistics.median(times), "q25_s": q1, "q75_s": q3, "iqr_s": q3 - q1,
             "min_s": min(times), "repeats": len(times), "times_s": times}
 
@@ -141,8 +146,12 @@ def fmt(v: Any, digits: int = 3) -> str:
     return str(v)
 
 
-# ---------------------------------------------------------------------------------------------------------
-# One measurement (in a fresh subprocess by default).
+def amp_context(device: torch.device, amp_dtype: Optional[str]):
+    """A factory of autocast contexts, or ``None`` without mixed precision."""
+    if amp_dtype is None:
+        return None
+    dtype = getattr(torch, amp_dtype)
+    return lambda: torch.autocast(device_type=device.type, dtype=dtype)
 
 
 def profile_step(one_step, restore, device: torch.device) -> str:

@@ -70,35 +70,26 @@ to ``step-resnet18-32[...]``; the issue-5 target does not apply.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import statistics
-import subprocess
-import sys
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
-ROOT = Path(__file__).resolve().parents[1]
+import torch
 
-import torch  # noqa: E402
-
-from revnet_app.benchmarks import SCRATCH, add_device_flag, add_reference_flags  # noqa: E402
-
-
-from revnet_app.train.utils import resolve_device  # noqa: E402,F401
-
-from revnet_app.benchmarks.rounds import interleaved, round_ratios  # noqa: E402
-from revnet_app.benchmarks.harness import (  # noqa: E402,F401  (moved; importers of step.py keep them)
-    PeakMemory, _proc_status_kib, cpu_model, fmt, machine_info, profile_step, release_free_memory, summarize, synchronize, write_text, git_commit)
-from revnet_app.benchmarks.step_problems import (  # noqa: E402,F401
-    GRAPH_VARIANT, GRAPH_TARGET, MASKED, TARGET, TARGET_CONFIGS, AMP_TOLERANCE, MNIST_MODELS, RANDOM_MODELS, RANDOM_ORIGIN, RANDOM_SPECS, equivalence_batch, load_batch, model_batch, model_references, random_batch, reference_checkpoints)
-from revnet_app.benchmarks.step_report import (  # noqa: E402,F401
-    graph_markdown, graph_sentence, input_lines, markdown, plot, profile_markdown, target_sentence)
-from revnet_app.benchmarks.variants import ALL_VARIANTS, COMPILED, VARIANTS, StepConfig, check_equivalence, compile_frames  # noqa: E402,E501
-
-RESULT_MARKER = "@@BENCHMARK-RESULT@@ "
-MiB = 2**20
+from revnet_app.benchmarks import SCRATCH, add_device_flag, add_reference_flags
+from revnet_app.benchmarks.harness import machine_info, write_text
+from revnet_app.benchmarks.step_problems import (
+    GRAPH_TARGET, GRAPH_VARIANT, MNIST_MODELS, RANDOM_MODELS, TARGET, TARGET_CONFIGS, batch_sizes_for,
+    equivalence_batch, model_references, resolve_models, shortcut_engine_for, step_config, variants_for)
+from revnet_app.benchmarks.step_report import (
+    graph_markdown, graph_run_name, graph_sentence, markdown, plot, profile_markdown, run_name, target_sentence)
+from revnet_app.benchmarks.step_targets import evaluate_target, ratios_for
+from revnet_app.benchmarks.step_timing import (
+    RESULT_MARKER, interleaved_pairs, interleaved_variants, measure, run_worker)
+from revnet_app.benchmarks.variant_equivalence import check_equivalence
+from revnet_app.benchmarks.variants import ALL_VARIANTS, COMPILED, VARIANTS, StepConfig
+from revnet_app.train.utils import resolve_device
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
@@ -191,184 +182,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Shared helpers (benchmarks/deepfool.py imports these too).
-
-
-def amp_context(device: torch.device, amp_dtype: Optional[str]):
-    """A factory of autocast contexts, or ``None`` without mixed precision."""
-    if amp_dtype is None:
-        return None
-    dtype = getattr(torch, amp_dtype)
-    return lambda: torch.autocast(device_type=device.type, dtype=dtype)
-
-
-def _shortcut_engine(choice: str, device: torch.device) -> str:
-    return ("batched" if device.type == "cuda" else "loop") if choice == "auto" else choice
-
-
-def measure(spec: dict[str, Any]) -> dict[str, Any]:
-    """Time and measure one (model, batch size, variant); ``spec`` holds plain values (see ``run_all``)."""
-    if spec.get("threads"):
-        torch.set_num_threads(spec["threads"])
-    device = torch.device(spec["device"])
-    dtype = getattr(torch, spec["dtype"])
-    cfg = StepConfig(**spec["cfg"])
-    variant = ALL_VARIANTS[spec["variant"]]
-    VARIANTS["autograd-shortcut"].choose_engine = spec["shortcut_engine"]
-    base_net, x, y = model_batch(spec["model"], spec["checkpoint"], spec["batch_size"], device, dtype,
-                                 spec.get("seed", 0))
-    net = variant.prepare(base_net)
-    del base_net
-    optimizer = torch.optim.SGD(net.parameters(), lr=spec["lr"], momentum=0.9)
-    saved = [p.detach().clone() for p in net.parameters()]
-    autocast = amp_context(device, spec.get("amp_dtype"))
-    scaler = torch.amp.GradScaler("cuda") if autocast is not None and spec["amp_dtype"] == "float16" else None
-
-    def restore() -> None:
-        with torch.no_grad():
-            for p, s in zip(net.parameters(), saved):
-                p.copy_(s)
-
-    last: list[Any] = []  # the LossOutput of the latest full-batch step (all start from the same weights)
-
-    def one_step_on(xb, yb) -> Any:
-        return variant.train_step(net, optimizer, xb, yb, cfg, autocast=autocast, scaler=scaler)
-
-    def one_step() -> None:
-        last[:] = [one_step_on(x, y)]
-
-    # prime the libraries (thread pools, oneDNN/cuDNN primitives, autograd workers) with one 1-image step, so
-    # their one-time allocations are not counted as the step's memory; then give freed heap back to the OS
-    first = time.perf_counter()
-    restore()
-    one_step_on(x[:1], y[:1])
-    first_step_s = time.perf_counter() - first  # with --compile: the 1-sample graph's compile
-    release_free_memory()
-    memory = PeakMemory(device)
-    memory.start()
-    first = time.perf_counter()
-    for _ in range(spec["warmup"]):
-        restore()
-        one_step()
-    warmup_s = time.perf_counter() - first  # with --compile: the full batch's (dynamic) compile
-    frames_before = compile_frames()
-    times: list[float] = []
-    budget_start = time.perf_counter()
-    while len(times) < spec["repeats"]:
-        restore()
-        synchronize(device)
-        t0 = time.perf_counter()
-        one_step()
-        synchronize(device)
-        times.append(time.perf_counter() - t0)
-        if len(times) >= spec.get("min_repeats", 3) and time.perf_counter() - budget_start > spec["time_budget"]:
-            break
-    peak = memory.peak_bytes()
-
-    out = last[0]  # what the (last timed) step computed, at the benchmark's weights
-    result = {
-        **{k: spec[k] for k in ("model", "batch_size", "variant")},
-        **summarize(times),
-        "input_shape": list(x.shape),
-        "dtype": str(x.dtype).replace("torch.", ""),
-        "peak_mib": peak / MiB,
-        "memory_method": memory.method,
-        "loss": out.loss.item(),
-        "mean_iterations": out.iterations.double().mean().item(),
-        "max_iterations": int(out.iterations.max()),
-        "correct": int(out.correct.sum()),
-        "success": int(out.success.sum()),
-        "first_step_s": first_step_s,
-        "warmup_s": warmup_s,
-    }
-    if spec["variant"] == COMPILED.key:
-        result["compile"] = {"frames_before_timing": frames_before,
-                             "recompiles_during_timing": compile_frames() - frames_before,
-                             "first_steps_s": first_step_s + warmup_s}
-    if autocast is not None:
-        result["amp_vs_fp32"] = amp_comparison(variant, net, x, y, cfg, autocast, restore)
-    if spec.get("profile"):
-        result["profile"] = profile_step(one_step, restore, device)
-    return result
-
-
-def amp_comparison(variant, net, x, y, cfg, autocast, restore) -> dict[str, Any]:
-    """How mixed precision changes the loss, DeepFool's iterations/perturbations and the weight gradients,
-    against the same variant in ``x.dtype`` at the same weights and batch."""
-    outs, grads = [], []
-    for ctx in (contextlib.nullcontext, autocast):
-        restore()
-        net.zero_grad(set_to_none=True)
-        with ctx():
-            out = variant.loss(net, x, y, cfg)
-        out.loss.float().backward()
-        outs.append(out)
-        grads.append(torch.cat([p.grad.flatten().float() for p in net.parameters() if p.grad is not None]))
-    ref, amp = outs
-    loss_rel = abs(amp.loss.item() - ref.loss.item()) / max(abs(ref.loss.item()), 1e-30)
-    grad_rel = ((grads[1] - grads[0]).norm() / grads[0].norm().clamp_min(1e-30)).item()
-    iters_differ = (amp.iterations != ref.iterations).double().mean().item()
-    success_differ = (amp.success != ref.success).double().mean().item()
-    return {
-        "loss_rel_change": loss_rel, "grad_rel_change": grad_rel,
-        "iterations_differ_frac": iters_differ, "success_differ_frac": success_differ,
-        "beyond_tolerance": bool(loss_rel > AMP_TOLERANCE or iters_differ > 0 or success_differ > 0),
-    }
-
-
-def run_worker(spec: dict[str, Any], isolation: str) -> dict[str, Any]:
-    if isolation == "inprocess":
-        try:
-            return measure(spec)
-        except Exception as exc:  # noqa: BLE001 - a failed variant (e.g. out of memory) is reported, not fatal
-            return {**{k: spec[k] for k in ("model", "batch_size", "variant")}, "error": repr(exc)}
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(spec)]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    for line in proc.stdout.splitlines():
-        if line.startswith(RESULT_MARKER):
-            return json.loads(line[len(RESULT_MARKER):])
-    tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-15:])
-    return {**{k: spec[k] for k in ("model", "batch_size", "variant")},
-            "error": f"worker exited with {proc.returncode}: {tail}"}
-
-
-# ---------------------------------------------------------------------------------------------------------
 # The whole run.
-
-
-def _run_name(args: argparse.Namespace, device: torch.device) -> str:
-    extra = "".join(f"-{m}" for m in args.models if m in RANDOM_MODELS)  # never overwrites the MNIST step.*
-    return "step" + extra + ("-cuda" if device.type == "cuda" else "") + ("-amp" if args.amp else "") + (
-        "-no-early-stop" if args.no_early_stop else "") + (
-        f"-class-chunk{args.class_chunk}" if args.class_chunk else "")
-
-
-def resolve_models(args: argparse.Namespace) -> None:
-    """Fill in the defaults of ``--models`` and ``--batch-sizes`` that depend on the mode."""
-    if args.models is None:
-        args.models = ["lenet"] if args.graph_vs_sequential else ["mlp", "lenet"]
-    args.models = list(dict.fromkeys(args.models))
-
-
-def batch_sizes_for(args: argparse.Namespace, arch: str) -> list[int]:
-    if args.batch_sizes is not None:
-        sizes = list(args.batch_sizes)
-    elif args.graph_vs_sequential:
-        sizes = [TARGET["batch_size"]]
-    else:
-        sizes = [RANDOM_SPECS[arch][1]] if arch in RANDOM_MODELS else [10, 100]
-    if args.full and arch not in RANDOM_MODELS:
-        sizes.append(1000)
-    return sorted(set(sizes))
-
-
-def variants_for(args: argparse.Namespace, arch: str) -> list[str]:
-    """``--variants`` for one model (plus 1c with ``--compile``): revnet-graph only for Sequential models (for the
-    random models it is variant 1)."""
-    keys = [k for k in args.variants if not (k == GRAPH_VARIANT and arch in RANDOM_MODELS)]
-    if getattr(args, "compile", False) and COMPILED.key not in keys:
-        keys.insert(1, COMPILED.key)
-    return keys
 
 
 def check_args(args: argparse.Namespace) -> None:
@@ -381,113 +195,28 @@ def check_args(args: argparse.Namespace) -> None:
         raise SystemExit("error: --amp needs --dtype float32")
 
 
-def prepared_runs(base, keys: list[str], lr: float) -> dict[str, tuple]:
-    """``{key: (variant, net, optimizer, saved weights)}``: each variant's own copy of ``base`` (the same
-    weights), an SGD optimizer (momentum 0.9) and the weights to restore before every timed step."""
-    runs = {}
-    for key in keys:
-        variant = ALL_VARIANTS[key]
-        net = variant.prepare(base)
-        runs[key] = (variant, net, torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9),
-                     [p.detach().clone() for p in net.parameters()])
-    return runs
+def _start(args: argparse.Namespace, **resolved: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Print the resolved configuration (``args`` with ``resolved`` on top) and the references; returns both."""
+    resolved = {**vars(args), **resolved}
+    resolved.pop("worker")
+    print("configuration:\n" + "\n".join(f"  {k}: {v}" for k, v in sorted(resolved.items())), flush=True)
+    refs = model_references(args, args.models)
+    for arch, ref in refs.items():
+        print(f"reference {arch}: {ref['origin']}", flush=True)
+    return resolved, refs
 
 
-def restore_weights(run: tuple) -> None:
-    """Put a :func:`prepared_runs` entry's weights back (so every timed step does the same DeepFool work)."""
-    _, net, _, saved = run
-    with torch.no_grad():
-        for p, s in zip(net.parameters(), saved):
-            p.copy_(s)
-
-
-def interleaved_variants(arch: str, ref_path: Optional[str], batch: int, keys: list[str], cfg: StepConfig,
-                         args: argparse.Namespace, device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
-    """All ``keys`` variants of one (model, batch size) timed in interleaved rounds in this process
-    (:func:`benchmarks.rounds.interleaved`; weights restored before every step, outside the timed region).
-    Returns each variant's timing and the per-round ratios revnet ÷ variant."""
-    base, x, y = model_batch(arch, ref_path, batch, device, dtype, args.seed)
-    runs = prepared_runs(base, keys, args.lr)
-
-    def restore(key: str) -> None:
-        restore_weights(runs[key])
-
-    def step(key: str) -> None:
-        variant, net, optimizer, _ = runs[key]
-        variant.step(net, optimizer, x, y, cfg)
-
-    times = interleaved({k: (lambda k=k: step(k)) for k in keys}, rounds=args.rounds, budget_s=args.rounds_budget,
-                        warmup=max(1, args.warmup), device=device, setup={k: (lambda k=k: restore(k)) for k in keys})
-    losses = {}
-    for key in keys:  # what each computed at the benchmark's weights (float32): the same step
-        restore(key)
-        losses[key] = runs[key][0].loss(runs[key][1], x, y, cfg).loss.item()
-    out = {"model": arch, "batch_size": batch, "rounds": len(times[keys[0]]),
-           "variants": {k: summarize(t) for k, t in times.items()}, "losses": losses}
-    if "revnet" in times:
-        out["revnet_over"] = {k: round_ratios(times, "revnet", k) for k in keys if k != "revnet"}
-    return out
-
-
-def ratios_for(results: list[dict[str, Any]], model: str, batch: int,
-               rounds: Optional[dict[str, Any]] = None) -> Optional[dict[str, Any]]:
-    """revnet's time and memory over the fastest of variants 2-4 and over variant 5. Times: from the interleaved
-    ``rounds`` when given (the median of the per-round ratios, with their spread), else the separate runs'
-    medians; memory: the separate runs' peaks (one fresh subprocess each)."""
-    rows = {r["variant"]: r for r in results if r["model"] == model and r["batch_size"] == batch and "error" not in r}
-    if "revnet" not in rows:
-        return None
-    rev = rows["revnet"]
-    out: dict[str, Any] = {"model": model, "batch_size": batch, "revnet_median_s": rev["median_s"],
-                           "time_source": "interleaved rounds" if rounds else "separate runs"}
-
-    def time_ratio(key: str) -> float:
-        if rounds and key in rounds.get("revnet_over", {}):
-            out.setdefault("round_spread", {})[key] = rounds["revnet_over"][key]
-            return rounds["revnet_over"][key]["median"]
-        return rev["median_s"] / rows[key]["median_s"]
-
-    masked = [rows[k] for k in MASKED if k in rows]
-    if masked:
-        medians = {r["variant"]: (rounds["variants"][r["variant"]]["median_s"] if rounds else r["median_s"])
-                   for r in masked}
-        fastest = rows[min(medians, key=medians.get)]
-        out.update({
-            "fastest_autograd": fastest["variant"],
-            "time_vs_fastest_autograd": time_ratio(fastest["variant"]),
-            "memory_vs_fastest_autograd": rev["peak_mib"] / fastest["peak_mib"] if fastest["peak_mib"] > 0 else None,
-        })
-    if "autograd-shortcut" in rows:
-        out["time_vs_shortcut"] = time_ratio("autograd-shortcut")
-        sc = rows["autograd-shortcut"]["peak_mib"]
-        out["memory_vs_shortcut"] = rev["peak_mib"] / sc if sc > 0 else None
-    if GRAPH_VARIANT in rows:  # revnet-graph ÷ revnet (separate subprocesses: see --graph-vs-sequential)
-        out["graph_vs_sequential"] = rows[GRAPH_VARIANT]["median_s"] / rev["median_s"]
-    return out
-
-
-def evaluate_target(ratios: list[dict[str, Any]], cfg: StepConfig, model: str = "lenet",
-                    batch: int = 100) -> dict[str, Any]:
-    target = {**TARGET, "model": model, "batch_size": batch}
-    row = next((r for r in ratios if r["model"] == model and r["batch_size"] == batch), None)
-    reasons = []
-    if cfg.max_iter != TARGET["max_iter"]:
-        reasons.append(f"--max-iter is {cfg.max_iter}, not {TARGET['max_iter']}")
-    if not cfg.early_stop:
-        reasons.append("--no-early-stop (the target is defined at reference weights with early stopping)")
-    if row is None:
-        reasons.append(f"{model} batch {batch} with variant 1 is not in this run")
-    target["in_run"] = not reasons and row is not None
-    target["not_applicable"] = reasons
-    if row is not None:
-        target["time_source"] = row.get("time_source")
-        target["round_spread"] = row.get("round_spread", {})
-        for key in ("time_vs_fastest_autograd", "memory_vs_fastest_autograd", "time_vs_shortcut"):
-            value = row.get(key)
-            target[key + "_measured"] = value
-            target[key + "_met"] = None if value is None else bool(value <= TARGET[key])
-        target["fastest_autograd"] = row.get("fastest_autograd")
-    return target
+def _equivalence(args: argparse.Namespace, refs: dict[str, Any], cfg: StepConfig, device: torch.device,
+                 keys_for: Callable[[str], list[str]], what: str) -> dict[str, Any]:
+    """The float64 check of each model's variants against revnet, before anything is timed."""
+    equivalence: dict[str, Any] = {}
+    for arch in args.models:
+        net, x, y = equivalence_batch(refs[arch]["path"], args.check_batch, device, arch, args.seed)
+        start = time.perf_counter()
+        equivalence[arch] = check_equivalence(net, x, y, cfg, keys=keys_for(arch))
+        print(f"equivalence {arch}: {what} equal revnet's (float64, {len(y)} images, "
+              f"{time.perf_counter() - start:.1f} s)", flush=True)
+    return equivalence
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
@@ -505,31 +234,20 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     torch.set_num_threads(threads)
     batch_sizes = {arch: batch_sizes_for(args, arch) for arch in args.models}
     amp_dtype = (args.amp_dtype or ("float16" if device.type == "cuda" else "bfloat16")) if args.amp else None
-    cfg = StepConfig(lmbd=args.lmbda, c=args.c, d=args.d, max_iter=args.max_iter, overshoot=args.overshoot,
-                     early_stop=not args.no_early_stop, class_chunk=args.class_chunk)
-    shortcut_engine = _shortcut_engine(args.shortcut_choice, device)
-    name = _run_name(args, device)
-    resolved = {**vars(args), "device": str(device), "threads": threads, "batch_sizes": batch_sizes,
-                "amp_dtype": amp_dtype, "shortcut_engine": shortcut_engine, "run_name": name}
-    resolved.pop("worker")
-    print("configuration:\n" + "\n".join(f"  {k}: {v}" for k, v in sorted(resolved.items())), flush=True)
+    cfg = step_config(args)
+    shortcut_engine = shortcut_engine_for(args.shortcut_choice, device)
+    name = run_name(args, device)
+    resolved, refs = _start(args, device=str(device), threads=threads, batch_sizes=batch_sizes, amp_dtype=amp_dtype,
+                            shortcut_engine=shortcut_engine, run_name=name)
     machine = machine_info(device, threads)
     out_dir = Path(args.output)
 
-    refs = model_references(args, args.models)
-    for arch, ref in refs.items():
-        print(f"reference {arch}: {ref['origin']}", flush=True)
-
     # 1. the equivalence checks (float64, small batch, reference weights)
     VARIANTS["autograd-shortcut"].choose_engine = shortcut_engine
-    equivalence: dict[str, Any] = {}
-    for arch in args.models:
-        net, x, y = equivalence_batch(refs[arch]["path"], args.check_batch, device, arch, args.seed)
-        start = time.perf_counter()
-        equivalence[arch] = check_equivalence(net, x, y, cfg,
-                                              keys=[k for k in variants_for(args, arch) if k != COMPILED.key])
-        print(f"equivalence {arch}: every variant's loss and weight gradients equal revnet's (float64, "
-              f"{len(y)} images, {time.perf_counter() - start:.1f} s)", flush=True)
+    def checked(arch: str) -> list[str]:  # 1c is not in the float64 check (see --compile)
+        return [k for k in variants_for(args, arch) if k != COMPILED.key]
+
+    equivalence = _equivalence(args, refs, cfg, device, checked, "every variant's loss and weight gradients")
 
     # 2. the measurements
     results = []
@@ -541,7 +259,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                         "lr": args.lr, "warmup": args.warmup, "repeats": args.repeats,
                         "time_budget": args.time_budget, "threads": threads, "shortcut_engine": shortcut_engine,
                         "profile": args.profile, "seed": args.seed, "min_repeats": args.min_repeats}
-                res = run_worker(spec, args.isolation)
+                res = run_worker(spec, args.isolation, Path(__file__).resolve())
                 results.append(res)
                 if "error" in res:
                     print(f"  {arch:5s} b={batch:<5d} {key:18s} FAILED: {res['error'].splitlines()[-1]}", flush=True)
@@ -609,89 +327,6 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     return report
 
 
-# ---------------------------------------------------------------------------------------------------------
-# --graph-vs-sequential: variant 1 (revnet.Sequential) against 1g (revnet.Graph of the chain), interleaved.
-
-
-def _quartiles(values: list[float]) -> tuple[float, float]:
-    if len(values) == 1:
-        return values[0], values[0]
-    q1, _, q3 = statistics.quantiles(values, n=4, method="inclusive")
-    return q1, q3
-
-
-def interleaved_pairs(arch: str, ref_path: Optional[str], batch: int, cfg: StepConfig, args: argparse.Namespace,
-                      device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
-    """Time variant 1 and variant 1g in ABBA pairs in this process (see the module docstring)."""
-    base, x, y = model_batch(arch, ref_path, batch, device, dtype, args.seed)
-    runs = prepared_runs(base, ["revnet", GRAPH_VARIANT], args.lr)
-
-    def restore(key: str) -> None:
-        restore_weights(runs[key])
-
-    def step(key: str, xb=x, yb=y) -> float:
-        variant, net, optimizer, _ = runs[key]
-        restore(key)  # outside the timed region: every step does the same DeepFool work
-        synchronize(device)
-        t0 = time.perf_counter()
-        variant.step(net, optimizer, xb, yb, cfg)
-        synchronize(device)
-        return time.perf_counter() - t0
-
-    for key in runs:  # prime the libraries, then warm up both
-        step(key, x[:1], y[:1])
-    for _ in range(args.warmup):
-        for key in runs:
-            step(key)
-    times: dict[str, list[float]] = {key: [] for key in runs}
-    pair_ratios: list[float] = []
-    graph_first: list[bool] = []
-    start = time.perf_counter()
-    for i in range(args.pairs):
-        order = ("revnet", GRAPH_VARIANT) if i % 2 == 0 else (GRAPH_VARIANT, "revnet")  # ABBA
-        pair = {key: step(key) for key in order}
-        for key, t in pair.items():
-            times[key].append(t)
-        pair_ratios.append(pair[GRAPH_VARIANT] / pair["revnet"])
-        graph_first.append(order[0] == GRAPH_VARIANT)
-        if i + 1 >= 4 and time.perf_counter() - start > args.time_budget:
-            break
-    timed_s = time.perf_counter() - start
-
-    outs = {}
-    for key, (variant, net, _, _) in runs.items():  # what each computed, at the benchmark's weights
-        restore(key)
-        out = variant.loss(net, x, y, cfg)
-        outs[key] = out
-    seq, graph = outs["revnet"], outs[GRAPH_VARIANT]
-    q1, q3 = _quartiles(pair_ratios)
-    seq_sum, graph_sum = summarize(times["revnet"]), summarize(times[GRAPH_VARIANT])
-    by_order = {
-        "sequential_first": statistics.median([r for r, g in zip(pair_ratios, graph_first) if not g]),
-        "graph_first": statistics.median([r for r, g in zip(pair_ratios, graph_first) if g]),
-    }
-    ratio = graph_sum["median_s"] / seq_sum["median_s"]
-    return {
-        "model": arch, "batch_size": batch, "pairs": len(pair_ratios), "timed_s": timed_s,
-        "sequential": seq_sum, "graph": graph_sum,
-        "ratio_of_medians": ratio,
-        "pair_ratio": {"median": statistics.median(pair_ratios), "q25": q1, "q75": q3, "iqr": q3 - q1,
-                       "min": min(pair_ratios), "max": max(pair_ratios), "by_order": by_order,
-                       "values": pair_ratios},
-        "target": GRAPH_TARGET,
-        "target_met": bool(ratio <= GRAPH_TARGET),
-        "q75_within_target": bool(q3 <= GRAPH_TARGET),
-        "same_step": {
-            "loss_sequential": seq.loss.item(), "loss_graph": graph.loss.item(),
-            "loss_rel_diff": abs(graph.loss.item() - seq.loss.item()) / max(abs(seq.loss.item()), 1e-30),
-            "iterations_equal": bool(torch.equal(seq.iterations, graph.iterations)),
-            "mean_iterations": seq.iterations.double().mean().item(),
-            "max_iterations": int(seq.iterations.max()), "correct": int(seq.correct.sum()),
-        },
-        "input_shape": list(x.shape), "dtype": str(x.dtype).replace("torch.", ""),
-    }
-
-
 def graph_vs_sequential(args: argparse.Namespace) -> dict[str, Any]:
     """``--graph-vs-sequential``: the interleaved measurement, its report and its Markdown."""
     started = time.perf_counter()
@@ -705,26 +340,13 @@ def graph_vs_sequential(args: argparse.Namespace) -> dict[str, Any]:
     threads = args.threads or torch.get_num_threads()
     torch.set_num_threads(threads)
     dtype = getattr(torch, args.dtype)
-    cfg = StepConfig(lmbd=args.lmbda, c=args.c, d=args.d, max_iter=args.max_iter, overshoot=args.overshoot,
-                     early_stop=not args.no_early_stop, class_chunk=args.class_chunk)
-    name = "graph-vs-sequential" + ("-cuda" if device.type == "cuda" else "") + (
-        "-no-early-stop" if args.no_early_stop else "") + (f"-class-chunk{args.class_chunk}" if args.class_chunk else "")
+    cfg = step_config(args)
+    name = graph_run_name(args, device)
     batch_sizes = {arch: batch_sizes_for(args, arch) for arch in args.models}
-    resolved = {**vars(args), "device": str(device), "threads": threads, "batch_sizes": batch_sizes, "run_name": name}
-    resolved.pop("worker")
-    print("configuration:\n" + "\n".join(f"  {k}: {v}" for k, v in sorted(resolved.items())), flush=True)
+    resolved, refs = _start(args, device=str(device), threads=threads, batch_sizes=batch_sizes, run_name=name)
     machine = machine_info(device, threads)
-    refs = model_references(args, args.models)
-    for arch, ref in refs.items():
-        print(f"reference {arch}: {ref['origin']}", flush=True)
-
-    equivalence: dict[str, Any] = {}
-    for arch in args.models:
-        net, x, y = equivalence_batch(refs[arch]["path"], args.check_batch, device, arch, args.seed)
-        t0 = time.perf_counter()
-        equivalence[arch] = check_equivalence(net, x, y, cfg, keys=["revnet", GRAPH_VARIANT])
-        print(f"equivalence {arch}: revnet-graph's loss and weight gradients equal revnet's (float64, {len(y)} "
-              f"images, {time.perf_counter() - t0:.1f} s)", flush=True)
+    equivalence = _equivalence(args, refs, cfg, device, lambda arch: ["revnet", GRAPH_VARIANT],
+                               "revnet-graph's loss and weight gradients")
 
     results = []
     for arch in args.models:

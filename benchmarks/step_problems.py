@@ -1,5 +1,5 @@
 """What ``step.py`` times: the models (the paper's MNIST networks with trained references, and randomly initialised
-larger ones), their batches and the float64 equivalence batch."""
+larger ones), their batches and the float64 equivalence batch, and which batch sizes and variants a run takes."""
 
 from __future__ import annotations
 
@@ -11,7 +11,9 @@ from typing import Any, Optional
 import torch
 
 from revnet_app import models
-from revnet_app.train import data as data_lib
+from revnet_app.train import normalization
+from revnet_app.train.sources import mnist as mnist_source
+from revnet_app.benchmarks.variants import COMPILED, StepConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 GRAPH_VARIANT = "revnet-graph"
@@ -39,6 +41,7 @@ RANDOM_SPECS = {
 
 RANDOM_MODELS = tuple(RANDOM_SPECS)
 
+
 def reference_checkpoints(args: argparse.Namespace, archs: list[str]) -> dict[str, dict[str, Any]]:
     """``{arch: {"path", "origin"}}``: the ``--reference`` checkpoints, else cached or freshly trained ones."""
     given: dict[str, str] = {}
@@ -62,15 +65,15 @@ def reference_checkpoints(args: argparse.Namespace, archs: list[str]) -> dict[st
 
         print(f"training a reference {arch} on the embedded MNIST subset ({args.ref_epochs} epochs) -> {path}",
               flush=True)
-        splits = data_lib.embedded_mnist()
-        pre = data_lib.preprocess_params(splits.train_x)
+        splits = mnist_source.embedded_mnist()
+        pre = normalization.preprocess_params(splits.train_x)
         torch.manual_seed(args.seed)
         net = models.build(arch)
         start = time.perf_counter()
-        engine.train_reference(net, data_lib.preprocess(splits.train_x, pre), splits.train_y, epochs=args.ref_epochs,
+        engine.train_reference(net, normalization.preprocess(splits.train_x, pre), splits.train_y, epochs=args.ref_epochs,
                                lr=args.ref_lr, batch_size=100, seed=args.seed, progress=False)
         with torch.no_grad():
-            acc = (net(data_lib.preprocess(splits.test_x, pre)).argmax(1) == splits.test_y).double().mean().item()
+            acc = (net(normalization.preprocess(splits.test_x, pre)).argmax(1) == splits.test_y).double().mean().item()
         seconds = time.perf_counter() - start
         models.save(path, arch, net, pre, metrics={"test_acc": acc, "train_seconds": seconds},
                     config={"recipe": "train/engine.train_reference (SGD momentum 0.9, weight decay 5e-4)",
@@ -84,11 +87,11 @@ def load_batch(ckpt_path: str, batch_size: int, device: torch.device, dtype: tor
     """``(net, x, y)``: the checkpoint's network (eval mode) and the first ``batch_size`` images of the
     embedded MNIST ``split``, preprocessed as the checkpoint says."""
     net, ckpt = models.load(ckpt_path, map_location="cpu")
-    splits = data_lib.embedded_mnist()
+    splits = mnist_source.embedded_mnist()
     images, labels = (splits.train_x, splits.train_y) if split == "train" else (splits.test_x, splits.test_y)
     if batch_size > len(labels):
         raise SystemExit(f"error: batch size {batch_size} exceeds the {len(labels)} embedded {split} images.")
-    x = data_lib.preprocess(images[:batch_size], ckpt["preprocess"])
+    x = normalization.preprocess(images[:batch_size], ckpt["preprocess"])
     return net.to(device=device, dtype=dtype), x.to(device=device, dtype=dtype), labels[:batch_size].to(device)
 
 
@@ -151,3 +154,41 @@ def model_references(args: argparse.Namespace, archs: list[str]) -> dict[str, di
             refs[arch] = {"path": None, "origin": RANDOM_ORIGIN.format(seed=args.seed, network=RANDOM_SPECS[arch][2])}
     return {arch: refs[arch] for arch in archs}
 
+
+def shortcut_engine_for(choice: str, device: torch.device) -> str:
+    """``--shortcut-choice`` on ``device``: ``auto`` is the loop on the CPU, batched on CUDA."""
+    return ("batched" if device.type == "cuda" else "loop") if choice == "auto" else choice
+
+
+def resolve_models(args: argparse.Namespace) -> None:
+    """Fill in the defaults of ``--models`` and ``--batch-sizes`` that depend on the mode."""
+    if args.models is None:
+        args.models = ["lenet"] if args.graph_vs_sequential else ["mlp", "lenet"]
+    args.models = list(dict.fromkeys(args.models))
+
+
+def batch_sizes_for(args: argparse.Namespace, arch: str) -> list[int]:
+    if args.batch_sizes is not None:
+        sizes = list(args.batch_sizes)
+    elif args.graph_vs_sequential:
+        sizes = [TARGET["batch_size"]]
+    else:
+        sizes = [RANDOM_SPECS[arch][1]] if arch in RANDOM_MODELS else [10, 100]
+    if args.full and arch not in RANDOM_MODELS:
+        sizes.append(1000)
+    return sorted(set(sizes))
+
+
+def variants_for(args: argparse.Namespace, arch: str) -> list[str]:
+    """``--variants`` for one model (plus 1c with ``--compile``): revnet-graph only for Sequential models (for the
+    random models it is variant 1)."""
+    keys = [k for k in args.variants if not (k == GRAPH_VARIANT and arch in RANDOM_MODELS)]
+    if getattr(args, "compile", False) and COMPILED.key not in keys:
+        keys.insert(1, COMPILED.key)
+    return keys
+
+
+def step_config(args: argparse.Namespace) -> StepConfig:
+    """The Deep Defense settings of the timed step, from the flags."""
+    return StepConfig(lmbd=args.lmbda, c=args.c, d=args.d, max_iter=args.max_iter, overshoot=args.overshoot,
+                      early_stop=not args.no_early_stop, class_chunk=args.class_chunk)

@@ -1,14 +1,17 @@
-"""``step.py``'s reports: the Markdown tables and sentences, the plot, and the profile page."""
+"""``step.py``'s reports: the Markdown tables and sentences, the plot, the profile page and the file names."""
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 from typing import Any, Optional
 
+import torch
 
 from revnet_app.benchmarks.harness import fmt
 from revnet_app.benchmarks.step_problems import AMP_TOLERANCE, GRAPH_VARIANT, RANDOM_MODELS, RANDOM_SPECS, TARGET
 from revnet_app.benchmarks.variants import ALL_VARIANTS
+
 
 def graph_sentence(r: dict[str, Any]) -> str:
     pr = r["pair_ratio"]
@@ -120,7 +123,7 @@ def markdown(report: dict[str, Any]) -> str:
         + (f", autocast {cfg['amp_dtype']}" if cfg["amp_dtype"] else ""),
         *input_lines(report),
         f"- timing: {report['timing_method']}; median and interquartile range (IQR) in ms",
-        f"- peak memory: above the baseline just before the first step (after a 1-image priming step), "
+        "- peak memory: above the baseline just before the first step (after a 1-image priming step), "
         + ("fresh subprocess per variant" if report["isolation"] == "subprocess" else
            "all variants in one process (allocator reuse: indicative only)")
         + (f"; {report['results'][0].get('memory_method', '')}" if report["results"] else ""),
@@ -293,3 +296,17 @@ def profile_markdown(results: list[dict[str, Any]]) -> str:
             lines += [f"## {r['model']}, batch {r['batch_size']}, {r['variant']}", "", "```", r["profile"], "```", ""]
     return "\n".join(lines)
 
+
+def run_name(args: argparse.Namespace, device: torch.device) -> str:
+    """The results' file name (without the suffix) of a variant-table run."""
+    extra = "".join(f"-{m}" for m in args.models if m in RANDOM_MODELS)  # never overwrites the MNIST step.*
+    return "step" + extra + ("-cuda" if device.type == "cuda" else "") + ("-amp" if args.amp else "") + (
+        "-no-early-stop" if args.no_early_stop else "") + (
+        f"-class-chunk{args.class_chunk}" if args.class_chunk else "")
+
+
+def graph_run_name(args: argparse.Namespace, device: torch.device) -> str:
+    """The results' file name (without the suffix) of a ``--graph-vs-sequential`` run."""
+    return "graph-vs-sequential" + ("-cuda" if device.type == "cuda" else "") + (
+        "-no-early-stop" if args.no_early_stop else "") + (
+        f"-class-chunk{args.class_chunk}" if args.class_chunk else "")

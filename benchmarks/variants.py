@@ -38,9 +38,10 @@ variants never accumulate a gradient into their input leaf).
 
 ``no early stop`` (``StepConfig.early_stop=False``) runs all ``max_iter`` iterations for every sample (the
 worst case). ``revnet.attacks.deepfool`` has no switch for it, so variant 1 then runs
-:func:`shortcut_deepfool` with the :class:`RevnetEngine` below: a copy of ``deepfool_from_trace``'s loop on
-revnet's public ``trace``/``reverse`` with the stop removed; with ``early_stop=True`` that copy equals the
-library (checked by :func:`check_equivalence` and the tests).
+:func:`shortcut_deepfool` (``deepfool_algorithms.py``) with the :class:`RevnetEngine` (``gradient_engines.py``): a
+copy of ``deepfool_from_trace``'s loop on revnet's public ``trace``/``reverse`` with the stop removed; with
+``early_stop=True`` that copy equals the library (checked by :func:`check_equivalence`, ``variant_equivalence.py``,
+and the tests).
 
 ``1g. revnet-graph``: variant 1's loss (``revnet.losses.deep_defense_loss``, the same algorithm) on a
 ``revnet.Graph`` built from the plain ``torch.nn`` copy of the network (``revnet.Graph(to_torch(net))``: the
@@ -64,9 +65,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import revnet
-
-RTOL = 1e-10  # float64: explicit reverse vs double backprop agree to ~1e-14 of scale; a float32 cast fails
-ATOL = 1e-12
+from revnet_app.benchmarks.deepfool_algorithms import masked_deepfool, norm_floor, shortcut_deepfool
+from revnet_app.benchmarks.gradient_engines import ENGINES
 
 
 @dataclass(frozen=True)
@@ -90,20 +90,6 @@ class LossOutput(NamedTuple):
     iterations: Tensor  # (N,) int64 DeepFool steps per sample
     success: Tensor  # (N,) bool: DeepFool reached its goal
     correct: Tensor  # (N,) bool: clean prediction == y
-
-
-class EquivalenceError(AssertionError):
-    """A variant's loss, gradients or DeepFool iterations differ from revnet's: the benchmark would compare
-    different computations."""
-
-
-def norm_floor(dtype: torch.dtype) -> float:
-    """revnet's guard: norms are clamped at ``finfo(dtype).eps²``."""
-    return torch.finfo(dtype).eps ** 2
-
-
-def _one_hot(index: Tensor, num_classes: int, dtype: torch.dtype) -> Tensor:
-    return F.one_hot(index, num_classes).to(dtype)
 
 
 def to_torch(net: nn.Module) -> nn.Module:
@@ -138,247 +124,6 @@ def to_revnet(net: nn.Module) -> nn.Module:
     copy of the plain ``torch.nn`` model (a ``revnet.Graph`` unless it is an ``nn.Sequential``)."""
     twin = copy.deepcopy(net)
     return twin if revnet.is_reversible(twin) else revnet.convert(twin)
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Gradient engines: how w = vᵀ·∂f/∂x is obtained for R cotangent rows per sample, v (A, R, C) -> (A, R, *in).
-
-
-class RevnetEngine:
-    """revnet's explicit reverse: ``net.trace`` records a tape, ``net.reverse`` takes all R rows at once."""
-
-    name = "revnet"
-
-    def trace(self, net: nn.Module, point: Tensor) -> tuple[Tensor, Any]:
-        return net.trace(point)
-
-    def rows(self, net: nn.Module, state: Any, v: Tensor, create_graph: bool) -> Tensor:
-        with contextlib.nullcontext() if create_graph else torch.no_grad():
-            return net.reverse(v, state)
-
-
-class _AutogradEngine:
-    """Plain autograd: the forward pass keeps a graph back to the point (a fresh leaf if the point has none)."""
-
-    def trace(self, net: nn.Module, point: Tensor) -> tuple[Tensor, Any]:
-        if not point.requires_grad:
-            point = point.detach().requires_grad_(True)
-        with torch.enable_grad():
-            out = net(point)
-        return out, (out, point)
-
-    @staticmethod
-    def _one(state: Any, v: Tensor, create_graph: bool) -> Tensor:
-        out, point = state
-        return torch.autograd.grad(out, point, v, retain_graph=True, create_graph=create_graph)[0]
-
-
-class AutogradLoop(_AutogradEngine):
-    """One ``torch.autograd.grad`` call per cotangent row (per class)."""
-
-    name = "loop"
-
-    def rows(self, net: nn.Module, state: Any, v: Tensor, create_graph: bool) -> Tensor:
-        return torch.stack([self._one(state, v[:, j], create_graph) for j in range(v.shape[1])], 1)
-
-
-class AutogradBatched(_AutogradEngine):
-    """All rows in one ``torch.autograd.grad(..., is_grads_batched=True)`` (a vmapped backward)."""
-
-    name = "batched"
-
-    def rows(self, net: nn.Module, state: Any, v: Tensor, create_graph: bool) -> Tensor:
-        if v.shape[1] == 1:
-            return self._one(state, v[:, 0], create_graph).unsqueeze(1)
-        out, point = state
-        g = torch.autograd.grad(
-            out, point, v.movedim(1, 0), retain_graph=True, create_graph=create_graph, is_grads_batched=True
-        )[0]
-        return g.movedim(0, 1)
-
-
-class TorchFunc:
-    """``torch.func.vjp`` at the point, ``torch.func.vmap`` of its ``vjp_fn`` over the R rows."""
-
-    name = "func"
-
-    def trace(self, net: nn.Module, point: Tensor) -> tuple[Tensor, Any]:
-        out, vjp_fn = torch.func.vjp(net, point)
-        return out, vjp_fn
-
-    def rows(self, net: nn.Module, state: Any, v: Tensor, create_graph: bool) -> Tensor:
-        with contextlib.nullcontext() if create_graph else torch.no_grad():
-            g = torch.func.vmap(state)(v.movedim(1, 0))[0].movedim(0, 1)
-        return g if create_graph else g.detach()
-
-
-ENGINES: dict[str, Callable[[], Any]] = {
-    "revnet": RevnetEngine, "loop": AutogradLoop, "batched": AutogradBatched, "func": TorchFunc,
-}
-
-
-# ---------------------------------------------------------------------------------------------------------
-# DeepFool, two algorithms on any engine.
-
-
-class DeepFoolResult(NamedTuple):
-    delta: Tensor  # (N, *in) (1 + overshoot)·Σr
-    iterations: Tensor  # (N,) int64
-    success: Tensor  # (N,) bool
-    label: Tensor  # (N,) prediction at x + delta
-    original: Tensor  # (N,) clean prediction
-
-
-def _setup(logits: Tensor, target: Tensor, candidates: Optional[int]):
-    num_classes = logits.shape[1]
-    q = num_classes if candidates is None else candidates
-    original = logits.detach().argmax(1)
-    # the candidate classes other than the clean prediction, by decreasing clean logit (revnet's order)
-    others = torch.sort(logits.detach(), dim=1, descending=True, stable=True).indices[:, 1:q]
-    targeted = target >= 0
-    success = targeted & (original == target)
-    return original, others, targeted, success
-
-
-def _step_from_rows(logits: Tensor, w: Tensor, toward: Tensor, away: Tensor) -> Tensor:
-    """``r = |f_k − f_l| / ‖w‖² · w`` for ``w (A, D)``, written as revnet writes it (no squared norm)."""
-    gap = (logits.gather(1, toward[:, None]) - logits.gather(1, away[:, None])).abs().squeeze(1)
-    norm = torch.linalg.vector_norm(w, dim=1).clamp_min(norm_floor(logits.dtype))
-    return (gap / norm).unsqueeze(1) * (w / norm.unsqueeze(1))
-
-
-def _choose(f: Tensor, w_all: Tensor, others: Tensor, away: Tensor) -> Tensor:
-    """Index into ``others`` of the nearest linearised boundary; ``w_all (A, Q−1, D)`` holds ``w_c − w_l``."""
-    gap = (f.gather(1, others) - f.gather(1, away[:, None])).abs()
-    return (gap / torch.linalg.vector_norm(w_all, dim=2).clamp_min(norm_floor(f.dtype))).argmin(1)
-
-
-def _shortcut_step(engine, net, logits, state, away, target, others, differentiable: bool) -> Tensor:
-    a, num_classes = logits.shape
-    rows = torch.arange(a, device=logits.device)
-    untargeted = target < 0
-    toward, w = target, None
-    if bool(untargeted.any()):
-        f = logits.detach()
-        v = _one_hot(others, num_classes, f.dtype) - _one_hot(away, num_classes, f.dtype).unsqueeze(1)
-        w_all = engine.rows(net, state, v, create_graph=False).flatten(2)  # (A, Q−1, D), no graph
-        with torch.no_grad():
-            best = _choose(f, w_all, others, away)
-            toward = torch.where(untargeted, others[rows, best], target)
-        if not differentiable and bool(untargeted.all()):
-            w = w_all[rows, best]
-    if w is None:  # one row e_k − e_l per sample, with a graph when differentiable
-        v = _one_hot(toward, num_classes, logits.dtype) - _one_hot(away, num_classes, logits.dtype)
-        w = engine.rows(net, state, v.unsqueeze(1), create_graph=differentiable)[:, 0].flatten(1)
-    if not differentiable:
-        return _step_from_rows(logits.detach(), w.detach(), toward, away)
-    return _step_from_rows(logits, w, toward, away)
-
-
-def shortcut_deepfool(
-    engine,
-    net: nn.Module,
-    x: Tensor,
-    logits: Tensor,
-    state: Any,
-    *,
-    target: Optional[Tensor] = None,
-    max_iter: int = 50,
-    overshoot: float = 0.02,
-    candidates: Optional[int] = None,
-    differentiable: bool = False,
-    early_stop: bool = True,
-) -> DeepFoolResult:
-    """revnet's DeepFool algorithm (``revnet.attacks.deepfool.deepfool_from_trace``) on any engine:
-    ``k`` is chosen from the (Q−1) rows without a graph, one row per sample is (re)computed with a graph
-    when ``differentiable`` (else the chosen row is reused), finished samples leave the batch and the
-    survivors are traced again. ``early_stop=False``: every sample runs all ``max_iter`` steps.
-    ``logits, state = engine.trace(net, x)`` must come from the clean ``x``."""
-    n = x.shape[0]
-    if target is None:
-        target = torch.full((n,), -1, dtype=torch.long, device=x.device)
-    original, others, targeted, success = _setup(logits, target, candidates)
-    label = original.clone()
-    iterations = torch.zeros(n, dtype=torch.long, device=x.device)
-    total = torch.zeros_like(x)
-    scale = 1.0 + overshoot
-    active = (~success).nonzero().squeeze(1)
-    if 0 < len(active) < n:
-        logits, state = engine.trace(net, x[active])
-    for it in range(1, max_iter + 1):
-        if len(active) == 0:
-            break
-        away = torch.where(targeted[active], label[active], original[active])
-        r = _shortcut_step(engine, net, logits, state, away, target[active], others[active], differentiable)
-        total = total.index_put((active,), total[active] + r.reshape(-1, *x.shape[1:]))
-        iterations[active] = it
-        point = x[active] + scale * total[active]
-        if it == max_iter:
-            with torch.no_grad():
-                now = net(point).argmax(1)
-        else:
-            logits, state = engine.trace(net, point)
-            now = logits.detach().argmax(1)
-        done = torch.where(targeted[active], now == target[active], now != original[active])
-        label[active] = now
-        success[active] = done
-        if early_stop and bool(done.any()):
-            active = active[~done]
-            if 0 < len(active) and it < max_iter:
-                logits, state = engine.trace(net, point[~done])
-    return DeepFoolResult(scale * total, iterations, success, label, original)
-
-
-def masked_deepfool(
-    engine,
-    net: nn.Module,
-    x: Tensor,
-    logits: Tensor,
-    state: Any,
-    *,
-    target: Tensor,
-    max_iter: int,
-    overshoot: float,
-    early_stop: bool = True,
-) -> DeepFoolResult:
-    """Textbook differentiable DeepFool (variants 2-4): the gradients of all C classes for the whole batch
-    with a graph every iteration; finished samples are masked out of the update; the loop ends when every
-    sample has stopped (or after ``max_iter``)."""
-    n, num_classes = logits.shape
-    original, others, targeted, success = _setup(logits, target, None)
-    running = ~success
-    label = original.clone()
-    iterations = torch.zeros(n, dtype=torch.long, device=x.device)
-    total = torch.zeros_like(x)
-    scale = 1.0 + overshoot
-    rows = torch.arange(n, device=x.device)
-    eye = torch.eye(num_classes, dtype=logits.dtype, device=x.device).expand(n, num_classes, num_classes)
-    mask_shape = (n,) + (1,) * (x.dim() - 1)
-    for it in range(1, max_iter + 1):
-        if not bool(running.any()):
-            break
-        grads = engine.rows(net, state, eye, create_graph=True).flatten(2)  # (N, C, D), in the graph
-        away = torch.where(targeted, label, original)
-        with torch.no_grad():
-            g = grads.detach()
-            best = _choose(logits.detach(), g[rows[:, None], others] - g[rows, away].unsqueeze(1), others, away)
-            toward = torch.where(targeted, target, others[rows, best])
-        r = _step_from_rows(logits, grads[rows, toward] - grads[rows, away], toward, away)
-        total = total + torch.where(running.reshape(mask_shape), r.reshape(x.shape), torch.zeros_like(x))
-        iterations = iterations + running.long()
-        point = x + scale * total
-        if it == max_iter:
-            with torch.no_grad():
-                now = net(point).argmax(1)
-        else:
-            logits, state = engine.trace(net, point)
-            now = logits.detach().argmax(1)
-        reached = torch.where(targeted, now == target, now != original)
-        label = torch.where(running, now, label)
-        success = torch.where(running, reached, success)
-        if early_stop:
-            running = running & ~reached
-    return DeepFoolResult(scale * total, iterations, success, label, original)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -426,25 +171,12 @@ class Variant:
         *,
         autocast: Optional[Callable[[], Any]] = None,
         scaler: Optional[Any] = None,
-    ) -> Tensor:
+        details: bool = False,
+    ) -> Tensor | LossOutput:
         """One training step: forward, DeepFool, loss, backward to every weight, ``optimizer.step()``.
         ``autocast``: a context-manager factory (mixed precision); ``scaler``: a ``torch.amp.GradScaler``.
-        Returns the (detached) loss."""
-        return self.train_step(net, optimizer, x, y, cfg, autocast=autocast, scaler=scaler).loss
-
-    def train_step(
-        self,
-        net: nn.Module,
-        optimizer: torch.optim.Optimizer,
-        x: Tensor,
-        y: Tensor,
-        cfg: StepConfig = StepConfig(),
-        *,
-        autocast: Optional[Callable[[], Any]] = None,
-        scaler: Optional[Any] = None,
-    ) -> LossOutput:
-        """:meth:`step`, returning the whole (detached) :class:`LossOutput` of the step's loss (at the weights
-        before the update)."""
+        Returns the (detached) loss, or with ``details`` the whole (detached) :class:`LossOutput` of the step's
+        loss (at the weights before the update)."""
         optimizer.zero_grad(set_to_none=True)
         with autocast() if autocast is not None else contextlib.nullcontext():
             out = self.loss(net, x, y, cfg)
@@ -456,7 +188,8 @@ class Variant:
         else:
             out.loss.backward(inputs=weights)
             optimizer.step()
-        return LossOutput(out.loss.detach(), out.iterations, out.success, out.correct)
+        loss = out.loss.detach()
+        return LossOutput(loss, out.iterations, out.success, out.correct) if details else loss
 
 
 class RevnetVariant(Variant):
@@ -487,12 +220,15 @@ class RevnetGraphVariant(RevnetVariant):
         return revnet.Graph(to_torch(net))
 
 
-def _shortcut_loss(engine, net: nn.Module, x: Tensor, y: Tensor, cfg: StepConfig) -> LossOutput:
+def _engine_loss(deepfool: Callable[..., Any], engine, net: nn.Module, x: Tensor, y: Tensor, cfg: StepConfig,
+                 **options: Any) -> LossOutput:
+    """Variants 2-5: the clean forward on ``engine``, ``deepfool`` (:func:`masked_deepfool` or
+    :func:`shortcut_deepfool`, with ``options``) from it, and the regularized loss."""
     logits, state = engine.trace(net, x)
     correct, target = _classes(logits, y)
-    res = shortcut_deepfool(
+    res = deepfool(
         engine, net, x, logits, state, target=target, max_iter=cfg.max_iter, overshoot=cfg.overshoot,
-        differentiable=True, early_stop=cfg.early_stop,
+        early_stop=cfg.early_stop, **options,
     )
     return LossOutput(regularized_loss(logits, x, y, res.delta, correct, cfg), res.iterations, res.success, correct)
 
@@ -503,14 +239,7 @@ class MaskedVariant(Variant):
     engine_key = ""
 
     def loss(self, net: nn.Module, x: Tensor, y: Tensor, cfg: StepConfig) -> LossOutput:
-        engine = ENGINES[self.engine_key]()
-        logits, state = engine.trace(net, x)
-        correct, target = _classes(logits, y)
-        res = masked_deepfool(
-            engine, net, x, logits, state, target=target, max_iter=cfg.max_iter, overshoot=cfg.overshoot,
-            early_stop=cfg.early_stop,
-        )
-        return LossOutput(regularized_loss(logits, x, y, res.delta, correct, cfg), res.iterations, res.success, correct)
+        return _engine_loss(masked_deepfool, ENGINES[self.engine_key](), net, x, y, cfg)
 
 
 class AutogradLoopVariant(MaskedVariant):
@@ -543,7 +272,7 @@ class AutogradShortcutVariant(Variant):
                 "grad(create_graph=True) row e_k - e_l per sample, early-stopped samples leave the batch")
 
     def loss(self, net: nn.Module, x: Tensor, y: Tensor, cfg: StepConfig) -> LossOutput:
-        return _shortcut_loss(ENGINES[self.choose_engine](), net, x, y, cfg)
+        return _engine_loss(shortcut_deepfool, ENGINES[self.choose_engine](), net, x, y, cfg, differentiable=True)
 
 
 class RevnetCompiledVariant(RevnetVariant):
@@ -579,113 +308,3 @@ def compile_frames() -> int:
     from torch._dynamo.utils import counters
 
     return int(counters["frames"].get("ok", 0))
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Equivalence.
-
-
-def _scaled_error(actual: Tensor, expected: Tensor) -> float:
-    """max |a − e| / (atol + rtol·|e|) after dividing both by max(1, |e|max): <= 1 means equal."""
-    scale = max(1.0, expected.detach().abs().max().item()) if expected.numel() else 1.0
-    a, e = actual.detach().double() / scale, expected.detach().double() / scale
-    if a.shape != e.shape:
-        return float("inf")
-    if not a.numel():
-        return 0.0
-    return ((a - e).abs() / (ATOL + RTOL * e.abs())).max().item()
-
-
-def loss_and_gradients(variant: Variant, net: nn.Module, x: Tensor, y: Tensor, cfg: StepConfig):
-    """``(LossOutput, {name: d loss / d weight})`` of one variant (no optimizer step). A weight the loss
-    does not reach counts as a zero gradient."""
-    out = variant.loss(net, x, y, cfg)
-    weights = dict(net.named_parameters())
-    grads = torch.autograd.grad(out.loss, list(weights.values()), allow_unused=True)
-    return out, {
-        name: g if g is not None else torch.zeros_like(p) for (name, p), g in zip(weights.items(), grads)
-    }
-
-
-def check_equivalence(
-    net: nn.Module,
-    x: Tensor,
-    y: Tensor,
-    cfg: StepConfig = StepConfig(),
-    keys: Optional[list[str]] = None,
-) -> dict[str, dict[str, Any]]:
-    """Run each variant on its own float64 copy of the revnet network ``net`` and compare its loss, weight
-    gradients and DeepFool iterations/success with variant 1 (``revnet``). Tolerance: ``|a − e| <= ATOL +
-    RTOL·|e|`` after dividing both by ``max(1, |e|max)``. Raises :class:`EquivalenceError`; returns per
-    variant the worst scaled error (<= 1 passes) of the loss and of the gradients."""
-    keys = list(VARIANTS) if keys is None else list(keys)
-    x64, y = x.detach().to(torch.float64), y.detach().long()
-    base = copy.deepcopy(net).to(torch.float64).eval()
-    report: dict[str, dict[str, Any]] = {}
-
-    ref, ref_grads = loss_and_gradients(VARIANTS["revnet"], VARIANTS["revnet"].prepare(base), x64, y, cfg)
-    for key in keys:
-        if key == "revnet":
-            continue
-        variant = VARIANTS[key]
-        out, grads = loss_and_gradients(variant, variant.prepare(base), x64, y, cfg)
-        report[key] = _compare(key, out, grads, ref, ref_grads)
-    report["revnet"] = {
-        "loss_error": 0.0, "grad_error": 0.0, "mean_iterations": ref.iterations.double().mean().item(),
-        "correct": int(ref.correct.sum()), "n": len(y),
-    }
-    return report
-
-
-def _compare(name: str, out: LossOutput, grads: dict, ref: LossOutput, ref_grads: dict) -> dict[str, Any]:
-    problems = []
-    if not torch.equal(out.iterations, ref.iterations) or not torch.equal(out.success, ref.success):
-        problems.append(
-            f"DeepFool differs: iterations {out.iterations.tolist()} vs revnet {ref.iterations.tolist()}, "
-            f"success {out.success.tolist()} vs {ref.success.tolist()}"
-        )
-    loss_err = _scaled_error(out.loss, ref.loss)
-    if not loss_err <= 1:
-        problems.append(f"loss {out.loss.item():.17g} vs revnet {ref.loss.item():.17g}")
-    grad_err = 0.0
-    if grads.keys() != ref_grads.keys():
-        problems.append(f"parameter names {sorted(grads)} vs {sorted(ref_grads)}")
-    else:
-        for pname, g in grads.items():
-            err = _scaled_error(g, ref_grads[pname])
-            grad_err = max(grad_err, err)
-            if not err <= 1:
-                diff = (g - ref_grads[pname]).abs().max().item()
-                problems.append(f"d loss / d {pname}: max |diff| {diff:.3g} (max |revnet| "
-                                f"{ref_grads[pname].abs().max().item():.3g})")
-    if problems:
-        raise EquivalenceError(
-            f"{name} does not compute revnet's step (float64, rtol={RTOL}, atol={ATOL} after scaling):\n  "
-            + "\n  ".join(problems)
-        )
-    return {"loss_error": loss_err, "grad_error": grad_err, "mean_iterations": out.iterations.double().mean().item()}
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Evaluation-mode DeepFool (benchmarks/deepfool.py): revnet's attack and autograd baselines.
-
-
-def eval_deepfool(
-    engine_key: str, net: nn.Module, x: Tensor, *, max_iter: int = 50, overshoot: float = 0.02,
-    candidates: Optional[int] = None, class_chunk: Optional[int] = None,
-) -> DeepFoolResult:
-    """Untargeted DeepFool without a graph. ``"revnet"``: the library's ``revnet.attacks.deepfool`` on a
-    ``revnet.Sequential``; ``"loop"``/``"batched"``/``"func"``: :func:`shortcut_deepfool` (revnet's
-    algorithm: only the Q−1 candidate rows ``e_c − e_l``, the chosen row reused, finished samples leave the
-    batch) on a plain ``torch.nn`` network whose weights do not require grad. ``class_chunk``: revnet only
-    (candidate classes per choosing reverse; ``None``: the library's default)."""
-    if engine_key == "revnet":
-        delta, info = revnet.deepfool(net, x, max_iter=max_iter, overshoot=overshoot, candidates=candidates,
-                                      class_chunk=class_chunk)
-        return DeepFoolResult(delta, info.iterations, info.success, info.label, info.original_label)
-    engine = ENGINES[engine_key]()
-    logits, state = engine.trace(net, x)
-    return shortcut_deepfool(
-        engine, net, x, logits, state, max_iter=max_iter, overshoot=overshoot, candidates=candidates,
-        differentiable=False,
-    )

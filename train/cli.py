@@ -34,3 +34,11 @@ def check_device(name: str | None, parser: argparse.ArgumentParser) -> None:
         return
     hint = "" if torch.cuda.is_available() else " (CUDA is not available here)"
     parser.error(f"--device {name!r} is not a valid device; choose one of: {', '.join(valid_devices())}{hint}")
+
+
+DEVICE_HELP = "cpu, cuda or cuda:N (default: cuda if available)"
+
+
+def add_device_flag(parser: argparse.ArgumentParser, help: str = DEVICE_HELP) -> None:
+    """``--device`` (checked with :func:`check_device` after parsing), the same flag in every script."""
+    parser.add_argument("--device", default=None, help=help)

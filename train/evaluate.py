@@ -22,13 +22,14 @@ from typing import Any
 import torch
 
 
-from revnet_app.train import data as data_lib  # noqa: E402
+from revnet_app.train import normalization
+from revnet_app.train import sources
 from revnet_app.train import distributed  # noqa: E402
 from revnet_app.train import engine  # noqa: E402
 from revnet_app.train import library_attacks  # noqa: E402
 from revnet_app.train import pipeline as pipeline_lib  # noqa: E402
 from revnet_app.train import utils  # noqa: E402
-from revnet_app.train.cli import check_device, finite_float  # noqa: E402
+from revnet_app.train.cli import add_device_flag, check_device, finite_float  # noqa: E402
 from revnet_app.train.loaders import EvalSet  # noqa: E402
 
 from revnet_app import models  # noqa: E402
@@ -63,7 +64,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--overshoot", type=finite_float, default=0.02, help="DeepFool overshoot")
     p.add_argument("--eval-batch-size", type=int, default=500, help="batch size of the attacks")
     p.add_argument("--clip", action="store_true", help="clip FGS images to the valid pixel range (default: not clipped)")
-    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
+    add_device_flag(p)
     p.add_argument("--output", default=None, help="JSON file for the metrics (default <checkpoint>.eval.json)")
     library_attacks.add_flags(p, autoattack_samples=0, fmn_samples=0, eps="--autoattack-eps")
     p.add_argument("--autoattack-eps", type=finite_float, default=None,
@@ -154,7 +155,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser, world: distri
         shape = models.input_shape_of(ckpt)
         crop = args.crop_size or (shape[-1] if shape and dataset == "imagenet" else 224)
         pipe = pipeline_lib.load_pipeline(dataset, args.data_dir, download=not args.no_download, crop=crop)
-    except (models.CheckpointError, data_lib.DataError) as exc:
+    except (models.CheckpointError, sources.DataError) as exc:
         raise SystemExit(f"error: {exc}") from None
     if shape is not None and tuple(shape) != tuple(pipe.input_shape):
         raise SystemExit(f"error: {args.checkpoint} takes inputs of shape {tuple(shape)}, but --dataset {dataset} "
@@ -163,14 +164,14 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser, world: distri
     from torch.utils.data import Subset
 
     n = min(args.eval_samples or len(pipe.test_set), len(pipe.test_set))
-    idx = (pipeline_lib.ds.balanced_subset(pipe.test_targets, n, args.eval_subset_seed).tolist()
+    idx = (pipeline_lib.balanced_subset(pipe.test_targets, n, args.eval_subset_seed).tolist()
            if args.eval_subset == "balanced" and args.eval_samples else range(n))
     pre = ckpt["preprocess"]
     per_image = 5 * math.prod(pipe.input_shape)
-    data = EvalSet(Subset(pipe.test_set, distributed.shard(idx, world)), lambda raw: data_lib.preprocess(raw, pre).to(device),
+    data = EvalSet(Subset(pipe.test_set, distributed.shard(idx, world)), lambda raw: normalization.preprocess(raw, pre).to(device),
                    args.eval_batch_size, device=device, num_workers=args.workers, pin_memory=device.type == "cuda",
                    cache_bytes=args.eval_cache_mb << 20, bytes_per_image=per_image)
-    clip = data_lib.pixel_range(pre, pipe.input_shape, pipe.raw_max) if args.clip else None
+    clip = normalization.pixel_range(pre, pipe.input_shape, pipe.raw_max) if args.clip else None
     candidates = args.candidates if args.candidates is not None else config.get("candidates")
     candidates = candidates if candidates and candidates < pipe.num_classes else None
     result = engine.evaluate(
@@ -180,7 +181,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser, world: distri
     )
     if world.main and (args.autoattack_samples or args.fmn_samples):
         first = EvalSet(Subset(pipe.test_set, list(idx)[:max(args.autoattack_samples, args.fmn_samples)]),
-                        lambda raw: data_lib.preprocess(raw, pre).to(device), args.eval_batch_size, device=device)
+                        lambda raw: normalization.preprocess(raw, pre).to(device), args.eval_batch_size, device=device)
         result.update(library_attacks.metrics(
             net, first, pre, pipe.raw_max, autoattack_samples=args.autoattack_samples,
             autoattack_eps=args.autoattack_eps, fmn_samples=args.fmn_samples, fmn_steps=args.fmn_steps,

@@ -38,7 +38,8 @@ from typing import Any, Callable
 import torch
 
 from revnet_app import models
-from revnet_app.train import data as data_lib
+from revnet_app.train import normalization
+from revnet_app.train import sources
 from revnet_app.train import distributed, engine, loaders, methods, utils
 from revnet_app.train import finetune_report as report
 from revnet_app.train import finetune_setup as setup_lib
@@ -123,7 +124,7 @@ def setup(args, world, device, after_checkpoint) -> Context:
         ctx.pipe = pipeline_lib.load_pipeline(args.dataset, args.data_dir, download=not args.no_download,
                                               val_size=args.val_size, train_samples=args.train_samples,
                                               seed=args.seed, crop=args.crop_size)
-    except data_lib.DataError as exc:
+    except sources.DataError as exc:
         raise SystemExit(f"error: {exc}") from None
     ctx.config["data"] = ctx.pipe.source
     utils.say(f"data: {ctx.pipe.source}; training on {len(ctx.pipe.train_set)} images, "
@@ -146,7 +147,7 @@ def reference(ctx: Context) -> torch.nn.Module:
     if world.rank:  # Dropout masks: each rank its own stream (rank 0's is the single-process one)
         torch.manual_seed(args.seed + 1_000_003 * world.rank)
     ctx.sets = setup_lib.eval_sets(args, pipe, ctx.preprocess, ctx.device, world)
-    clip = data_lib.pixel_range(ctx.preprocess, pipe.input_shape, pipe.raw_max) if args.clip else None
+    clip = normalization.pixel_range(ctx.preprocess, pipe.input_shape, pipe.raw_max) if args.clip else None
     # top-K DeepFool classes; K >= the number of classes (a small ImageFolder) means all of them
     candidates = args.candidates if args.candidates and args.candidates < pipe.num_classes else None
     ctx.eval_kw = dict(max_iter=args.eval_max_iter, overshoot=args.overshoot, batch_size=args.eval_batch_size,
@@ -354,8 +355,8 @@ def cli(argv: list[str] | None = None, after_checkpoint: Callable[[int], None] |
         return main(get_args_parser(model=model_named(argv)).parse_args(argv), after_checkpoint)
     except models.WriteError as exc:  # a failed write anywhere (resume checkpoint, log.jsonl): one line
         raise SystemExit(f"error: {exc}") from None
-    except data_lib.DataError as exc:  # data found unreadable while reading it (an ImageNet val/ without images)
-        raise SystemExit(f"error: {data_lib.error_line(exc)}") from None
+    except sources.DataError as exc:  # data found unreadable while reading it (an ImageNet val/ without images)
+        raise SystemExit(f"error: {sources.error_line(exc)}") from None
     except SystemExit as exc:  # under torchrun the other ranks met the same check: rank 0 alone says it
         if distributed.launched_by_torchrun() and os.environ.get("RANK", "0") != "0" and exc.code not in (0, None):
             raise SystemExit(1) from None

@@ -8,7 +8,7 @@ import argparse
 import math
 from revnet_app import models
 from revnet_app.train import engine, methods, pipeline as pipeline_lib, recipes, utils
-from revnet_app.train.cli import check_device, finite_float
+from revnet_app.train.cli import add_device_flag, check_device, finite_float
 from revnet_app.train.methods import METHODS
 from revnet_app.train.recipes import default_settings
 
@@ -118,8 +118,7 @@ def get_args_parser(add_help: bool = True, model: str | None = None) -> argparse
                    help="clip FGS images to the valid pixel range (default: not clipped, as the paper)")
     p.add_argument("--val-size", type=int, default=0,
                    help="hold N training images out as a validation set, evaluated every epoch (for sweeps)")
-    p.add_argument("--device", default=None,
-                   help="cpu, cuda or cuda:N (default: cuda if available). Under torchrun each process takes the "
+    add_device_flag(p, help="cpu, cuda or cuda:N (default: cuda if available). Under torchrun each process takes the "
                         "GPU of its LOCAL_RANK (NCCL); --device cpu runs the processes on the CPU (gloo)")
     p.add_argument("--amp", action="store_true",
                    help="training steps under bf16 autocast (meant for CUDA; it also runs on the CPU): convolutions "

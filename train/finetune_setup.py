@@ -16,7 +16,7 @@ import torch
 
 import revnet
 from revnet_app import models
-from revnet_app.train import data as data_lib
+from revnet_app.train import normalization
 from revnet_app.train import distributed, engine, loaders, references, utils
 from revnet_app.train import pipeline as pipeline_lib
 from revnet_app.train.finetune_args import parse_model_args
@@ -123,7 +123,7 @@ def train_batches(dataset, preprocess: dict | None, args, device, epoch: int, st
                                            rank=world.rank, world_size=world.size)
     dtype = run_dtype(args)
     prepare = ((lambda x: x) if preprocess is None  # noqa: E731
-               else (lambda x: data_lib.preprocess(x, preprocess, dtype)))
+               else (lambda x: normalization.preprocess(x, preprocess, dtype)))
     batches = ((prepare(x).to(device), y.to(device)) for x, y in loader)
     if os.environ.get("REVNET_TEST_NAN_ON_RANK", "") == str(world.rank):
         batches = ((x * 1e38 if i == 0 else x, y) for i, (x, y) in enumerate(batches))
@@ -143,11 +143,11 @@ def eval_sets(args, pipe, preprocess: dict, device, world: distributed.World | N
     if args.eval_samples > n_test:
         raise SystemExit(f"error: --eval-samples {args.eval_samples} exceeds the {n_test} test images.")
     if args.eval_subset == "balanced" and args.eval_samples:
-        idx = pipeline_lib.ds.balanced_subset(pipe.test_targets, n_eval, args.eval_subset_seed).tolist()
+        idx = pipeline_lib.balanced_subset(pipe.test_targets, n_eval, args.eval_subset_seed).tolist()
     else:
         idx = range(n_eval)
     dtype = run_dtype(args)
-    prepare = lambda raw: data_lib.preprocess(raw, preprocess, dtype).to(device)  # noqa: E731
+    prepare = lambda raw: normalization.preprocess(raw, preprocess, dtype).to(device)  # noqa: E731
     per_image = dtype.itemsize * math.prod(pipe.input_shape) + math.prod(pipe.input_shape)  # float32 input + int8 FGS sign
     kw = dict(device=device, num_workers=args.workers or 0, pin_memory=device.type == "cuda",
               cache_bytes=args.eval_cache_mb << 20, bytes_per_image=per_image)
@@ -174,7 +174,7 @@ def materialize(dataset, preprocess: dict, device, batch_size: int, budget_bytes
                          "or raise --eval-cache-mb.")
     xs, ys = [], []
     for raw, y in DataLoader(dataset, batch_size=batch_size, shuffle=False, generator=loaders.quiet_generator()):
-        xs.append(data_lib.preprocess(raw, preprocess, dtype).to(device))
+        xs.append(normalization.preprocess(raw, preprocess, dtype).to(device))
         ys.append(y.to(device))
     return torch.cat(xs), torch.cat(ys)
 

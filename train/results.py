@@ -21,7 +21,8 @@ from typing import Any
 import torch
 
 
-from revnet_app.train import data as data_lib  # noqa: E402
+from revnet_app.train.sources import mnist as mnist_source
+from revnet_app.train import normalization
 from revnet_app.train import engine  # noqa: E402
 from revnet_app.train import finetune  # noqa: E402
 from revnet_app.train import utils  # noqa: E402
@@ -62,8 +63,8 @@ def run_once(model: str, method: str, seed: int, args: argparse.Namespace) -> di
 def fgs_at(run_dir: Path, eps: float, args: argparse.Namespace, n: int) -> dict[str, float]:
     """FGS accuracies of ``run_dir/final.pt`` at fractions of another model's ε_ref, on the first n test images."""
     net, ckpt = models.load(run_dir / "final.pt")
-    splits = data_lib.load("mnist", args.data_dir)
-    x = data_lib.preprocess(splits.test_x[:n], ckpt["preprocess"])
+    splits = mnist_source.load("mnist", args.data_dir)
+    x = normalization.preprocess(splits.test_x[:n], ckpt["preprocess"])
     y = splits.test_y[:n]
     return {f"fgs_acc@{f}": engine.metrics.fgs_accuracy(net, x, y, f * eps) for f in engine.FRACTIONS}
 

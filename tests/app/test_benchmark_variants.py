@@ -22,8 +22,11 @@ ROOT = Path(__file__).resolve().parents[2]
 from revnet_app.benchmarks import deepfool as deepfool_script  # noqa: E402
 from revnet_app.benchmarks import step as step_script  # noqa: E402
 from revnet_app.benchmarks import variants as V  # noqa: E402
+from revnet_app.benchmarks import step_problems, step_report, step_targets  # noqa: E402
+from revnet_app.benchmarks import variant_equivalence as E  # noqa: E402
 
-from revnet_app.train import data as data_lib  # noqa: E402
+from revnet_app.train import normalization  # noqa: E402
+from revnet_app.train.sources import mnist as mnist_source  # noqa: E402
 from revnet_app import models  # noqa: E402
 
 F64 = torch.float64
@@ -57,7 +60,7 @@ def test_the_batches_exercise_every_branch(kind):
 def test_every_variant_computes_revnets_loss_and_gradients(kind, early_stop):
     net, x, y = _batch(kind)
     cfg = V.StepConfig(max_iter=MAX_ITER, early_stop=early_stop)
-    report = V.check_equivalence(net, x, y, cfg)  # raises EquivalenceError on any mismatch
+    report = E.check_equivalence(net, x, y, cfg)  # raises EquivalenceError on any mismatch
     assert set(V.VARIANTS) <= set(report)
     for key, row in report.items():
         assert row["loss_error"] <= 1 and row["grad_error"] <= 1, (key, row)
@@ -72,7 +75,7 @@ def test_variant_gradients_are_not_trivially_equal(key):
     """Each variant really differentiates through DeepFool: its gradients differ from the cross-entropy's."""
     net, x, y = _batch("lenet")
     variant = V.VARIANTS[key]
-    _, grads = V.loss_and_gradients(variant, variant.prepare(net), x, y, V.StepConfig(max_iter=MAX_ITER))
+    _, grads = E.loss_and_gradients(variant, variant.prepare(net), x, y, V.StepConfig(max_iter=MAX_ITER))
     ce_net = variant.prepare(net)
     ce = torch.nn.functional.cross_entropy(ce_net(x), y)
     ce_grads = torch.autograd.grad(ce, list(ce_net.parameters()))
@@ -86,7 +89,7 @@ def test_graph_variant_runs_revnets_loss_on_a_graph_of_the_chain():
     net, x, y = _batch("lenet")
     graph = V.VARIANTS["revnet-graph"].prepare(net)
     assert isinstance(graph, revnet.Graph) and not any(p is q for p, q in zip(graph.parameters(), net.parameters()))
-    report = V.check_equivalence(net, x, y, V.StepConfig(max_iter=MAX_ITER), keys=["revnet-graph"])
+    report = E.check_equivalence(net, x, y, V.StepConfig(max_iter=MAX_ITER), keys=["revnet-graph"])
     assert report["revnet-graph"]["loss_error"] <= 1 and report["revnet-graph"]["grad_error"] <= 1
     plain = V.to_torch(graph)
     assert isinstance(plain, torch.fx.GraphModule) and not plain.training
@@ -122,20 +125,20 @@ def test_the_checker_rejects_a_different_computation():
 
     V.VARIANTS["off"] = Off()
     try:
-        with pytest.raises(V.EquivalenceError, match="off does not compute revnet's step"):
-            V.check_equivalence(net, x, y, V.StepConfig(max_iter=MAX_ITER), keys=["off"])
+        with pytest.raises(E.EquivalenceError, match="off does not compute revnet's step"):
+            E.check_equivalence(net, x, y, V.StepConfig(max_iter=MAX_ITER), keys=["off"])
     finally:
         del V.VARIANTS["off"]
 
 
 def test_class_chunks_give_the_same_step():
     net, x, y = _batch("lenet")
-    whole, whole_grads = V.loss_and_gradients(V.VARIANTS["revnet"], net, x, y, V.StepConfig(max_iter=MAX_ITER))
-    chunked, chunked_grads = V.loss_and_gradients(
+    whole, whole_grads = E.loss_and_gradients(V.VARIANTS["revnet"], net, x, y, V.StepConfig(max_iter=MAX_ITER))
+    chunked, chunked_grads = E.loss_and_gradients(
         V.VARIANTS["revnet"], net, x, y, V.StepConfig(max_iter=MAX_ITER, class_chunk=2))
     assert torch.equal(whole.iterations, chunked.iterations)
-    assert V._scaled_error(chunked.loss, whole.loss) <= 1
-    assert all(V._scaled_error(chunked_grads[k], whole_grads[k]) <= 1 for k in whole_grads)
+    assert E._scaled_error(chunked.loss, whole.loss) <= 1
+    assert all(E._scaled_error(chunked_grads[k], whole_grads[k]) <= 1 for k in whole_grads)
 
 
 def test_one_step_of_every_variant_gives_the_same_weights():
@@ -151,7 +154,7 @@ def test_one_step_of_every_variant_gives_the_same_weights():
     for key, weights in after.items():
         assert not torch.equal(weights[0], before[0].detach()), f"{key} did not update the weights"
         for w, ref in zip(weights, after["revnet"]):
-            assert V._scaled_error(w, ref) <= 1, key
+            assert E._scaled_error(w, ref) <= 1, key
 
 
 @pytest.mark.parametrize("candidates", [None, 3])
@@ -166,16 +169,16 @@ def test_target_ratios_and_sentence():
     results = [{"model": "lenet", "batch_size": 100, "variant": k, "median_s": t, "peak_mib": m}
                for k, t, m in [("revnet", 0.2, 50.0), ("autograd-loop", 0.5, 100.0), ("autograd-batched", 0.8, 80.0),
                                ("torch-func", 2.0, 300.0), ("autograd-shortcut", 0.25, 70.0)]]
-    ratios = step_script.ratios_for(results, "lenet", 100)
+    ratios = step_targets.ratios_for(results, "lenet", 100)
     assert ratios["fastest_autograd"] == "autograd-loop"
     assert ratios["time_vs_fastest_autograd"] == pytest.approx(0.4)
     assert ratios["memory_vs_fastest_autograd"] == pytest.approx(0.5)
     assert ratios["time_vs_shortcut"] == pytest.approx(0.8)
-    target = step_script.evaluate_target([ratios], V.StepConfig(max_iter=5))
+    target = step_targets.evaluate_target([ratios], V.StepConfig(max_iter=5))
     assert target["in_run"] and target["time_vs_fastest_autograd_met"] and target["time_vs_shortcut_met"]
-    assert "0.40× (target ≤ 0.5×: met)" in step_script.target_sentence(target)
-    other = step_script.evaluate_target([ratios], V.StepConfig(max_iter=2))
-    assert not other["in_run"] and "--max-iter is 2" in step_script.target_sentence(other)
+    assert "0.40× (target ≤ 0.5×: met)" in step_report.target_sentence(target)
+    other = step_targets.evaluate_target([ratios], V.StepConfig(max_iter=2))
+    assert not other["in_run"] and "--max-iter is 2" in step_report.target_sentence(other)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -185,7 +188,7 @@ def test_target_ratios_and_sentence():
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory):
     folder = tmp_path_factory.mktemp("ckpt")
-    pre = data_lib.preprocess_params(data_lib.embedded_mnist().train_x)
+    pre = normalization.preprocess_params(mnist_source.embedded_mnist().train_x)
     paths = {}
     for arch in ("mlp", "lenet"):
         torch.manual_seed(0)
@@ -267,9 +270,9 @@ def test_step_script_subprocess_memory_amp_and_no_early_stop(tmp_path, checkpoin
 
 def test_reference_is_trained_once_and_cached(tmp_path):
     args = step_script.get_args_parser().parse_args(["--cache-dir", str(tmp_path), "--ref-epochs", "1"])
-    first = step_script.reference_checkpoints(args, ["mlp"])["mlp"]
+    first = step_problems.reference_checkpoints(args, ["mlp"])["mlp"]
     assert first["origin"].startswith("trained") and Path(first["path"]).is_file()
-    second = step_script.reference_checkpoints(args, ["mlp"])["mlp"]
+    second = step_problems.reference_checkpoints(args, ["mlp"])["mlp"]
     assert second["origin"].startswith("cached") and second["path"] == first["path"]
     models.load(first["path"], arch="mlp")
 
@@ -313,18 +316,18 @@ def test_deepfool_script_reports_a_missing_peer(tmp_path, checkpoints, monkeypat
 
 def test_compile_flag_adds_variant_1c_and_keeps_it_out_of_the_float64_check():
     args = step_script.get_args_parser().parse_args(["--compile", "--variants", "revnet", "autograd-shortcut"])
-    assert step_script.variants_for(args, "lenet") == ["revnet", "revnet-compiled", "autograd-shortcut"]
+    assert step_problems.variants_for(args, "lenet") == ["revnet", "revnet-compiled", "autograd-shortcut"]
     plain = step_script.get_args_parser().parse_args([])
-    assert "revnet-compiled" not in step_script.variants_for(plain, "lenet")
+    assert "revnet-compiled" not in step_problems.variants_for(plain, "lenet")
     assert V.ALL_VARIANTS["revnet-compiled"].number == "1c" and "revnet-compiled" not in V.VARIANTS
 
 
 @pytest.mark.parametrize("arch, shape", [("convnet-cifar", (3, 32, 32)), ("resnet18-224", (3, 224, 224))])
 def test_random_models_give_their_batches(arch, shape):
-    net, x, y = step_script.random_batch(arch, 2, torch.device("cpu"), torch.float32)
+    net, x, y = step_problems.random_batch(arch, 2, torch.device("cpu"), torch.float32)
     assert x.shape == (2, *shape) and y.shape == (2,)
     with torch.no_grad():
         pred = net(x).argmax(1)
     assert pred.shape == (2,) and y[0] != pred[0] and y[1] == pred[1]  # every 4th label shifted: targeted DeepFool
     args = step_script.get_args_parser().parse_args(["--models", arch])
-    assert step_script.batch_sizes_for(args, arch) == [step_script.RANDOM_SPECS[arch][1]]
+    assert step_problems.batch_sizes_for(args, arch) == [step_problems.RANDOM_SPECS[arch][1]]

@@ -1,4 +1,4 @@
-"""``train/data.py``: compressed IDX files as ``apt-get install dataset-fashion-mnist`` ships them load offline."""
+"""``train/sources/mnist.py``: compressed IDX files as ``apt-get install dataset-fashion-mnist`` ships them load offline."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import pytest
 import torch
 
 
-from revnet_app.train import data  # noqa: E402
+from revnet_app.train.sources import mnist as mnist_source  # noqa: E402
+from revnet_app.train import sources  # noqa: E402
 
 
 def write_idx_gz(path: Path, array: np.ndarray) -> None:
@@ -30,12 +31,12 @@ def test_compressed_fashion_mnist_files_are_extracted_and_loaded_without_downloa
     for split in ("train", "t10k"):
         write_idx_gz(raw / f"{split}-images-idx3-ubyte.gz", images[split])
         write_idx_gz(raw / f"{split}-labels-idx1-ubyte.gz", labels[split])
-    splits = data.load("fashion-mnist", str(tmp_path), download=False)
+    splits = mnist_source.load("fashion-mnist", str(tmp_path), download=False)
     assert splits.train_x.shape == (12, 1, 28, 28) and splits.test_x.shape == (5, 1, 28, 28)
     assert torch.equal(splits.train_x[:, 0], torch.from_numpy(images["train"].astype(np.uint8)))
     assert torch.equal(splits.test_y, torch.from_numpy(labels["t10k"]).long())
     assert (raw / "train-images-idx3-ubyte").is_file()  # extracted next to the archive, reused next time
-    again = data.load("fashion-mnist", str(tmp_path), download=False)
+    again = mnist_source.load("fashion-mnist", str(tmp_path), download=False)
     assert torch.equal(again.train_y, splits.train_y)
 
 
@@ -53,28 +54,28 @@ def _fake_debian_package(folder: Path) -> dict[str, np.ndarray]:
 
 def test_without_data_dir_fashion_mnist_comes_from_the_debian_package(tmp_path, monkeypatch, capsys):
     arrays = _fake_debian_package(tmp_path / "debian")
-    monkeypatch.setattr(data, "DEBIAN_FASHION_MNIST", tmp_path / "debian")
+    monkeypatch.setattr(mnist_source, "DEBIAN_FASHION_MNIST", tmp_path / "debian")
     work = tmp_path / "work"
     work.mkdir()
     monkeypatch.chdir(work)
-    splits = data.load("fashion-mnist", None, download=False)
+    splits = mnist_source.load("fashion-mnist", None, download=False)
     assert torch.equal(splits.train_x[:, 0], torch.from_numpy(arrays["train-images-idx3-ubyte"].astype(np.uint8)))
     assert torch.equal(splits.test_y, torch.from_numpy(arrays["t10k-labels-idx1-ubyte"]).long())
     assert (work / "data" / "FashionMNIST" / "raw" / "t10k-images-idx3-ubyte").is_file()
     assert "copying 4 file(s) of Debian's dataset-fashion-mnist" in capsys.readouterr().err
-    again = data.load("fashion-mnist", None, download=False)  # now from ./data: nothing copied again
+    again = mnist_source.load("fashion-mnist", None, download=False)  # now from ./data: nothing copied again
     assert torch.equal(again.train_y, splits.train_y)
     assert "copying" not in capsys.readouterr().err
 
 
 def test_fashion_mnist_missing_everywhere_is_an_error_naming_the_package(tmp_path, monkeypatch):
-    monkeypatch.setattr(data, "DEBIAN_FASHION_MNIST", tmp_path / "not-installed")
+    monkeypatch.setattr(mnist_source, "DEBIAN_FASHION_MNIST", tmp_path / "not-installed")
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(data.DataError, match="apt-get install dataset-fashion-mnist"):
-        data.load("fashion-mnist", None, download=False)
+    with pytest.raises(sources.DataError, match="apt-get install dataset-fashion-mnist"):
+        mnist_source.load("fashion-mnist", None, download=False)
     (tmp_path / "empty").mkdir()
-    with pytest.raises(data.DataError, match="empty/FashionMNIST/raw"):  # an explicit folder is never filled
-        data.load("fashion-mnist", str(tmp_path / "empty"), download=False)
+    with pytest.raises(sources.DataError, match="empty/FashionMNIST/raw"):  # an explicit folder is never filled
+        mnist_source.load("fashion-mnist", str(tmp_path / "empty"), download=False)
     assert not (tmp_path / "empty" / "FashionMNIST").exists()
 
 

@@ -9,7 +9,9 @@ from revnet_app import models
 import revnet
 from helpers import assert_vjp_close, autograd_vjp, plain_copy
 
-from revnet_app.train import data as data_lib  # noqa: E402
+from revnet_app.train.sources import mnist as mnist_source  # noqa: E402
+from revnet_app.train import normalization  # noqa: E402
+from revnet_app.train import sources  # noqa: E402
 
 
 @pytest.mark.parametrize("arch", ["mlp", "lenet"])
@@ -214,7 +216,7 @@ def test_checkpoint_of_another_architecture_or_missing_is_a_clear_error(tmp_path
 
 
 def test_embedded_mnist_keeps_test_images_out_of_training():
-    splits = data_lib.embedded_mnist()
+    splits = mnist_source.embedded_mnist()
     assert splits.train_x.shape == (4000, 1, 28, 28) and splits.test_x.shape == (1000, 1, 28, 28)
     assert torch.equal(splits.test_y.bincount(), torch.full((10,), 100))
     train_rows = {bytes(r) for r in splits.train_x.flatten(1).numpy()}
@@ -223,7 +225,7 @@ def test_embedded_mnist_keeps_test_images_out_of_training():
 
 
 def test_hold_out_is_class_balanced_disjoint_and_seeded():
-    splits = data_lib.embedded_mnist()
+    splits = mnist_source.embedded_mnist()
     rest, (vx, vy) = splits.hold_out(500, seed=3)
     assert len(rest.train_y) == 3500 and torch.equal(vy.bincount(), torch.full((10,), 50))
     again = splits.hold_out(500, seed=3)[1][0]
@@ -233,12 +235,12 @@ def test_hold_out_is_class_balanced_disjoint_and_seeded():
 
 
 def test_missing_data_dir_is_a_clear_error(tmp_path):
-    with pytest.raises(data_lib.DataError, match="does not exist"):
-        data_lib.load("mnist", str(tmp_path / "nowhere"))
+    with pytest.raises(sources.DataError, match="does not exist"):
+        mnist_source.load("mnist", str(tmp_path / "nowhere"))
 
 
 def test_preprocessing_subtracts_the_training_mean():
     x = torch.randint(0, 256, (50, 1, 28, 28), dtype=torch.uint8)
-    params = data_lib.preprocess_params(x)
-    z = data_lib.preprocess(x, params)
+    params = normalization.preprocess_params(x)
+    z = normalization.preprocess(x, params)
     assert z.dtype == torch.float32 and z.mean(0).abs().max() < 1e-5

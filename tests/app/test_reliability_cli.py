@@ -15,6 +15,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[2]
 
 from revnet_app.train import methods  # noqa: E402
+from revnet_app.train.sources import mnist as mnist_source  # noqa: E402
 from revnet_app.train import engine  # noqa: E402
 from revnet_app.train import evaluate  # noqa: E402
 from revnet_app.train import finetune  # noqa: E402
@@ -115,7 +116,7 @@ def tiny_run(tmp_path_factory):
     sys.stdout = buf = io.StringIO()
     # the embedded subset without importing torchvision, and no git/torchvision probing: seconds, not tens
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(finetune.data_lib, "load", lambda *a, **k: finetune.data_lib.embedded_mnist())
+        mp.setattr(mnist_source, "load", lambda *a, **k: mnist_source.embedded_mnist())
         mp.setattr(finetune.utils, "environment", lambda: {})
         try:
             result = finetune.main(finetune.get_args_parser().parse_args(

@@ -21,7 +21,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[2]
 
 from revnet_app.train import methods  # noqa: E402
-from revnet_app.train import data  # noqa: E402
+from revnet_app.train.sources import mnist as mnist_source  # noqa: E402
+from revnet_app.train import sources  # noqa: E402
 from revnet_app.train import engine  # noqa: E402
 from revnet_app.train import evaluate  # noqa: E402
 from revnet_app.train import finetune  # noqa: E402
@@ -73,10 +74,10 @@ def _poke(p: Path, offset: int, value: int) -> None:
 ])
 def test_a_damaged_idx_file_is_named_as_truncated_or_corrupt_not_missing(tmp_path, damage, name, expected):
     raw = _mnist(tmp_path)
-    assert data.load("mnist", str(tmp_path), download=False).train_x.shape == (12, 1, 28, 28)  # intact: loads
+    assert mnist_source.load("mnist", str(tmp_path), download=False).train_x.shape == (12, 1, 28, 28)  # intact: loads
     damage(raw / name)
-    with pytest.raises(data.DataError) as info:
-        data.load("mnist", str(tmp_path), download=True)  # not "not downloaded", and no download attempt
+    with pytest.raises(sources.DataError) as info:
+        mnist_source.load("mnist", str(tmp_path), download=True)  # not "not downloaded", and no download attempt
     msg = one_line(info.value)
     assert msg.startswith(str(raw / name)) and expected in msg
 
@@ -84,8 +85,8 @@ def test_a_damaged_idx_file_is_named_as_truncated_or_corrupt_not_missing(tmp_pat
 def test_data_dir_that_is_a_file_and_an_empty_one_that_stays_empty(tmp_path, monkeypatch):
     f = tmp_path / "notes.txt"
     f.write_text("x")
-    with pytest.raises(data.DataError, match="is a file, not a folder"):
-        data.load("mnist", str(f))
+    with pytest.raises(sources.DataError, match="is a file, not a folder"):
+        mnist_source.load("mnist", str(f))
 
     def offline(dataset, root, download):  # torchvision creates DIR/MNIST/raw/, then the network fails
         if download:
@@ -93,14 +94,14 @@ def test_data_dir_that_is_a_file_and_an_empty_one_that_stays_empty(tmp_path, mon
             raise OSError("network unreachable")
         raise RuntimeError("Dataset not found")
 
-    monkeypatch.setattr(data, "_from_torchvision", offline)
+    monkeypatch.setattr(mnist_source, "_from_torchvision", offline)
     empty = tmp_path / "empty"
     empty.mkdir()
-    with pytest.raises(data.DataError, match="is not in .* and could not be downloaded"):
-        data.load("mnist", str(empty), download=True)
+    with pytest.raises(sources.DataError, match="is not in .* and could not be downloaded"):
+        mnist_source.load("mnist", str(empty), download=True)
     assert list(empty.iterdir()) == []  # the failed download's folders are gone
-    with pytest.raises(data.DataError, match="downloads are switched off"):
-        data.load("mnist", str(empty), download=False)
+    with pytest.raises(sources.DataError, match="downloads are switched off"):
+        mnist_source.load("mnist", str(empty), download=False)
     assert list(empty.iterdir()) == []
 
 
@@ -152,7 +153,7 @@ def test_a_non_checkpoint_and_the_script_sites_refuse_in_one_line(tmp_path, lene
     assert one_line(info.value).startswith("error: ") and "missing 2.bias" in str(info.value.code)
 
     # the reference cache: a damaged cached file is named, with what to do
-    splits = data.Splits(torch.zeros(4, 1, 28, 28, dtype=torch.uint8), torch.arange(4), None, None, "t")
+    splits = mnist_source.Splits(torch.zeros(4, 1, 28, 28, dtype=torch.uint8), torch.arange(4), None, None, "t")
     pipe = pipeline.Pipeline("mnist", None, None, None, None, {}, (1, 28, 28), 10, "t",
                              [splits.train_x, splits.train_y])
     cache_args = argparse.Namespace(reference=None, model="lenet", dataset="mnist", ref_epochs=1, ref_lr=0.1,

@@ -1,7 +1,7 @@
 """A data set is untrusted input: CIFAR-10's pickled batches and ``batches.meta`` are read with
 ``train/safe_pickle.py``, which admits only what a CIFAR-10 batch holds. Real-format batches (numpy 1.x's
 ``numpy.core.multiarray`` and numpy 2's ``numpy._core.multiarray``) still load; a crafted batch, a payload inside
-a batch's dict, a crafted ``batches.meta`` and an object-dtype array are each one ``DataError`` line naming the
+a batch's dict, a crafted ``batches.meta`` and an object-dtype array are each one ``sources.DataError`` line naming the
 file, and the payload runs nothing (a marker file it would create stays absent).
 
 Time budget: ≤ 5 s for the module (each test well under a second; tiny batches of 20 images).
@@ -21,9 +21,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 
-from revnet_app.train import datasets  # noqa: E402
+from revnet_app.train.sources import cifar10 as cifar10_source  # noqa: E402
+from revnet_app.train import sources  # noqa: E402
 from revnet_app.train import safe_pickle  # noqa: E402
-from revnet_app.train.data import DataError  # noqa: E402
 from test_datasets import make_batch, py2_pickle  # noqa: E402
 
 OLD = b"numpy.core.multiarray"  # the module the real files (numpy 1.x, Python 2, protocol 2) name
@@ -71,7 +71,7 @@ def _cifar_folder(root: Path) -> Path:
     folder.mkdir()
     _, _, batch = make_batch(np.random.default_rng(0), 2, "testing batch 1 of 1")
     (folder / "test_batch").write_bytes(py2_pickle(batch))
-    names = [n.encode() for n in datasets.CIFAR10_CLASSES]
+    names = [n.encode() for n in cifar10_source.CIFAR10_CLASSES]
     (folder / "batches.meta").write_bytes(py2_pickle({b"num_cases_per_batch": 20, b"label_names": names}))
     return folder
 
@@ -101,7 +101,7 @@ def test_real_format_batch_with_numpy_core_multiarray_loads(tmp_path):
     assert np.array_equal(plain["data"], batch["data"]) and plain["labels"] == batch["labels"]
     path = tmp_path / "data_batch_1"
     path.write_bytes(blob)
-    data, got = datasets.read_cifar10_batch(path)
+    data, got = cifar10_source.read_cifar10_batch(path)
     assert type(data) is np.ndarray and data.dtype == np.uint8 and np.array_equal(data, batch["data"])
     assert np.array_equal(got, labels)
     assert np.array_equal(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), images)
@@ -115,7 +115,7 @@ def test_batch_with_numpy2_names_loads(tmp_path, protocol):
         assert b"numpy._core." in blob and OLD not in blob
     path = tmp_path / "data_batch_1"
     path.write_bytes(blob)
-    data, got = datasets.read_cifar10_batch(path)
+    data, got = cifar10_source.read_cifar10_batch(path)
     assert type(data) is np.ndarray and np.array_equal(data, batch["data"]) and np.array_equal(got, labels)
 
 
@@ -125,8 +125,8 @@ def test_crafted_batch_is_refused_and_runs_nothing(tmp_path, payload):
     marker = tmp_path / "ran"
     path = folder / "data_batch_1"
     path.write_bytes(_protocol2(_payloads(marker)[payload]))
-    with pytest.raises(DataError) as err:
-        datasets.read_cifar10_batch(path)
+    with pytest.raises(sources.DataError) as err:
+        cifar10_source.read_cifar10_batch(path)
     assert not marker.exists()
     _assert_one_line_naming(err, path, f"refers to {payload}", "refused (untrusted pickle")
 
@@ -139,8 +139,8 @@ def test_payload_inside_the_batch_dict_is_refused_and_runs_nothing(tmp_path, pay
     batch["x"] = _payloads(marker)[payload]
     path = folder / "test_batch"
     path.write_bytes(_protocol2(batch))
-    with pytest.raises(DataError) as err:
-        datasets.cifar10(tmp_path, train=False, download=False)
+    with pytest.raises(sources.DataError) as err:
+        cifar10_source.cifar10(tmp_path, train=False, download=False)
     assert not marker.exists()
     _assert_one_line_naming(err, path, f"refers to {payload}")
 
@@ -148,12 +148,12 @@ def test_payload_inside_the_batch_dict_is_refused_and_runs_nothing(tmp_path, pay
 @pytest.mark.parametrize("payload", PAYLOADS)
 def test_crafted_batches_meta_is_a_data_error_not_a_silent_fallback(tmp_path, payload):
     folder = _cifar_folder(tmp_path)
-    assert len(datasets.cifar10(tmp_path, train=False, download=False)) == 20  # the folder itself is good
+    assert len(cifar10_source.cifar10(tmp_path, train=False, download=False)) == 20  # the folder itself is good
     marker = tmp_path / "ran"
     meta = folder / "batches.meta"
     meta.write_bytes(_protocol2({"label_names": ["a"] * 9 + [_payloads(marker)[payload]]}))
-    with pytest.raises(DataError) as err:
-        datasets.cifar10(tmp_path, train=False, download=False)
+    with pytest.raises(sources.DataError) as err:
+        cifar10_source.cifar10(tmp_path, train=False, download=False)
     assert not marker.exists()
     _assert_one_line_naming(err, meta, f"refer to {payload}", "batches.meta never holds")
 
@@ -161,9 +161,9 @@ def test_crafted_batches_meta_is_a_data_error_not_a_silent_fallback(tmp_path, pa
 def test_harmless_but_unreadable_batches_meta_still_falls_back_to_the_standard_names(tmp_path):
     folder = _cifar_folder(tmp_path)
     (folder / "batches.meta").write_bytes(b"not a pickle")
-    assert datasets.cifar10(tmp_path, train=False, download=False).classes == list(datasets.CIFAR10_CLASSES)
+    assert cifar10_source.cifar10(tmp_path, train=False, download=False).classes == list(cifar10_source.CIFAR10_CLASSES)
     (folder / "batches.meta").unlink()
-    assert datasets.cifar10(tmp_path, train=False, download=False).classes == list(datasets.CIFAR10_CLASSES)
+    assert cifar10_source.cifar10(tmp_path, train=False, download=False).classes == list(cifar10_source.CIFAR10_CLASSES)
 
 
 @pytest.mark.parametrize("protocol", [2, 4, 5])
@@ -174,8 +174,8 @@ def test_object_dtype_array_in_a_batch_is_refused(tmp_path, protocol):
     batch["extra"] = np.array([_payloads(marker)["__builtin__.exec"]], dtype=object)
     path = tmp_path / "data_batch_1"
     path.write_bytes(pickle.dumps(batch, protocol=protocol))
-    with pytest.raises(DataError) as err:
-        datasets.read_cifar10_batch(path)
+    with pytest.raises(sources.DataError) as err:
+        cifar10_source.read_cifar10_batch(path)
     assert not marker.exists()
     _assert_one_line_naming(err, path, "refers to a numpy array of dtype object")
 

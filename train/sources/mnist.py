@@ -1,14 +1,11 @@
-"""Data for the training scripts: MNIST and Fashion-MNIST through torchvision, an embedded MNIST fallback, and
-the preprocessing.
+"""MNIST and Fashion-MNIST: torchvision's layout, our own IDX reader, Debian's Fashion-MNIST and an embedded
+MNIST subset.
 
 ``load(dataset, data_dir)`` returns uint8 images ``(N, 1, 28, 28)`` and int64 labels for the training and test
-sets, plus a sentence saying where they came from. Preprocessing (``preprocess``) is x/255 minus the per-pixel
-mean of the training images; its parameters go into every checkpoint.
+sets, plus a sentence saying where they came from (:class:`Splits`).
 """
 
 from __future__ import annotations
-
-import contextlib
 
 import gzip
 import os
@@ -18,30 +15,18 @@ import sys
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Optional
 
 import numpy as np
 import torch
 from torch import Tensor
 
-EMBEDDED = Path(__file__).resolve().parent / "assets" / "mnist_subset_5k.npz"
+from revnet_app.train.sources import DataError, removing_created
+
+EMBEDDED = Path(__file__).resolve().parent.parent / "assets" / "mnist_subset_5k.npz"
 # where Debian's package puts the Fashion-MNIST files (`apt-get install dataset-fashion-mnist`)
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 DATASETS = ("mnist", "fashion-mnist")
-
-
-class DataError(RuntimeError):
-    """The requested data cannot be found or read; the message says which flag or path to use."""
-
-
-def error_line(exc: DataError) -> str:
-    """A ``DataError``'s message as one line: raised in a ``DataLoader`` worker, it comes back with the worker's
-    traceback in its text (``Caught DataError in DataLoader worker process 0. Original Traceback ...``), whose
-    last line holds the message."""
-    lines = [line for line in str(exc).splitlines() if line.strip()]
-    if len(lines) > 1 and "Original Traceback" in str(exc):
-        return lines[-1].split("DataError: ", 1)[-1]
-    return " ".join(lines)
 
 
 @dataclass
@@ -177,24 +162,6 @@ def _download(dataset: str, root: Path) -> None:
     empty (a failed download leaves no ``MNIST/raw/`` behind)."""
     with removing_created([root, root / _folder(dataset), root / _folder(dataset) / "raw"]):
         _from_torchvision(dataset, root, download=True)
-
-
-@contextlib.contextmanager
-def removing_created(folders: list[Path]) -> Iterator[None]:
-    """Remove again, if the block fails, the folders of ``folders`` that it created and left empty (a failed
-    download leaves no empty data folders behind)."""
-    created = [f for f in folders if not f.exists()]
-    try:
-        yield
-    except BaseException:
-        for f in reversed(created):
-            try:
-                f.rmdir()
-            except OSError:
-                pass  # not empty (a partial download) or already gone
-        raise
-
-
 IDX_FILES = {"train-images-idx3-ubyte": 3, "train-labels-idx1-ubyte": 1,
              "t10k-images-idx3-ubyte": 3, "t10k-labels-idx1-ubyte": 1}
 """The four IDX files of MNIST/Fashion-MNIST in ``DIR/<Folder>/raw/`` and their number of dimensions."""
@@ -291,26 +258,3 @@ def _extract_idx(raw: Path) -> bool:
 
 def _folder(dataset: str) -> str:
     return {"mnist": "MNIST", "fashion-mnist": "FashionMNIST"}[dataset]
-
-
-def preprocess_params(train_x: Tensor) -> dict:
-    """``{"scale": 1/255, "mean": (1, 28, 28) per-pixel mean of x/255 over the training images}``."""
-    return {"scale": 1.0 / 255.0, "mean": (train_x.double() / 255.0).mean(0).float()}
-
-
-def preprocess(x_uint8: Tensor, params: dict, dtype: torch.dtype = torch.float32) -> Tensor:
-    """Network input as ``dtype`` (float32 by default): ``x·scale − mean``, then divided by ``std`` if ``params``
-    has one, computed in ``dtype``. MNIST: ``x/255 − per-pixel mean``, ``(N, 1, 28, 28)``; CIFAR-10 and ImageNet:
-    ``(x·scale − mean_c) / std_c`` per channel (``mean``/``std`` of shape ``(C, 1, 1)``)."""
-    out = x_uint8.to(dtype) * params["scale"] - params["mean"].to(x_uint8.device, dtype)
-    if params.get("std") is not None:
-        out = out / params["std"].to(x_uint8.device, dtype)
-    return out
-
-
-def pixel_range(params: dict, shape: tuple, raw_max: float = 255.0) -> tuple[float, float]:
-    """The smallest and largest network input (``preprocess`` of all-0 and all-``raw_max`` images of ``shape``):
-    the valid range that ``--clip`` clamps FGS images to."""
-    lo = preprocess(torch.zeros(1, *shape), params).min().item()
-    hi = preprocess(torch.full((1, *shape), float(raw_max)), params).max().item()
-    return lo, hi
