@@ -1,5 +1,7 @@
 """Evaluate any checkpoint: accuracy, DeepFool ρ₂, ε_ref and FGS accuracy at 0.2/0.5/1.0·ε_ref; optionally
-AutoAttack-L2 accuracy (``--autoattack-samples``) and the FMN-L2 median ‖Δx‖/‖x‖ (``--fmn-samples``).
+AutoAttack-L2 accuracy (``--autoattack-samples``), the FMN-L2 median ‖Δx‖/‖x‖ (``--fmn-samples``), the
+box-constrained DDN and C&W medians (``--minimal-norm-samples``) and the saturation check
+(``--saturation-samples``; a saturated model gets a warning line naming the columns it can fool).
 
 Example::
 
@@ -26,6 +28,7 @@ from revnet_app.train import normalization
 from revnet_app.train import sources
 from revnet_app.train import distributed  # noqa: E402
 from revnet_app.train import engine  # noqa: E402
+from revnet_app.train import evaluation_columns  # noqa: E402
 from revnet_app.train import library_attacks  # noqa: E402
 from revnet_app.train import pipeline as pipeline_lib  # noqa: E402
 from revnet_app.train import utils  # noqa: E402
@@ -70,6 +73,10 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--autoattack-eps", type=finite_float, default=None,
                    help="L2 radius of AutoAttack in network-input units (ρ₂'s space), e.g. the reference's median "
                         "DeepFool ‖Δx‖, as table1.py uses; required with --autoattack-samples")
+    evaluation_columns.add_flags(p, samples=0, eps="--saturation-eps")
+    p.add_argument("--saturation-eps", type=finite_float, default=None,
+                   help="L2 radius of the saturation check's PGD in network-input units (default: this model's "
+                        "ρ₂ times the median ‖x‖ of the checked images, about the median ‖Δx‖ DeepFool needs)")
     return p
 
 
@@ -91,6 +98,8 @@ MEANINGS = {
     "fmn_median": "median ‖Δx‖/‖x‖ of foolbox's FMN-L2, [0, 1] box (higher = more robust)",
     "fmn_success_rate": "fraction of the images FMN managed to push to another label",
     "fmn_n": "images attacked with FMN",
+    **evaluation_columns.MEANINGS,
+    "unreliable_columns": "columns that follow the cross-entropy gradient, unreliable on this saturated model",
 }
 
 
@@ -124,6 +133,9 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         parser.error("--autoattack-samples and --fmn-samples must not be negative, --fmn-steps at least 1")
     if args.fmn_init_steps < 0:
         parser.error("--fmn-init-steps must not be negative")
+    evaluation_columns.check_flags(args, parser)
+    if args.saturation_eps is not None and not args.saturation_eps > 0:
+        parser.error(f"--saturation-eps must be positive, got {args.saturation_eps}")
     if args.autoattack_samples and not (args.autoattack_eps and args.autoattack_eps > 0):
         parser.error("--autoattack-samples needs --autoattack-eps (a positive L2 radius in network-input units)")
     check_device(args.device, parser)
@@ -186,6 +198,15 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser, world: distri
             net, first, pre, pipe.raw_max, autoattack_samples=args.autoattack_samples,
             autoattack_eps=args.autoattack_eps, fmn_samples=args.fmn_samples, fmn_steps=args.fmn_steps,
             fmn_init_steps=args.fmn_init_steps, seed=args.attack_seed, progress=not args.no_progress))
+    if world.main and (args.minimal_norm_samples or args.saturation_samples):
+        first = EvalSet(Subset(pipe.test_set, list(idx)[:max(args.minimal_norm_samples, args.saturation_samples)]),
+                        lambda raw: normalization.preprocess(raw, pre).to(device), args.eval_batch_size, device=device)
+        eps = args.saturation_eps or evaluation_columns.default_eps(result["rho2"], first, args.saturation_samples)
+        result.update(evaluation_columns.columns(net, first, pre, pipe.raw_max, args, eps=eps, name=ckpt["arch"],
+                                                 progress=not args.no_progress))
+        if result.get("saturated"):
+            result["unreliable_columns"] = [k for k in ("fmn_median", "ddn_median") if k in result]
+            print(result["saturation_warning"], flush=True)
     splits_source = pipe.source
     result.update({"checkpoint": str(args.checkpoint), "arch": ckpt["arch"], "dataset": dataset,
                    "data": splits_source})

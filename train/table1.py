@@ -17,7 +17,10 @@ chosen on a validation split) from the same cached reference model. Runs that al
 * accuracy and DeepFool ρ₂ come from each run's final evaluation (all test images);
 * a sanity column: accuracy under an L2 PGD attack (``--pgd-steps`` steps, no random start) at ε = the
   reference's median DeepFool ‖Δx‖₂ on the first ``--pgd-samples`` test images. If Deep Defense only masked
-  gradients, PGD would not find the larger perturbations that DeepFool reports.
+  gradients, PGD would not find the larger perturbations that DeepFool reports;
+* the library attacks (AutoAttack-L2, FMN-L2), the box-constrained minimal norms (DDN, C&W) and the saturation
+  check (``evaluation_columns.py``); under each model the ratios of Ours to the reference under ρ₂, DDN, C&W and
+  FMN, and a warning line for each saturated row.
 
 Writes ``table1.md`` and ``table1.json`` to ``--out``: the paper's rows in its order (Reference, Par. Train,
 Adv. Train I, Ours), then Clean, Adv. Train II and Ours+FGS, which are not in the paper's Table 1; with several
@@ -39,20 +42,19 @@ import torch
 
 
 from revnet_app.train import engine  # noqa: E402
+from revnet_app.train import evaluation_columns  # noqa: E402
 from revnet_app.train import figures  # noqa: E402
 from revnet_app.train import finetune  # noqa: E402
-from revnet_app.train import paper  # noqa: E402
 from revnet_app.train import library_attacks  # noqa: E402
 from revnet_app.train import pipeline as pipeline_lib  # noqa: E402
 from revnet_app.train import recipes  # noqa: E402
 from revnet_app.train import utils  # noqa: E402
-from revnet_app.train.methods import EXTRA_ROWS, LABELS, METHODS, PAPER_ROWS  # noqa: E402
+from revnet_app.train.table1_report import COLUMNS, PAPER_OURS, fmt, markdown, paper_row  # noqa: E402,F401
+from revnet_app.train.methods import EXTRA_ROWS, METHODS, PAPER_ROWS  # noqa: E402
 
 from revnet_app import models  # noqa: E402
 import revnet  # noqa: E402
 
-COLUMNS = ["acc", "rho2", "fgs_acc@0.2", "fgs_acc@0.5", "fgs_acc@1.0", "pgd_acc", "aa_acc", "fmn_median"]
-PAPER_OURS = "deepdefense-paper"  # the row of Ours at the paper's c and λ, where the defaults are tuned ones
 # finetune.py flags that must agree between a stored run and the one asked for, so a reused run is the same run
 CHECKED_ARGS = ["model", "method", "dataset", "seed", "epochs", "lr", "lmbda", "c", "d", "max_iter", "alpha",
                 "fgs_eps", "parseval_beta", "parseval_fraction", "advtrain_set", "train_samples", "eval_samples",
@@ -81,6 +83,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--pgd-samples", type=int, default=500, help="test images attacked with L2 PGD")
     p.add_argument("--pgd-steps", type=int, default=20, help="L2 PGD steps (step size 2.5·ε/steps)")
     library_attacks.add_flags(p, autoattack_samples=100, fmn_samples=500, eps="the PGD ε")
+    evaluation_columns.add_flags(p, samples=500, eps="the PGD ε")
     p.add_argument("--no-figure", action="store_true",
                    help="do not draw Figure 2 (accuracy and rho2 per epoch, first seed) into --out at the end")
     p.add_argument("--extra", nargs=argparse.REMAINDER, default=[],
@@ -177,7 +180,8 @@ def evaluate_row(run_dir: Path, which: str, eps_ref: float, pgd_eps: float, n: i
     cache = utils.json.loads(cache_path.read_text()) if cache_path.is_file() else {}
     lib_key = (f"{which}|pgd_eps={pgd_eps!r}|aa={args.autoattack_samples}|seed={args.attack_seed}|"
                f"fmn={args.fmn_samples}x{args.fmn_steps}+ddn{args.fmn_init_steps}")
-    missing = [k for k in (key, lib_key) if k not in cache or "not installed" in cache[k].values()]
+    box_key = f"{which}|" + evaluation_columns.cache_key(args, pgd_eps)
+    missing = [k for k in (key, lib_key, box_key) if k not in cache or "not installed" in cache[k].values()]
     if missing:
         net, ckpt = models.load(reference_path(run_dir) if which == "reference" else run_dir / "final.pt",
                                 arch=_user_arch(run_dir))
@@ -187,8 +191,20 @@ def evaluate_row(run_dir: Path, which: str, eps_ref: float, pgd_eps: float, n: i
             utils.write_json(cache_path, cache)  # kept if the library attacks below fail or are killed
         if lib_key in missing:
             cache[lib_key] = library_columns(net, test_set, pgd_eps, ckpt["preprocess"], pipe.raw_max, args)
+            utils.write_json(cache_path, cache)
+        if box_key in missing:
+            found = evaluation_columns.columns(net, test_set, ckpt["preprocess"], pipe.raw_max, args, eps=pgd_eps,
+                                               name=f"{run_dir.name} ({which})")
+            cache[box_key] = {c: found.get(c, "not run") for c in evaluation_columns.KEYS}
         utils.write_json(cache_path, cache)
-    return {**cache[key], **cache[lib_key]}
+    return {**cache[key], **cache[lib_key], **cache[box_key]}
+
+
+def keep_saturation(kept: dict[str, list], cols: dict[str, Any]) -> None:
+    """Add a row's saturation verdict and warning line (if any) to ``kept``."""
+    kept["saturated"].append(cols.get("saturated") is True)
+    if isinstance(cols.get("saturation_warning"), str) and cols["saturation_warning"] != "not run":
+        kept["warnings"].append(cols["saturation_warning"])
 
 
 def _user_arch(run_dir: Path) -> Optional[str]:
@@ -215,65 +231,6 @@ def reference_pgd_eps(dd_dir: Path, args: argparse.Namespace) -> float:
     return torch.linalg.vector_norm(delta.flatten(1), dim=1).median().item()
 
 
-def paper_row(dataset: str, model: str, method: str) -> Optional[dict[str, float]]:
-    """The paper's numbers for a row; both Ours rows stand beside the paper's Ours."""
-    return paper.paper_row(dataset, model, "deepdefense" if method == PAPER_OURS else method)
-
-
-def fmt(values: list, percent: bool) -> str:
-    words = [v for v in values if isinstance(v, str)]  # "not installed", "not run"
-    if words:
-        return words[0]
-    scale = 100.0 if percent else 1.0
-    vals = [scale * v for v in values]
-    if any(v != v for v in vals):
-        return "n/a"
-    text = f"{statistics.mean(vals):.2f}" if percent else f"{statistics.mean(vals):.4f}"
-    if len(vals) > 1:
-        sd = statistics.stdev(vals)
-        text += f" ± {sd:.2f}" if percent else f" ± {sd:.4f}"
-    return text
-
-
-def markdown(table: dict[str, Any], args: argparse.Namespace) -> str:
-    lines = [f"# Table 1 ({args.dataset})\n",
-             f"Seeds {args.seeds}{' (mean ± sd)' if len(args.seeds) > 1 else ''}. ε_ref: the FGS step at which "
-             "the Deep Defense model's accuracy drops to 50%; every row is attacked at 0.2/0.5/1.0·ε_ref. PGD: "
-             f"L2, {args.pgd_steps} steps, ε = the reference's median DeepFool ‖Δx‖₂, first {args.pgd_samples} "
-             f"test images. AutoAttack-L2 (pyautoattack, standard: APGD-CE, APGD-T, FAB-T, Square; seed "
-             f"{args.attack_seed}) at the same ε on the first {args.autoattack_samples} test images; FMN-L2 "
-             f"(foolbox, {args.fmn_steps} steps from a {args.fmn_init_steps}-step DDN start, its L2 projection repaired "
-             "(train/library_attacks.py); the clean predictions as labels): median ‖Δx‖/‖x‖ on the first "
-             f"{args.fmn_samples}. AutoAttack and FMN stay in the [0, 1] pixel box; DeepFool, FGS and PGD here are "
-             "unclipped. Rows marked * are not in the paper's Table 1."
-             + ((" Paper: the numbers printed in the paper's Table 1 (train/paper.py, transcribed from ../shared/paper/ "
-                 "and checked twice)" + (" — full MNIST, 0–255 inputs, so for comparison of orderings and gains only."
-                                         if args.dataset == "mnist" else ", for comparison.")
-                 ) if args.dataset in paper.TABLE1 else "") + "\n"]
-    with_paper = args.dataset in paper.TABLE1  # no column of dashes for a dataset the paper did not use
-    for model, t in table.items():
-        lines.append(f"## {model} ({t['n_test']} test images; ε_ref = {fmt(t['eps_ref'], False)}, "
-                     f"PGD ε = {fmt(t['pgd_eps'], False)})\n")
-        lines.append("| method | Acc. (%) | ρ₂ | Acc. @0.2 ε_ref | Acc. @0.5 ε_ref | Acc. @1.0 ε_ref | PGD-L2 acc. (%) | "
-                     "AutoAttack-L2 acc. (%) | FMN-L2 median ‖Δx‖/‖x‖ | "
-                     + ("paper: Acc. / ρ₂ / @0.2 / @0.5 / @1.0 | " if with_paper else "") + "wall time (s) |")
-        lines.append("| --- " * (11 if with_paper else 10) + "|")
-        for method, row in t["rows"].items():
-            name = ("Ours (tuned)" if method == "deepdefense" and PAPER_OURS in t["rows"] else LABELS[method]) + (
-                " *" if method in EXTRA_ROWS else "")
-            cells = [fmt(row[c], percent=c not in ("rho2", "fmn_median")) for c in COLUMNS]
-            p = paper_row(args.dataset, model, method)
-            paper_cell = (f"{p['acc']:.2f} / {p['rho2']:.3g} / {p['fgs_acc@0.2']:.2f} / {p['fgs_acc@0.5']:.2f} / "
-                          f"{p['fgs_acc@1.0']:.2f}") if p else "—"
-            wall = f"{statistics.mean(row['wall_seconds']):.0f}" if row.get("wall_seconds") else "—"
-            if row.get("failed"):
-                cells = [f"failed ({len(row['failed'])} of {len(args.seeds)} seeds; see its run directory)"] + [
-                    "" for _ in COLUMNS[1:]]
-            lines.append(f"| {name} | " + " | ".join(cells) + (f" | {paper_cell}" if with_paper else "") + f" | {wall} |")
-        lines.append("")
-    return "\n".join(lines)
-
-
 def main(args: argparse.Namespace) -> dict[str, Any]:
     if args.out is None:
         args.out = f"runs/table1-{args.dataset}"
@@ -284,6 +241,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         args.methods = ["deepdefense"] if args.dataset == "imagenet" else list(METHODS)
     if args.pgd_samples < 1 or args.pgd_steps < 1:
         raise SystemExit("error: --pgd-samples and --pgd-steps must be at least 1.")
+    evaluation_columns.check_flags(args, get_args_parser())
     if min(args.autoattack_samples, args.fmn_samples, args.fmn_init_steps) < 0 or args.fmn_steps < 1:
         raise SystemExit("error: --autoattack-samples, --fmn-samples and --fmn-init-steps must not be negative, "
                          "--fmn-steps at least 1.")
@@ -320,6 +278,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     for model in args.models:
         rows: dict[str, dict[str, list[float]]] = {
             m: {c: [] for c in COLUMNS + ["wall_seconds"]} for m in ["reference", *methods]}
+        saturation: dict[str, dict[str, list]] = {m: {"saturated": [], "warnings": []} for m in rows}
         eps_refs, pgd_epss = [], []
         n_test = None
         for seed in args.seeds:
@@ -333,6 +292,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                    **evaluate_row(dd_dir, "reference", eps_ref, pgd_eps, n_test, args)}
             for col in COLUMNS:
                 rows["reference"][col].append(ref[col])
+            keep_saturation(saturation["reference"], ref)
             for method in methods:
                 if (model, seed, method) in failed:
                     for col in COLUMNS:
@@ -345,10 +305,11 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                         **evaluate_row(run_dir, "finetuned", eps_ref, pgd_eps, n_test, args)}
                 for col in COLUMNS:
                     rows[method][col].append(cols[col])
+                keep_saturation(saturation[method], cols)
                 rows[method]["wall_seconds"].append(result["wall_seconds"])
         order = [m for m in (*PAPER_ROWS, PAPER_OURS, *EXTRA_ROWS) if m in rows]
         table[model] = {"rows": {m: rows[m] for m in order}, "eps_ref": eps_refs, "pgd_eps": pgd_epss,
-                        "n_test": n_test,
+                        "n_test": n_test, "saturation": {m: saturation[m] for m in order},
                         "paper": {m: paper_row(args.dataset, model, m) for m in order}}
     text = markdown(table, args)
     out = Path(args.out)

@@ -11,6 +11,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 from revnet_app.train import figures  # noqa: E402
 from revnet_app.train import table1  # noqa: E402
+from revnet_app.train.table1_report import NORM_COLUMNS  # noqa: E402
 from revnet_app.train.methods import EXTRA_ROWS, METHODS, PAPER_ROWS  # noqa: E402
 
 TINY = ["--no-download", "--train-samples", "200", "--ref-epochs", "8", "--lr", "0.002", "--eval-samples", "60",
@@ -20,8 +21,9 @@ TINY = ["--no-download", "--train-samples", "200", "--ref-epochs", "8", "--lr", 
 
 def run_table1(extra: list[str], *flags: str) -> dict:
     argv = ["--models", "mlp", "--out", "t1", "--cache-dir", "cache", "--pgd-samples", "20", "--pgd-steps", "3",
-            "--autoattack-samples", "3", "--fmn-samples", "6", "--fmn-steps", "100",
-            *flags, "--extra", *extra]
+            "--autoattack-samples", "3", "--fmn-samples", "6", "--fmn-steps", "100", "--minimal-norm-samples", "6",
+            "--ddn-steps", "20", "--cw-binary-steps", "2", "--cw-steps", "20", "--saturation-samples", "20",
+            "--saturation-steps", "3", *flags, "--extra", *extra]
     return table1.main(table1.get_args_parser().parse_args(argv))
 
 
@@ -34,7 +36,12 @@ def test_table1_and_figure2_end_to_end(tmp_path, monkeypatch, capsys):
     for method, row in rows.items():
         assert set(row) == set(table1.COLUMNS) | {"wall_seconds"}
         for col in table1.COLUMNS:
-            assert len(row[col]) == 1 and 0.0 <= row[col][0] <= (10.0 if col in ("rho2", "fmn_median") else 1.0), (method, col)
+            top = float("inf") if col in NORM_COLUMNS else 1.0  # a failed minimal-norm attack counts as ∞
+            low = -float("inf") if col == "margin_q50" else 0.0  # a weak tiny model: margins of either sign
+            assert len(row[col]) == 1 and low <= row[col][0] <= top, (method, col)
+    assert set(table["mlp"]["saturation"]) == set(rows)
+    for verdict in table["mlp"]["saturation"].values():  # a verdict per seed, a warning line per saturated one
+        assert len(verdict["saturated"]) == 1 and len(verdict["warnings"]) == sum(verdict["saturated"])
     assert rows["deepdefense"]["fgs_acc@1.0"] == [pytest.approx(0.5, abs=1 / 60)]  # ε_ref is Deep Defense's
     drawn = json.loads((tmp_path / "t1" / "figure2-mnist.json").read_text())  # Figure 2 of the same runs
     assert (tmp_path / "t1" / "figure2-mnist.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -42,12 +49,14 @@ def test_table1_and_figure2_end_to_end(tmp_path, monkeypatch, capsys):
     md = (tmp_path / "t1" / "table1.md").read_text()
     header = [line for line in md.splitlines() if line.startswith("| method")][0]
     for col in ["Acc. (%)", "ρ₂", "Acc. @0.2 ε_ref", "Acc. @0.5 ε_ref", "Acc. @1.0 ε_ref", "PGD-L2 acc. (%)",
-                "AutoAttack-L2 acc. (%)", "FMN-L2 median ‖Δx‖/‖x‖", "paper: Acc.", "wall time"]:
+                "AutoAttack-L2 acc. (%)", "FMN-L2 median ‖Δx‖/‖x‖", "DDN-L2 median (box)", "C&W-L2 median (box)",
+                "zero CE gradients (%)", "median logit margin", "margin-PGD acc. (%) (box)", "paper: Acc.", "wall time"]:
         assert col in header
     body = [line.split("|")[1].strip() for line in md.splitlines() if line.startswith("| ") and "---" not in line]
     assert body[1:] == ["Reference", "Par. Train", "Adv. Train I", "Ours (tuned)", "Ours (paper's c, λ)", "Clean *",
                         "Adv. Train II *", "Ours+FGS *"]
     assert "98.31 / 0.111" in md  # the paper's MLP reference row stands beside ours
+    assert "Ours (tuned) / Reference: ρ₂ ×" in md and "DDN ×" in md
     saved = json.loads((tmp_path / "t1" / "table1.json").read_text())
     assert saved["table"]["mlp"]["rows"]["parseval"]["acc"] == rows["parseval"]["acc"]
     for method in METHODS:
@@ -98,9 +107,16 @@ def test_markdown_has_the_paper_column_only_for_the_paper_dataset():
     row = {c: [0.5] for c in table1.COLUMNS} | {"wall_seconds": [12.0]}
     table = {"lenet": {"rows": {"reference": row, "deepdefense": row}, "eps_ref": [0.1], "pgd_eps": [1.0],
                        "n_test": 100}}
-    for dataset, cells in (("mnist", 11), ("fashion-mnist", 10)):
+    for dataset, cells in (("mnist", 16), ("fashion-mnist", 15)):
         args = table1.get_args_parser().parse_args(["--dataset", dataset])
         lines = [line for line in table1.markdown(table, args).splitlines() if line.startswith("|")]
         assert all(line.count("|") == cells + 1 for line in lines), (dataset, lines)
         assert ("paper: Acc." in lines[0]) == (dataset == "mnist")
-    assert "| Ours | 50.00 | 0.5000 | 50.00 | 50.00 | 50.00 | 50.00 | 50.00 | 0.5000 | 12 |" in table1.markdown(table, args)
+    assert ("| Ours | 50.00 | 0.5000 | 50.00 | 50.00 | 50.00 | 50.00 | 50.00 | 0.5000 | 0.5000 | 0.5000 | 50.00 | 0.5000 "
+            "| 50.00 | 12 |") in table1.markdown(table, args)
+    # a saturated row: FMN dropped, PGD and DDN marked, the warning line under the table
+    table["lenet"]["saturation"] = {"reference": {"saturated": [False], "warnings": []},
+                                    "deepdefense": {"saturated": [True], "warnings": ["warning: lenet looks saturated"]}}
+    md = table1.markdown(table, args)
+    assert "| Ours | 50.00 | 0.5000 | 50.00 | 50.00 | 50.00 | 50.00 † | 50.00 | dropped (saturated) | 0.5000 † |" in md
+    assert "- warning: lenet looks saturated" in md and "Ours (tuned) / Reference: ρ₂ ×1.00, DDN ×1.00" in md
