@@ -11,8 +11,11 @@ setup(
     python_requires=">=3.9",
     # the library, and the experiment code as one namespaced package (no generic top-level names such as
     # ``models`` or ``train``): the repository's train/, models/ and benchmarks/ folders are revnet_app's parts
-    packages=find_packages(include=["revnet", "revnet.*"]) + [f"revnet_app.{p}" for p in APP_PARTS] + ["revnet_app"],
+    packages=find_packages(include=["revnet", "revnet.*"]) + ["revnet_app"]
+    + [f"revnet_app.{p}" for p in APP_PARTS] + [f"revnet_app.{p}.{sub}" for p in APP_PARTS for sub in find_packages(p)],
     package_dir={"revnet_app": "revnet_app", **{f"revnet_app.{p}": p for p in APP_PARTS}},
+    # the embedded MNIST subset, and the defended MNIST weights of models.pretrained (with their manifest)
+    package_data={"revnet_app.train": ["assets/*"], "revnet_app.models": ["weights/*.pt", "weights/*.json"]},
     install_requires=["torch>=2.1", "torchvision>=0.16", "tqdm>=4.60", "matplotlib>=3.5"],
     extras_require={
         "test": ["pytest>=7", "hypothesis>=6.80", "foolbox>=3.3", "pyautoattack>=0.2", "timm>=1.0",
