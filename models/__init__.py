@@ -7,6 +7,8 @@
 
 ``ARCHITECTURES`` maps each name to its builder, ``INPUT_SHAPES`` to its per-sample input shape and
 ``NUM_CLASSES`` to its number of logits; ``build(arch)`` gives a fresh network, ``save``/``load`` the checkpoint.
+``pretrained(name)`` loads the defended MNIST weights that ship with the package (``shipped_weights()`` names
+them; :mod:`models.shipped`).
 """
 
 from .checkpoint import (ARCH_ARGS, ARCHITECTURES, INPUT_SHAPES, NUM_CLASSES, CheckpointError, WriteError, build,
@@ -15,6 +17,7 @@ from .checkpoint import (ARCH_ARGS, ARCHITECTURES, INPUT_SHAPES, NUM_CLASSES, Ch
 from .cifar import convnet, nin
 from .imagenet import alexnet, resnet18
 from .mnist import lenet, mlp
+from .shipped import available as shipped_weights, pretrained
 
 __all__ = [
     "ARCH_ARGS",
@@ -25,6 +28,8 @@ __all__ = [
     "alexnet",
     "WriteError",
     "build",
+    "pretrained",
+    "shipped_weights",
     "build_user_model",
     "clean_stale_temp",
     "convnet",
