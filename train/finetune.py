@@ -40,7 +40,7 @@ import torch
 from revnet_app import models
 from revnet_app.train import normalization
 from revnet_app.train import sources
-from revnet_app.train import distributed, engine, loaders, methods, utils
+from revnet_app.train import distributed, engine, library_attacks, loaders, methods, saturation, utils
 from revnet_app.train import finetune_report as report
 from revnet_app.train import finetune_setup as setup_lib
 from revnet_app.train import pipeline as pipeline_lib
@@ -164,8 +164,13 @@ def build_training(ctx: Context, ref_net: torch.nn.Module):
     if args.reg_layers and not set(args.reg_layers) <= all_modules:
         raise SystemExit(f"error: --reg-layers {args.reg_layers}: {args.model}'s modules with parameters are "
                          f"{modules_with_params} (print(models.build({args.model!r})) shows them).")
-    method = methods.build(args.method, {**vars(args), "clip": ctx.eval_kw["clip"],
-                                         "candidates": ctx.eval_kw["candidates"]})
+    try:  # the valid pixel box and the pixel → input factor: PGD-AT's and TRADES' radius is in pixels
+        method = methods.build(args.method, {
+            **vars(args), "clip": ctx.eval_kw["clip"], "candidates": ctx.eval_kw["candidates"],
+            "box": saturation.pixel_box(ctx.preprocess, ctx.pipe.raw_max),
+            "pixel_factor": library_attacks.pixel_factor(ctx.preprocess, ctx.pipe.raw_max)})
+    except ValueError as exc:
+        raise SystemExit(f"error: {exc}") from None
     if args.reg_layers and not method.uses("reg_layers"):
         raise SystemExit("error: --reg-layers applies to the Deep Defense methods only.")
     optimizer = torch.optim.SGD(net.parameters(), lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)

@@ -9,7 +9,7 @@ import math
 from revnet_app import models
 from revnet_app.train import engine, methods, pipeline as pipeline_lib, recipes, utils
 from revnet_app.train.cli import add_device_flag, check_device, finite_float
-from revnet_app.train.methods import METHODS
+from revnet_app.train.methods import ALL_METHODS as METHODS
 from revnet_app.train.recipes import default_settings
 
 METHOD_HELP = methods.method_help()

@@ -50,7 +50,7 @@ from revnet_app.train import pipeline as pipeline_lib  # noqa: E402
 from revnet_app.train import recipes  # noqa: E402
 from revnet_app.train import utils  # noqa: E402
 from revnet_app.train.table1_report import COLUMNS, PAPER_OURS, fmt, markdown, paper_row  # noqa: E402,F401
-from revnet_app.train.methods import EXTRA_ROWS, METHODS, PAPER_ROWS  # noqa: E402
+from revnet_app.train.methods import ALL_METHODS, EXTRA_ROWS, METHODS, MODERN_ROWS, PAPER_ROWS  # noqa: E402
 
 from revnet_app import models  # noqa: E402
 import revnet  # noqa: E402
@@ -72,7 +72,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--models", nargs="+", default=None,
                    help="architectures (default: mlp lenet on MNIST/Fashion-MNIST, convnet nin on cifar10, alexnet "
                         "resnet18 on imagenet)")
-    p.add_argument("--methods", nargs="+", default=None, choices=METHODS,
+    p.add_argument("--methods", nargs="+", default=None, choices=ALL_METHODS,
                    help="fine-tuning methods (deepdefense is always run: it defines ε_ref; default: all, on imagenet "
                         "deepdefense only, as the paper)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds (reference and fine-tuning)")
@@ -307,7 +307,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                     rows[method][col].append(cols[col])
                 keep_saturation(saturation[method], cols)
                 rows[method]["wall_seconds"].append(result["wall_seconds"])
-        order = [m for m in (*PAPER_ROWS, PAPER_OURS, *EXTRA_ROWS) if m in rows]
+        order = [m for m in (*PAPER_ROWS, PAPER_OURS, *EXTRA_ROWS, *MODERN_ROWS) if m in rows]
         table[model] = {"rows": {m: rows[m] for m in order}, "eps_ref": eps_refs, "pgd_eps": pgd_epss,
                         "n_test": n_test, "saturation": {m: saturation[m] for m in order},
                         "paper": {m: paper_row(args.dataset, model, m) for m in order}}

@@ -8,7 +8,7 @@ import statistics
 from typing import Any, Optional
 
 from revnet_app.train import paper
-from revnet_app.train.methods import EXTRA_ROWS, LABELS
+from revnet_app.train.methods import EXTRA_ROWS, LABELS, MODERN_ROWS
 
 COLUMNS = ["acc", "rho2", "fgs_acc@0.2", "fgs_acc@0.5", "fgs_acc@1.0", "pgd_acc", "aa_acc", "fmn_median",
            "ddn_median", "cw_median", "zero_grad_fraction", "margin_q50", "pgd_cw_box_acc"]
@@ -102,7 +102,7 @@ def markdown(table: dict[str, Any], args) -> str:
         saturation = t.get("saturation", {})
         for method, row in t["rows"].items():
             name = ("Ours (tuned)" if method == "deepdefense" and PAPER_OURS in t["rows"] else LABELS[method]) + (
-                " *" if method in EXTRA_ROWS else "")
+                " *" if method in EXTRA_ROWS or method in MODERN_ROWS else "")
             saturated = any(saturation.get(method, {}).get("saturated", []))
             cells = [cell(row, c, saturated) for c in COLUMNS]
             p = paper_row(args.dataset, model, method)

@@ -20,8 +20,9 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_the_table_names_every_method_once_with_its_own_file():
     assert methods.METHODS == ("deepdefense", "clean", "advtrain-deepfool", "advtrain-fgs", "parseval",
                                "deepdefense+fgs")
+    assert methods.ALL_METHODS == methods.METHODS + ("pgd-at", "trades", "gradnorm") == tuple(methods.METHOD_CLASSES)
     files = {Path(__import__("inspect").getfile(cls)).name for cls in methods.METHOD_CLASSES.values()}
-    assert len(files) == len(methods.METHODS)  # one file each
+    assert len(files) == len(methods.ALL_METHODS)  # one file each
     for name, cls in methods.METHOD_CLASSES.items():
         assert cls.name == name and methods.LABELS[name] == cls.label and cls.summary.startswith(name + ":")
 
