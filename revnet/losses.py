@@ -52,9 +52,9 @@ class _DeepFoolCall(nn.Module):
         self.net = net
 
     def forward(self, x: Tensor, target: Tensor, max_iter: int, overshoot: float, early_stop: bool,
-                class_chunk: Optional[int], noise: object, candidates: Optional[int]):
+                class_chunk: Optional[int], noise: object, candidates: Optional[int], box=None):
         return deepfool(self.net, x, target=target, max_iter=max_iter, overshoot=overshoot, differentiable=True,
-                        early_stop=early_stop, class_chunk=class_chunk, noise=noise, candidates=candidates)
+                        early_stop=early_stop, class_chunk=class_chunk, noise=noise, candidates=candidates, box=box)
 
 
 def _check_reg_layers(net: nn.Module, reg_layers: Sequence[str]) -> set[str]:
@@ -94,6 +94,7 @@ def deep_defense_loss(
     class_chunk: Optional[int] = None,
     candidates: Optional[int] = None,
     lmbd: Optional[float] = None,
+    box: Optional[tuple[Tensor, Tensor]] = None,
 ) -> tuple[Tensor, DeepDefenseInfo]:
     """The Deep Defense loss (a scalar with a graph) and a :class:`DeepDefenseInfo`.
 
@@ -111,6 +112,9 @@ def deep_defense_loss(
             clean logits (e.g. 10 on ImageNet, so training does not reverse 999 rows per sample); ``None``: all.
             Misclassified samples are attacked towards their label, whatever this is.
         lmbd: deprecated alias of ``lmbda`` (a ``DeprecationWarning``; removed after 0.2).
+        box: ``(lo, hi)``: the regularizer's DeepFool keeps ``x + Δx`` in this range (the valid pixels in the
+            network's input space), with the active-set step of :mod:`revnet.attacks.deepfool`; ``None``: the
+            paper's unconstrained DeepFool.
     """
     check_batch(x)
     check_network(net, x)
@@ -130,7 +134,7 @@ def deep_defense_loss(
         correct, target = _check_classes(logits, y)
         delta, info = deepfool_from_trace(
             net, x, logits, tape, target=target, max_iter=max_iter, overshoot=overshoot, differentiable=True,
-            early_stop=early_stop, class_chunk=class_chunk, candidates=candidates,
+            early_stop=early_stop, class_chunk=class_chunk, candidates=candidates, box=box,
         )
     else:
         logits, tape = net.trace(x)  # the clean trace: its Dropout masks are DeepFool's too
@@ -138,7 +142,7 @@ def deep_defense_loss(
         params = {"net." + name: p if _in_chosen(name, chosen) else p.detach() for name, p in net.named_parameters()}
         delta, info = torch.func.functional_call(
             _DeepFoolCall(net), params,
-            (x, target, max_iter, overshoot, early_stop, class_chunk, noise_of(net, tape), candidates))
+            (x, target, max_iter, overshoot, early_stop, class_chunk, noise_of(net, tape), candidates, box))
     ce = F.cross_entropy(logits, y)
     ratio = torch.linalg.vector_norm(delta.flatten(1), dim=1) / torch.linalg.vector_norm(
         x.flatten(1), dim=1

@@ -58,7 +58,8 @@ import revnet  # noqa: E402
 # finetune.py flags that must agree between a stored run and the one asked for, so a reused run is the same run
 CHECKED_ARGS = ["model", "method", "dataset", "seed", "epochs", "lr", "lmbda", "c", "d", "max_iter", "alpha",
                 "fgs_eps", "parseval_beta", "parseval_fraction", "advtrain_set", "train_samples", "eval_samples",
-                "batch_size", "ref_epochs", "ref_lr"]
+                "batch_size", "ref_epochs", "ref_lr", "deepfool_box", "pgd_eps", "pgd_steps", "pgd_step_size",
+                "no_random_start", "trades_beta", "gradnorm_lambda"]
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:

@@ -44,6 +44,14 @@ at all 9, timed in the same rounds (``python benchmarks/deepfool.py --parts mnis
 batches and cheap networks keep the single batched reverse; on other devices all classes go in one batched
 reverse (GPUs prefer the large batch).
 
+``box = (lo, hi)`` keeps ``x + Δx`` in the valid input range, per element (tensors that broadcast against one
+input, e.g. the pixel range in the network's input space). A clamp alone often fails to cross the boundary in
+a few iterations, so each step is an *active-set* step: the components of ``w`` that would push an element
+already at its bound further out are zeroed (``w̃``), the nearest class and the step use ``w̃``
+(``r = |f_k − f_l| / ‖w̃‖² · w̃``), and the accumulated point is then clamped into the box. Subgradients: the
+mask is piecewise constant and carries no gradient (like the choice of ``k``); the clamp passes the gradient
+where ``lo ≤ x + Δx ≤ hi`` (bounds included) and none where it clips.
+
 The network runs in whatever mode it is in (call ``net.eval()`` first: BatchNorm reverses only with frozen
 statistics, and Dropout would draw a new mask at each iteration). Norms are guarded against division by
 zero by clamping them at ``finfo(dtype).eps²`` (1.4e-14 in float32, 4.9e-32 in float64): a zero gradient
@@ -91,6 +99,7 @@ def deepfool(
     early_stop: bool = True,
     class_chunk: Optional[int] = None,
     noise: object = None,
+    box: Optional[tuple[Tensor, Tensor]] = None,
 ) -> tuple[Tensor, DeepFoolInfo]:
     """DeepFool perturbations ``Δx`` (same shape as ``x``) and a :class:`DeepFoolInfo`.
 
@@ -113,6 +122,8 @@ def deepfool(
         noise: the random draws (Dropout masks in training mode) to use for ``x``, from
             ``revnet.noise_of(net, tape)`` of an earlier trace of ``x``; ``None``: drawn by the first trace.
             Either way every re-trace reuses each sample's draws (see :func:`deepfool_from_trace`).
+        box: ``(lo, hi)``, tensors that broadcast against one input: keep ``x + Δx`` inside, with the
+            active-set step above; ``None``: unconstrained (the paper's DeepFool).
     """
     check_batch(x)
     check_network(net, x)
@@ -123,6 +134,7 @@ def deepfool(
         return deepfool_from_trace(
             net, x, logits, tape, target=target, max_iter=max_iter, overshoot=overshoot,
             candidates=candidates, differentiable=differentiable, early_stop=early_stop, class_chunk=class_chunk,
+            box=box,
         )
 
 
@@ -138,6 +150,22 @@ def _check_target(target: Optional[Tensor], logits: Tensor, x: Tensor) -> Tensor
             f"got values in [{int(target.min())}, {int(target.max())}]."
         )
     return target
+
+
+def _check_box(box: Optional[tuple[Tensor, Tensor]], x: Tensor) -> Optional[tuple[Tensor, Tensor]]:
+    """``(lo, hi)`` (tensors or numbers) broadcast to one input and flattened, ``(D,)`` each, in ``x``'s dtype
+    and device (pass numbers or tensors of ``x``'s dtype: a float32 bound is not exact in float64); ``None``
+    stays ``None``. A box with ``lo > hi`` somewhere, or that does not broadcast, is one ``ValueError`` line."""
+    if box is None:
+        return None
+    try:
+        lo, hi = (torch.as_tensor(b, dtype=x.dtype, device=x.device).expand(x.shape[1:]).reshape(-1) for b in box)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise ValueError(f"box must be two tensors (lo, hi) that broadcast against one input of shape "
+                         f"{tuple(x.shape[1:])} ({exc}).") from None
+    if (lo > hi).any():
+        raise ValueError("box: lo must not exceed hi anywhere.")
+    return lo, hi
 
 
 def _check_class_chunk(class_chunk: Optional[int]) -> None:
@@ -170,6 +198,7 @@ def deepfool_from_trace(
     differentiable: bool = False,
     early_stop: bool = True,
     class_chunk: Optional[int] = None,
+    box: Optional[tuple[Tensor, Tensor]] = None,
 ) -> tuple[Tensor, DeepFoolInfo]:
     """:func:`deepfool` continuing from a trace of the clean input that the caller already has
     (``logits, tape = net.trace(x)``), e.g. the one whose logits feed a cross-entropy. Runs in the caller's
@@ -190,6 +219,7 @@ def deepfool_from_trace(
     target = _check_target(target, logits, x)
     q = _check_candidates(candidates, num_classes)
 
+    bounds = _check_box(box, x)
     targeted = target >= 0
     original = logits.detach().argmax(1)
     # Candidate classes other than the clean prediction, by decreasing clean logit (the stable sort puts the
@@ -209,9 +239,14 @@ def deepfool_from_trace(
         if len(active) == 0:
             break
         away = torch.where(targeted[active], label[active], original[active])  # l
-        r = _step(net, logits, tape, away, target[active], others[active], differentiable, class_chunk)
+        at = None if bounds is None else (x[active] + scale * total[active]).detach().flatten(1)
+        r = _step(net, logits, tape, away, target[active], others[active], differentiable, class_chunk,
+                  None if bounds is None else (at, *bounds))
         r = r.reshape(-1, *x.shape[1:])
         total = total.index_put((active,), total[active] + r)
+        if bounds is not None:  # back into the box: Σr such that x + (1 + overshoot)·Σr = clamp(...)
+            inside = torch.clamp(x[active] + scale * total[active], *(b.view(x.shape[1:]) for b in bounds))
+            total = total.index_put((active,), (inside - x[active]) / scale)
         iterations[active] = it
         point = x[active] + scale * total[active]
         if it == max_iter:
@@ -233,13 +268,20 @@ def deepfool_from_trace(
 
 def _step(
     net: nn.Module, logits: Tensor, tape: object, away: Tensor, target: Tensor, others: Tensor, differentiable: bool,
-    class_chunk: Optional[int] = None,
+    class_chunk: Optional[int] = None, box: Optional[tuple[Tensor, Tensor, Tensor]] = None,
 ) -> Tensor:
     """One DeepFool step for the ``A`` traced samples, flattened: ``r (A, D)``.
 
     ``away`` (A,): the label l moved away from; ``target`` (A,): the class for targeted rows, −1 otherwise;
     ``others`` (A, Q−1): the candidate classes of untargeted rows; ``class_chunk``: candidate classes per
-    choosing reverse (``None``: :func:`_default_class_chunk`)."""
+    choosing reverse (``None``: :func:`_default_class_chunk`); ``box``: ``(point (A, D), lo (D,), hi (D,))``,
+    the current points and the bounds, flattened, for the active-set step (see the module docstring)."""
+    def free(w: Tensor) -> Tensor:  # w (A, D) or (A, J, D) with the blocked components zeroed
+        if box is None:
+            return w
+        point, lo, hi = (t if w.dim() == 2 or t.dim() == 1 else t[:, None] for t in box)
+        return w.masked_fill(((point >= hi) & (w > 0)) | ((point <= lo) & (w < 0)), 0.0)
+
     a, num_classes = logits.shape
     rows = torch.arange(a, device=logits.device)
     untargeted = target < 0
@@ -257,7 +299,7 @@ def _step(
             best_dist = best = None
             for j in range(0, others.shape[1], chunk):
                 part = _reverse_differences(net, others[:, j : j + chunk], away, tape, num_classes, v_dtype)
-                w_part = _wide(part).flatten(2)  # (A, J, D)
+                w_part = free(_wide(part).flatten(2))  # (A, J, D)
                 dist, idx = (gap[:, j : j + chunk] / torch.linalg.vector_norm(w_part, dim=2).clamp_min(floor)).min(1)
                 if best is None:  # min(1): the first minimum, i.e. the higher clean logit on ties
                     best_dist, best = dist, idx
@@ -270,7 +312,7 @@ def _step(
             toward = torch.where(untargeted, others[rows, best], target)
     if w is None:
         # one row per sample, e_k − e_l, with a graph when differentiable
-        w = _wide(_reverse_differences(net, toward, away, tape, num_classes, v_dtype)).flatten(1)
+        w = free(_wide(_reverse_differences(net, toward, away, tape, num_classes, v_dtype)).flatten(1))
     gap = (logits.gather(1, toward[:, None]) - logits.gather(1, away[:, None])).abs().squeeze(1)  # |f_k − f_l|
     norm = torch.linalg.vector_norm(w, dim=1).clamp_min(floor)  # ‖w_k − w_l‖
     r = (gap / norm).unsqueeze(1) * (w / norm.unsqueeze(1))  # |f_k − f_l| / ‖w‖² · w, without squaring ‖w‖

@@ -49,7 +49,7 @@ DEFAULT_SETTINGS: dict[str, Any] = {
     "fgs_eps": 0.1, "alpha": 0.5, "clip": None, "parseval_beta": 1e-4, "parseval_fraction": 0.3,
     "advtrain_set": "perturbed", "advtrain_max_iter": 50,
     "pgd_eps": None, "pgd_steps": 40, "pgd_step_size": None, "no_random_start": False, "trades_beta": 6.0,
-    "gradnorm_lambda": None, "box": None, "pixel_factor": None,
+    "gradnorm_lambda": None, "box": None, "pixel_factor": None, "deepfool_box": False,
 }
 
 

@@ -38,16 +38,22 @@ class DeepDefense(Method):
                             "net.named_modules(), e.g. 0 for LeNet's conv1 or layer3.1.conv2 in a ResNet; lenet: conv1 "
                             "0, conv2 2, fc1 5, fc2 7) receive the regularizer's gradient "
                             "(the paper's Figure 4); the CE gradient reaches every layer. Default: all layers")
+        p.add_argument("--deepfool-box", action="store_true",
+                       help="deepdefense, deepdefense+fgs: the regularizer's DeepFool keeps x + Δx inside the valid "
+                            "pixel range, per pixel, in the network's input space (an active-set step: the "
+                            "components of w that push a pixel at its bound further out are zeroed, then the step "
+                            "is clamped into the box; revnet.deepfool(box=...)). Default: unconstrained, as the paper")
 
     def regularized(self, net, x, y, ce_weight: float):
         s = self.settings
         return revnet.deep_defense_loss(
             net, x, y, lmbda=s["lmbda"], c=s["c"], d=s["d"], max_iter=s["max_iter"], overshoot=s["overshoot"],
-            reg_layers=s.get("reg_layers"), ce_weight=ce_weight, candidates=s.get("candidates"))
+            reg_layers=s.get("reg_layers"), ce_weight=ce_weight, candidates=s.get("candidates"),
+            box=s.get("box") if s.get("deepfool_box") else None)
 
     def loss(self, net, x, y, generator=None) -> StepOutput:
         loss, info = self.regularized(net, x, y, 1.0)
         return StepOutput(loss, info.correct.float().sum().item(), info.ratio.sum().item(), info.ce.item())
 
     def uses(self, flag: str) -> bool:
-        return flag in ("lmbda", "c", "d", "candidates", "max_iter", "overshoot", "reg_layers")
+        return flag in ("lmbda", "c", "d", "candidates", "max_iter", "overshoot", "reg_layers", "deepfool_box")
