@@ -126,3 +126,13 @@ def test_one_short_finetune_run(method, tmp_path):
     result = finetune.main(finetune.get_args_parser().parse_args(argv))
     assert result["method"] == method.split()[0] and math.isfinite(result["history"][0]["train_loss"])
     assert json.loads((out / "metrics.json").read_text())["finetuned"]["n"] == 30
+
+
+def test_the_gradnorm_benchmark_checks_float64_first_and_writes_its_table(tmp_path):
+    from revnet_app.benchmarks import gradnorm
+
+    args = gradnorm.get_args_parser().parse_args(["--models", "mlp", "--batch-size", "4", "--rounds", "1",
+                                                  "--budget", "0", "--output", str(tmp_path)])
+    (row,) = gradnorm.main(args)
+    assert row["float64_max_rel_error"] <= 1e-9 and row["revnet_ms"] > 0 and row["autograd_ms"] > 0
+    assert "revnet / autograd" in (tmp_path / "gradnorm.md").read_text()
