@@ -56,7 +56,8 @@ def resolve(entry: str) -> tuple[str, str]:
     if not Path(entry).is_file():
         raise SystemExit(f"error: {entry!r} is neither a checkpoint file nor a shipped name "
                          f"({', '.join(models.shipped_weights())}).")
-    return Path(entry).stem, entry
+    path = Path(entry)  # a run's final.pt is named after its run directory, so two runs do not share a name
+    return (f"{path.parent.name}-{path.stem}" if path.stem == "final" else path.stem), entry
 
 
 def run_one(path: str, name: str, args: argparse.Namespace, eps: float | None) -> dict[str, Any]:
