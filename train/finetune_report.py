@@ -76,6 +76,11 @@ def weak_reference_hint(args: argparse.Namespace, ref_metrics: dict, stats: dict
             "--reference PATH) rather than an untrained one")
 
 
+STRENGTH_FLAG = {"trades": "--trades-beta", "gradnorm": "--gradnorm-lambda", "pgd-at": "--pgd-eps",
+                 "advtrain-fgs": "--fgs-eps", "parseval": "--parseval-beta"}
+"""The flag that sets how hard a method pushes, named in the hint of a diverged run (Deep Defense: --lmbda)."""
+
+
 def fail_run(out: Path, args: argparse.Namespace, history: list[dict[str, Any]], reason: str, resume_path: Path,
              world: distributed.World | None = None):
     """Mark a diverged run as failed (``summary.md``, ``failed.json``, ``log.jsonl``) and exit with status 1;
@@ -85,7 +90,7 @@ def fail_run(out: Path, args: argparse.Namespace, history: list[dict[str, Any]],
     world = world or distributed.World()
     last = resume_path if resume_path.exists() else "none (the reference; no epoch finished)"
     message = (f"error: the run diverged: {reason}. Marked FAILED in {out / 'summary.md'}; the last good state "
-               f"is {last}. Lower --lr or --lmbda and start again in a new --out.")
+               f"is {last}. Lower --lr or {STRENGTH_FLAG.get(args.method, '--lmbda')} and start again in a new --out.")
     if world.main:
         utils.write_text_atomic(out / "summary.md", f"# {args.model} / {args.method}: FAILED\n\n- diverged: "
                                 f"{reason}\n- last good state: {last}\n")
