@@ -64,13 +64,19 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         print(f"warning: --extra also sets {', '.join('--' + n for n in overridden)}, which overrides the swept "
               "value in every run.", flush=True)
     out = Path(args.out)
-    candidates, finals, runs = [], [], []
+    candidates, finals, runs, failed = [], [], [], []
     for setting in settings:
         label = "-".join(f"{name}{show(value)}" for name, (value, _) in setting.items())
         run_dir = out / label
+        values = {name: value for name, (value, _) in setting.items()}
+        value = values[names[0]] if len(names) == 1 else label
         if (run_dir / "metrics.json").is_file():
             result = utils.json.loads((run_dir / "metrics.json").read_text())
             print(f"reusing {run_dir}", flush=True)
+        elif (run_dir / "failed.json").is_file():
+            failed.append(failed_row(run_dir, value, values))
+            print(f"reusing {run_dir} (it failed: {failed[-1]['failed']})", flush=True)
+            continue
         else:
             # the swept flags after this script's own (--epochs, --seed, ...): the later flag wins in argparse
             flags = [x for name, (_, text) in setting.items() for x in (f"--{name}", text)]
@@ -79,21 +85,30 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                     "--cache-dir", args.cache_dir, "--eval-samples", "500", "--epoch-eval-samples", "100",
                     "--resume", "--no-progress", *(["--data-dir", args.data_dir] if args.data_dir else []), *flags,
                     *args.extra]
-            result = finetune.main(finetune.get_args_parser().parse_args(argv))
+            try:
+                result = finetune.main(finetune.get_args_parser().parse_args(argv))
+            except SystemExit:  # a diverged run (finetune_report.fail_run) is one row; the sweep goes on
+                if not (run_dir / "failed.json").is_file():
+                    raise  # a bad flag or missing data: every run would fail the same way
+                failed.append(failed_row(run_dir, value, values))
+                print(f"{run_dir} failed: {failed[-1]['failed']}; going on with the next setting", flush=True)
+                continue
         ref_val = result["reference_val"]
-        values = {name: value for name, (value, _) in setting.items()}
         runs.append({"setting": values, "reference_val": ref_val})
-        value = values[names[0]] if len(names) == 1 else label
         for row in result["history"]:
             candidates.append({"value": value, **values, "epoch": row["epoch"], "val_acc": row["val"]["acc"],
                                "val_rho2": row["val"]["rho2"], "ref_val_acc": ref_val["acc"],
                                "ref_val_rho2": ref_val["rho2"]})
         if result["history"]:  # the run's last epoch, however many it ran (--extra --epochs, an epochs axis)
             finals.append(candidates[-1])
+    if not finals:
+        raise SystemExit(f"error: every run of the sweep failed ({'; '.join(f['failed'] for f in failed)}); "
+                         f"see {out}/*/summary.md, and lower --lr or the method's strength")
     eligible = [c for c in finals if c["val_acc"] >= c["ref_val_acc"]]
     best = max(eligible or finals, key=lambda c: c["val_rho2"])
     table = utils.format_table(
-        [{**c, "ratio": c["val_rho2"] / c["ref_val_rho2"], "chosen": "◀" if c is best else ""} for c in candidates],
+        [{**c, "ratio": c["val_rho2"] / c["ref_val_rho2"], "chosen": "◀" if c is best else ""} for c in candidates]
+        + [{**f, "epoch": f"failed: {f['failed']}"} for f in failed],
         [*((name, name) for name in names), ("epoch", "epoch"), ("val_acc", "val acc."), ("val_rho2", "val ρ₂"),
          ("ratio", "ρ₂ ×"), ("chosen", "chosen")],
     )
@@ -106,9 +121,17 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             f"reference's"
             f"{'' if eligible else '; none qualified, so highest val ρ₂ overall'}).\n\n{table}\n")
     utils.write_text_atomic(out / "sweep.md", text)
-    utils.write_json(out / "sweep.json", {"candidates": candidates, "best": best, "config": vars(args)})
+    utils.write_json(out / "sweep.json", {"candidates": candidates, "best": best, "failed": failed,
+                                          "config": vars(args)})
     print(text)
-    return {"best": best, "candidates": candidates}
+    return {"best": best, "candidates": candidates, "failed": failed}
+
+
+def failed_row(run_dir: Path, value: Any, values: dict[str, Any]) -> dict[str, Any]:
+    """A diverged run as a table row: its setting and the reason from its ``failed.json``
+    (finetune_report.fail_run); it is never a candidate."""
+    reason = utils.json.loads((run_dir / "failed.json").read_text())["failed"]
+    return {"value": value, **values, "failed": str(reason)}
 
 
 def show(value: Any) -> str:

@@ -113,3 +113,44 @@ def test_integer_flags_can_be_swept_and_values_keep_the_text_typed(tmp_path, mon
     with pytest.raises(SystemExit, match=r"finetune\.py has no flag --nope"):
         sweep_main(["mlp", "--grid", "nope=1", "--epochs", "1", "--out", "bad"])
     assert calls == []
+
+
+def test_a_diverged_run_is_a_failed_row_and_the_sweep_goes_on(tmp_path, monkeypatch):
+    # issue 32's TRADES/gradient-norm sweeps: a strong setting diverges; the sweep records it and chooses among the rest
+    monkeypatch.chdir(tmp_path)
+    record_finetune(monkeypatch)
+
+    def main(args):
+        if args.lr > 0.05:  # fail the way finetune_report.fail_run does: failed.json, then SystemExit
+            Path(args.out).mkdir(parents=True)
+            (Path(args.out) / "failed.json").write_text(json.dumps({"failed": "loss inf at epoch 2", "history": []}))
+            raise SystemExit("error: the run diverged: loss inf at epoch 2. ...")
+        return result([(0.95, 0.3 + args.lr)])
+
+    monkeypatch.setattr(sweep.finetune, "main", main)
+    out = sweep_main(["mlp", "--lrs", "0.01", "0.1", "0.02", "--epochs", "1", "--out", "sw"])
+    assert out["best"]["value"] == 0.02 and [f["value"] for f in out["failed"]] == [0.1]
+    text = (tmp_path / "sw" / "sweep.md").read_text()
+    assert "| 0.1 | failed: loss inf at epoch 2 |" in text and "Chosen: lr 0.02, 1 epochs" in text
+    # a rerun reuses the failed run instead of training it again
+    monkeypatch.setattr(sweep.finetune, "main", lambda args: pytest.fail(f"retrained {args.out}"))
+    (tmp_path / "sw" / "lr0.01").mkdir(exist_ok=True)
+    (tmp_path / "sw" / "lr0.01" / "metrics.json").write_text(json.dumps(result([(0.95, 0.31)])))
+    (tmp_path / "sw" / "lr0.02").mkdir(exist_ok=True)
+    (tmp_path / "sw" / "lr0.02" / "metrics.json").write_text(json.dumps(result([(0.95, 0.32)])))
+    assert sweep_main(["mlp", "--lrs", "0.01", "0.1", "0.02", "--epochs", "1", "--out", "sw"])["failed"][0]["value"] == 0.1
+    # every run failing is one clear error, not a choice among nothing
+    (tmp_path / "sw" / "lr0.01" / "metrics.json").unlink()
+    (tmp_path / "sw" / "lr0.01" / "failed.json").write_text(json.dumps({"failed": "acc collapsed", "history": []}))
+    (tmp_path / "sw" / "lr0.02" / "metrics.json").unlink()
+    (tmp_path / "sw" / "lr0.02" / "failed.json").write_text(json.dumps({"failed": "acc collapsed", "history": []}))
+    with pytest.raises(SystemExit, match="every run of the sweep failed"):
+        sweep_main(["mlp", "--lrs", "0.01", "0.1", "0.02", "--epochs", "1", "--out", "sw"])
+
+
+def test_a_bad_flag_still_stops_the_whole_sweep(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    record_finetune(monkeypatch)
+    monkeypatch.setattr(sweep.finetune, "main", lambda args: (_ for _ in ()).throw(SystemExit("error: no data")))
+    with pytest.raises(SystemExit, match="no data"):
+        sweep_main(["mlp", "--lrs", "0.01", "0.02", "--epochs", "1", "--out", "sw"])
