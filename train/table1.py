@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import functools
 import os
+import shlex
 import statistics
 import time
 from pathlib import Path
@@ -87,6 +88,10 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     evaluation_columns.add_flags(p, samples=500, eps="the PGD ε")
     p.add_argument("--no-figure", action="store_true",
                    help="do not draw Figure 2 (accuracy and rho2 per epoch, first seed) into --out at the end")
+    p.add_argument("--method-flags", nargs="+", default=[], metavar="METHOD=FLAGS",
+                   help="further finetune.py flags for one method's runs only, one quoted argument per method, e.g. "
+                        "'trades=--trades-beta 1 --lr 0.01 --epochs 30' (the setting a validation sweep chose, "
+                        "train/sweep.py); they come after --extra, so they win over it")
     p.add_argument("--extra", nargs=argparse.REMAINDER, default=[],
                    help="further finetune.py flags for every run, e.g. --epochs 3 (put last)")
     return p
@@ -100,7 +105,20 @@ def run_argv(model: str, method: str, seed: int, run_dir: Path, args: argparse.N
     return [model, "--method", method, "--dataset", args.dataset, "--seed", str(seed), "--out", str(run_dir),
             "--cache-dir", args.cache_dir, "--resume", "--no-progress",
             *(["--crop-size", str(args.crop_size)] if args.dataset == "imagenet" else []),
-            *(["--data-dir", args.data_dir] if args.data_dir else []), *args.extra]
+            *(["--data-dir", args.data_dir] if args.data_dir else []), *args.extra,
+            *method_flags(args).get(method, [])]
+
+
+def method_flags(args: argparse.Namespace) -> dict[str, list[str]]:
+    """``--method-flags`` as {method: [flag, value, ...]}; one line naming the item for a malformed one."""
+    found: dict[str, list[str]] = {}
+    for item in args.method_flags:
+        method, sep, flags = item.partition("=")
+        if not sep or method not in ALL_METHODS or method in found:
+            raise SystemExit(f"error: --method-flags {item!r}: expected METHOD=FLAGS with METHOD one of "
+                             f"{', '.join(ALL_METHODS)}, each at most once, e.g. 'trades=--trades-beta 1 --lr 0.01'.")
+        found[method] = shlex.split(flags)
+    return found
 
 
 def check_reused(run_dir: Path, argv: list[str]) -> None:
@@ -243,6 +261,9 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     if args.pgd_samples < 1 or args.pgd_steps < 1:
         raise SystemExit("error: --pgd-samples and --pgd-steps must be at least 1.")
     evaluation_columns.check_flags(args, get_args_parser())
+    for method, flags in method_flags(args).items():  # a bad flag is one line now, not an error per row later
+        finetune.check_args(finetune.get_args_parser().parse_args(
+            run_argv(args.models[0], method, args.seeds[0], Path(args.out) / "check", args)), finetune.get_args_parser())
     if min(args.autoattack_samples, args.fmn_samples, args.fmn_init_steps) < 0 or args.fmn_steps < 1:
         raise SystemExit("error: --autoattack-samples, --fmn-samples and --fmn-init-steps must not be negative, "
                          "--fmn-steps at least 1.")

@@ -91,7 +91,10 @@ def markdown(table: dict[str, Any], args) -> str:
              + ((" Paper: the numbers printed in the paper's Table 1 (train/paper.py, transcribed from ../shared/paper/ "
                  "and checked twice)" + (" — full MNIST, 0–255 inputs, so for comparison of orderings and gains only."
                                          if args.dataset == "mnist" else ", for comparison.")
-                 ) if args.dataset in paper.TABLE1 else "") + "\n"]
+                 ) if args.dataset in paper.TABLE1 else "")
+             + "".join(f" Flags of the {LABELS.get(item.partition('=')[0], item.partition('=')[0])} rows: "
+                       f"`{item.partition('=')[2]}`." for item in getattr(args, "method_flags", []))
+             + "\n"]
     with_paper = args.dataset in paper.TABLE1  # no column of dashes for a dataset the paper did not use
     for model, t in table.items():
         lines.append(f"## {model} ({t['n_test']} test images; ε_ref = {fmt(t['eps_ref'], False)}, "

@@ -120,3 +120,21 @@ def test_markdown_has_the_paper_column_only_for_the_paper_dataset():
     md = table1.markdown(table, args)
     assert "| Ours | 50.00 | 0.5000 | 50.00 | 50.00 | 50.00 | 50.00 † | 50.00 | dropped (saturated) | 0.5000 † |" in md
     assert "- warning: lenet looks saturated" in md and "Ours (tuned) / Reference: ρ₂ ×1.00, DDN ×1.00" in md
+
+
+def test_method_flags_reach_only_their_method_and_are_written_in_the_table(tmp_path):
+    # issue 32: the modern rows take the setting their validation sweep chose; the other rows keep the defaults
+    args = table1.get_args_parser().parse_args(
+        ["--method-flags", "trades=--trades-beta 1 --lr 0.01", "gradnorm=--gradnorm-lambda 0.1", "--extra", "--epochs", "3"])
+    trades = table1.run_argv("mlp", "trades", 0, tmp_path / "r", args)
+    assert trades[-6:] == ["--epochs", "3", "--trades-beta", "1", "--lr", "0.01"]  # after --extra: they win
+    assert "--trades-beta" not in table1.run_argv("mlp", "pgd-at", 0, tmp_path / "r", args)
+    assert table1.run_argv("mlp", "gradnorm", 0, tmp_path / "r", args)[-2:] == ["--gradnorm-lambda", "0.1"]
+    row = {c: [0.5] for c in table1.COLUMNS} | {"wall_seconds": [1.0]}
+    md = table1.markdown({"mlp": {"rows": {"reference": row, "deepdefense": row}, "eps_ref": [0.1], "pgd_eps": [1.0],
+                                  "n_test": 10}}, args)
+    assert "Flags of the TRADES rows: `--trades-beta 1 --lr 0.01`." in md
+    for bad in ("trades", "nope=--lr 1", "trades=--lr 1|trades=--lr 2"):
+        args = table1.get_args_parser().parse_args(["--method-flags", *bad.split("|")])
+        with pytest.raises(SystemExit, match="--method-flags .*expected METHOD=FLAGS"):
+            table1.run_argv("mlp", "trades", 0, tmp_path / "r", args)
