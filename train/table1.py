@@ -50,7 +50,7 @@ from revnet_app.train import library_attacks  # noqa: E402
 from revnet_app.train import pipeline as pipeline_lib  # noqa: E402
 from revnet_app.train import recipes  # noqa: E402
 from revnet_app.train import utils  # noqa: E402
-from revnet_app.train.table1_report import COLUMNS, PAPER_OURS, fmt, markdown, paper_row  # noqa: E402,F401
+from revnet_app.train.table1_report import BOX_OURS, COLUMNS, PAPER_OURS, fmt, markdown, paper_row  # noqa: E402,F401
 from revnet_app.train.methods import ALL_METHODS, EXTRA_ROWS, METHODS, MODERN_ROWS, PAPER_ROWS  # noqa: E402
 
 from revnet_app import models  # noqa: E402
@@ -88,6 +88,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     evaluation_columns.add_flags(p, samples=500, eps="the PGD ε")
     p.add_argument("--no-figure", action="store_true",
                    help="do not draw Figure 2 (accuracy and rho2 per epoch, first seed) into --out at the end")
+    p.add_argument("--box-ours", action="store_true",
+                   help="add the row Ours (box-aware): Deep Defense with --deepfool-box (its regularizer's DeepFool "
+                        "keeps x + Δx in the valid pixel box; issue 32), beside the unconstrained one")
     p.add_argument("--method-flags", nargs="+", default=[], metavar="METHOD=FLAGS",
                    help="further finetune.py flags for one method's runs only, one quoted argument per method, e.g. "
                         "'trades=--trades-beta 1 --lr 0.01 --epochs 30' (the setting a validation sweep chose, "
@@ -102,6 +105,8 @@ def run_argv(model: str, method: str, seed: int, run_dir: Path, args: argparse.N
         paper_cl = recipes.paper_c_lmbda(args.dataset, model)
         return [*run_argv(model, "deepdefense", seed, run_dir, args), "--c", f"{paper_cl['c']:g}",
                 "--lmbda", f"{paper_cl['lmbda']:g}"]
+    if method == BOX_OURS:  # Deep Defense whose regularizer's DeepFool stays in the pixel box
+        return [*run_argv(model, "deepdefense", seed, run_dir, args), "--deepfool-box"]
     return [model, "--method", method, "--dataset", args.dataset, "--seed", str(seed), "--out", str(run_dir),
             "--cache-dir", args.cache_dir, "--resume", "--no-progress",
             *(["--crop-size", str(args.crop_size)] if args.dataset == "imagenet" else []),
@@ -270,6 +275,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     methods = ["deepdefense"] + [m for m in args.methods if m != "deepdefense"]
     if args.dataset in recipes.TUNED_OURS:  # Ours at the tuned defaults and at the paper's c and λ
         methods.insert(1, PAPER_OURS)
+    if args.box_ours:
+        methods.insert(methods.index("deepdefense") + 1 + (PAPER_OURS in methods), BOX_OURS)
     print("configuration:\n" + "\n".join(f"  {k}: {v}" for k, v in sorted(vars(args).items())), flush=True)
     start = time.perf_counter()
     jobs = [(model, seed, method) for model in args.models for seed in args.seeds for method in methods]
@@ -329,7 +336,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                     rows[method][col].append(cols[col])
                 keep_saturation(saturation[method], cols)
                 rows[method]["wall_seconds"].append(result["wall_seconds"])
-        order = [m for m in (*PAPER_ROWS, PAPER_OURS, *EXTRA_ROWS, *MODERN_ROWS) if m in rows]
+        order = [m for m in (*PAPER_ROWS, PAPER_OURS, BOX_OURS, *EXTRA_ROWS, *MODERN_ROWS) if m in rows]
         table[model] = {"rows": {m: rows[m] for m in order}, "eps_ref": eps_refs, "pgd_eps": pgd_epss,
                         "n_test": n_test, "saturation": {m: saturation[m] for m in order},
                         "paper": {m: paper_row(args.dataset, model, m) for m in order}}
@@ -342,7 +349,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     if not args.no_figure:
         figures.figure2(argparse.Namespace(
             figure="figure2", runs=[args.out], from_json=None, models=list(args.models),
-            methods=[m for m in methods if m != PAPER_OURS],
+            methods=[m for m in methods if m not in (PAPER_OURS, BOX_OURS)],
             seed=args.seeds[0], dataset=args.dataset, out=args.out, dpi=150))
     return table
 

@@ -20,6 +20,7 @@ HEADERS = ["Acc. (%)", "ρ₂", "Acc. @0.2 ε_ref", "Acc. @0.5 ε_ref", "Acc. @1
            "zero CE gradients (%)", "median logit margin", "margin-PGD acc. (%) (box)"]
 
 PAPER_OURS = "deepdefense-paper"  # the row of Ours at the paper's c and λ, where the defaults are tuned ones
+BOX_OURS = "deepdefense-box"  # the row of Ours with the box-aware DeepFool (--deepfool-box; table1.py --box-ours)
 
 
 def paper_row(dataset: str, model: str, method: str) -> Optional[dict[str, float]]:
@@ -105,7 +106,7 @@ def markdown(table: dict[str, Any], args) -> str:
         saturation = t.get("saturation", {})
         for method, row in t["rows"].items():
             name = ("Ours (tuned)" if method == "deepdefense" and PAPER_OURS in t["rows"] else LABELS[method]) + (
-                " *" if method in EXTRA_ROWS or method in MODERN_ROWS else "")
+                " *" if method in EXTRA_ROWS or method in MODERN_ROWS or method == BOX_OURS else "")
             saturated = any(saturation.get(method, {}).get("saturated", []))
             cells = [cell(row, c, saturated) for c in COLUMNS]
             p = paper_row(args.dataset, model, method)

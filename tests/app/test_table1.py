@@ -138,3 +138,14 @@ def test_method_flags_reach_only_their_method_and_are_written_in_the_table(tmp_p
         args = table1.get_args_parser().parse_args(["--method-flags", *bad.split("|")])
         with pytest.raises(SystemExit, match="--method-flags .*expected METHOD=FLAGS"):
             table1.run_argv("mlp", "trades", 0, tmp_path / "r", args)
+
+
+def test_the_box_aware_row_is_ours_with_the_box_and_is_marked_as_not_in_the_paper(tmp_path):
+    args = table1.get_args_parser().parse_args(["--box-ours"])
+    assert args.box_ours
+    argv = table1.run_argv("lenet", table1.BOX_OURS, 0, tmp_path / "r", args)
+    assert argv[argv.index("--method") + 1] == "deepdefense" and argv[-1] == "--deepfool-box"
+    row = {c: [0.5] for c in table1.COLUMNS} | {"wall_seconds": [1.0]}
+    md = table1.markdown({"lenet": {"rows": {"reference": row, "deepdefense": row, table1.BOX_OURS: row},
+                                    "eps_ref": [0.1], "pgd_eps": [1.0], "n_test": 10}}, args)
+    assert "| Ours (box-aware) * | 50.00 | 0.5000 |" in md and md.count("| — |") == 1  # the paper has no such row

@@ -32,6 +32,7 @@ LABELS = {
     "reference": "Reference",
     **{name: cls.label for name, cls in METHOD_CLASSES.items()},
     "deepdefense-paper": "Ours (paper's c, λ)",  # table1.py's row where the defaults are tuned ones (MNIST)
+    "deepdefense-box": "Ours (box-aware)",  # table1.py --box-ours: Deep Defense with --deepfool-box
 }
 
 # rows of Table 1 in the paper's order, then the rows the paper's Table 1 does not have
