@@ -61,7 +61,8 @@ def ratio_line(t: dict) -> str:
     parts = [f"{label} ×{r:.2f}" for col, label in (("rho2", "ρ₂"), ("ddn_median", "DDN"), ("cw_median", "C&W"),
                                                     ("fmn_median", "FMN"))
              if (r := ratio(t["rows"], col)) is not None]
-    return "Ours (tuned) / Reference: " + (", ".join(parts) if parts else "no numbers") + "."
+    ours = "Ours (tuned)" if PAPER_OURS in t["rows"] else "Ours"  # the row's own label in the table above
+    return f"{ours} / Reference: " + (", ".join(parts) if parts else "no numbers") + "."
 
 
 def cell(row: dict, col: str, saturated: bool) -> str:

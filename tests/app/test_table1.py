@@ -119,7 +119,7 @@ def test_markdown_has_the_paper_column_only_for_the_paper_dataset():
                                     "deepdefense": {"saturated": [True], "warnings": ["warning: lenet looks saturated"]}}
     md = table1.markdown(table, args)
     assert "| Ours | 50.00 | 0.5000 | 50.00 | 50.00 | 50.00 | 50.00 † | 50.00 | dropped (saturated) | 0.5000 † |" in md
-    assert "- warning: lenet looks saturated" in md and "Ours (tuned) / Reference: ρ₂ ×1.00, DDN ×1.00" in md
+    assert "- warning: lenet looks saturated" in md and "Ours / Reference: ρ₂ ×1.00, DDN ×1.00" in md
 
 
 def test_method_flags_reach_only_their_method_and_are_written_in_the_table(tmp_path):
