@@ -10,7 +10,8 @@ Two parts (``--parts``):
 
 * ``mnist``: untargeted DeepFool (``--max-iter 50``, overshoot 0.02) on the first ``--num-images`` embedded
   MNIST test images, in batches of ``--batch-size``, for the reference MLP and LeNet (``--reference`` or a
-  cached/trained one, as in ``benchmarks/step.py``).
+  cached/trained one, as in ``benchmarks/step.py``); ``--models convnet-cifar``: the paper's CIFAR-10 ConvNet
+  with random weights on ``--num-images`` random N(0, 1) 3×32×32 images (no CIFAR-10 offline).
 * ``scaling``: a random MLP 784-500-150-C (C = ``--classes``: 10, 100, 1000) on one batch of
   ``--scaling-batch`` synthetic N(0, 1) inputs of shape (1, 28, 28), with all classes as candidates and with
   ``--candidates`` (10: only the top-10 clean classes, as on ImageNet).
@@ -53,7 +54,8 @@ import torch  # noqa: E402
 from revnet_app.benchmarks import SCRATCH, add_device_flag, add_reference_flags  # noqa: E402
 from revnet_app.benchmarks.harness import (  # noqa: E402
     MiB, PeakMemory, amp_context, machine_info, summarize, synchronize, write_text)
-from revnet_app.benchmarks.step_problems import load_batch, reference_checkpoints  # noqa: E402
+from revnet_app.benchmarks.step_problems import (  # noqa: E402
+    RANDOM_SPECS, load_batch, random_batch, reference_checkpoints)
 from revnet_app.benchmarks.rounds import MIN_ROUNDS, interleaved, spread  # noqa: E402
 from revnet_app.benchmarks.peers import PEERS, foolbox_attack, missing, torchattacks_attack  # noqa: E402
 from revnet_app.benchmarks.deepfool_algorithms import eval_deepfool  # noqa: E402
@@ -79,8 +81,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--engines", nargs="+", default=list(ENGINES), choices=list(ENGINES),
                    help="revnet: revnet.attacks.deepfool; loop / batched / func: the same algorithm with "
                         "torch.autograd.grad per row / is_grads_batched / torch.func vmap(vjp)")
-    p.add_argument("--models", nargs="+", default=["mlp", "lenet"], choices=sorted(models.ARCHITECTURES),
-                   help="architectures of the mnist part")
+    p.add_argument("--models", nargs="+", default=["mlp", "lenet"], choices=sorted(models.ARCHITECTURES) + ["convnet-cifar"],
+                   help="architectures of the mnist part; convnet-cifar: the paper's CIFAR-10 ConvNet with random "
+                        "weights on random N(0, 1) 3×32×32 images (no CIFAR-10 offline; benchmarks/step_problems.py)")
     p.add_argument("--num-images", type=int, default=500, help="mnist part: first N embedded MNIST test images")
     p.add_argument("--batch-size", type=int, default=100, help="mnist part: images per attack batch")
     p.add_argument("--classes", nargs="+", type=int, default=[10, 100, 1000],
@@ -292,13 +295,15 @@ def run_config(args, device, dtype, autocast, net, x, batch_size, candidates, la
     return rows
 
 
-def peer_attacks(args, net, num_classes: int, pre: dict) -> dict[str, Any]:
+def peer_attacks(args, net, num_classes: int, pre: Optional[dict]) -> dict[str, Any]:
     """The peers for :func:`run_config`: ``{name: attack}``, or ``{name: "not installed (...)"}``."""
     out: dict[str, Any] = {}
     plain = engine_net("loop", net)
     if "foolbox" in args.peers:
         out["foolbox"] = missing("foolbox") or foolbox_attack(plain, args.max_iter, args.overshoot, num_classes)
-    if "torchattacks" in args.peers:
+    if "torchattacks" in args.peers and pre is None:
+        out["torchattacks"] = "not run (its [0, 1] clamp needs pixel images; these are random N(0, 1) inputs)"
+    elif "torchattacks" in args.peers:
         out["torchattacks"] = missing("torchattacks") or torchattacks_attack(
             plain, args.max_iter, args.overshoot, float(pre["scale"]) * 255.0, pre["mean"].to(next(plain.parameters())))
     return out
@@ -329,12 +334,17 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                               "equivalence": {}, "mnist": [], "scaling": []}
 
     if "mnist" in args.parts:
-        refs = reference_checkpoints(args, args.models)
+        refs = reference_checkpoints(args, [a for a in args.models if a not in RANDOM_SPECS])
         report["references"] = refs
         for arch in args.models:
-            print(f"reference {arch}: {refs[arch]['origin']}", flush=True)
-            net, x, _ = load_batch(refs[arch]["path"], args.num_images, device, dtype, split="test")
-            pre = models.load(refs[arch]["path"], map_location="cpu")[1]["preprocess"]
+            if arch in RANDOM_SPECS:  # random weights and images; torchattacks' [0, 1] box does not apply
+                print(f"{arch}: random weights, {args.num_images} random N(0, 1) images", flush=True)
+                net, x, _ = random_batch(arch, args.num_images, device, dtype, seed=args.seed)
+                pre = None
+            else:
+                print(f"reference {arch}: {refs[arch]['origin']}", flush=True)
+                net, x, _ = load_batch(refs[arch]["path"], args.num_images, device, dtype, split="test")
+                pre = models.load(refs[arch]["path"], map_location="cpu")[1]["preprocess"]
             report["equivalence"][f"{arch}"] = check_engines(net, x[:args.check_batch], args.engines, args.max_iter,
                                                               args.overshoot, None)
             print(f"equivalence {arch}: every engine's DeepFool equals revnet's (float64)", flush=True)
