@@ -1,7 +1,7 @@
 """The performance paths of the reverse are exact: the CPU im2col kernel of a one-channel Conv2d's reverse, the
 row difference ``W[k] − W[l]`` of a final Linear and the element-wise spread of average poolings whose windows
 tile the input, against autograd in float64 (first and, with weights, second order) and against the generic
-path. Time budget: ~15 s."""
+path. Time budget: ~30 s (the deepfool_limits benchmark, ~15 s)."""
 
 from __future__ import annotations
 
@@ -162,3 +162,17 @@ def test_pool_reverse_benchmark_quick(tmp_path):
                           str(tmp_path)], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "spread / einsum" in (tmp_path / "pool-reverse.md").read_text()
+
+
+def test_deepfool_limits_benchmark_quick(tmp_path):
+    """benchmarks/deepfool_limits.py --quick (≈ 15 s: a 1-epoch reference, 20 images, 3 rounds): the profile and
+    every alternative kernel, which must compute revnet's result."""
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "deepfool_limits.py"), "--quick", "--cache-dir",
+                          str(tmp_path / "refs"), "--output", str(tmp_path)], capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    text = (tmp_path / "deepfool-limits.md").read_text()
+    assert "slow_conv_transpose2d (revnet)" in text and "GFLOP/s" in text and "Machine ceiling" in text
+    import json
+    report = json.loads((tmp_path / "deepfool-limits.json").read_text())
+    assert all(c["max_difference"] < 1e-2 for c in report["kernels"]), report["kernels"]  # values ~ 30
