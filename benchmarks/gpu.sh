@@ -14,8 +14,9 @@
 # Dropped to fit 5 minutes (all were in the 339-s run or its plan): the MLP step rows, ResNet-18 at 224 px, the
 # DeepFool rows at batch 100. Results: JSON/Markdown under $RESULTS (default runs/benchmarks/gpu/, a scratch folder;
 # RESULTS=benchmarks/results/gpu updates the committed results), one folder per run, and gpu.log with every command,
-# its wall time and exit status. Before anything it checks what it needs (torch with CUDA, the package; foolbox is
-# reported missing in the tables, not fatal) and prints what it found.
+# its wall time and exit status. Before anything it checks what it needs (torch with CUDA, the package; foolbox,
+# installed from carried wheels in runs/wheels/ if present, else reported missing in the tables, not fatal) and
+# prints what it found.
 #
 #   RESULTS=benchmarks/results/gpu bash benchmarks/gpu.sh   # on the GPU machine, into the committed results
 #   bash benchmarks/gpu.sh --quick    # anywhere (CPU too): the same commands, tiny budgets, no compile, gloo for
@@ -82,6 +83,11 @@ fi
 COMMON=(--device "$DEVICE" --cache-dir "$CACHE")
 
 run "$PY" -c "import torch, revnet, revnet_app; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'cpu')"
+# the peers: a GPU machine without the registries gets them from wheels carried into runs/wheels/
+# (here: pip download --no-deps foolbox eagerpy -d runs/wheels; then run(carry=["runs/wheels"]))
+if ! "$PY" -c "import foolbox" 2>/dev/null && compgen -G "${WHEELS:-runs/wheels}/*.whl" >/dev/null; then
+  run "$PY" -m pip install -q --no-index --no-deps "${WHEELS:-runs/wheels}"/*.whl
+fi
 run "$PY" -c "import importlib.util as u; print('foolbox:', 'installed' if u.find_spec('foolbox') else 'MISSING (its rows say so)')"
 if [[ $QUICK == 0 ]]; then
   "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'error: gpu.sh needs CUDA; on the CPU run gpu.sh --quick')"
@@ -119,7 +125,11 @@ rm -rf "$RESULTS"/finetune-{device,torchrun,cpu}
 run "$PY" train/finetune.py "${FT[@]}" --device "$DEVICE" --out "$RESULTS/finetune-device"
 run "$PY" -m torch.distributed.run --standalone --nproc_per_node=1 train/finetune.py "${FT[@]}" --device "$DEVICE" \
   --out "$RESULTS/finetune-torchrun"
-run "$PY" train/finetune.py "${FT[@]}" --device cpu --out "$RESULTS/finetune-cpu"
+if [[ $DEVICE == cpu ]]; then  # --quick on the CPU: the device run is the CPU run
+  cp -r "$RESULTS/finetune-device" "$RESULTS/finetune-cpu"
+else
+  run "$PY" train/finetune.py "${FT[@]}" --device cpu --out "$RESULTS/finetune-cpu"
+fi
 run "$PY" tests/compare_runs.py "$RESULTS/finetune-device" "$RESULTS/finetune-torchrun" --policy roundoff \
   --output "$RESULTS/finetune-torchrun-vs-device.md"
 run "$PY" tests/compare_runs.py "$RESULTS/finetune-cpu" "$RESULTS/finetune-device" --policy kernels \

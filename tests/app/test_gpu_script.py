@@ -2,7 +2,8 @@
 
 Time budget: ≤ 120 s here (one LeNet reference epoch, two variants, one interleaved round; two DeepFool engines
 and foolbox on 8 images of LeNet and the random ConvNet, with their profile; three 1-epoch
-LeNet fine-tunes on 200 images: one process, torchrun with gloo, the CPU, and their comparison).
+LeNet fine-tunes on 200 images: one process and torchrun with gloo, the "CPU run" being the first, and their
+comparison).
 """
 
 from __future__ import annotations
