@@ -327,7 +327,8 @@ def test_table1_on_cifar10_writes_the_papers_layout_with_its_numbers(cifar_root,
         ["--dataset", "cifar10", "--models", "convnet", "--methods", "deepdefense", "parseval", "--data-dir",
          str(cifar_root), "--cache-dir", str(cache), "--out", str(out), "--pgd-samples", "10", "--pgd-steps", "2",
          "--minimal-norm-samples", "4", "--ddn-steps", "10", "--cw-binary-steps", "1", "--cw-steps", "10",
-         "--saturation-samples", "10", "--saturation-steps", "2", "--no-figure", "--extra", *CIFAR_TINY]))
+         "--saturation-samples", "10", "--saturation-steps", "2", "--autoattack-samples", "4", "--fmn-samples", "4",
+         "--no-figure", "--extra", *CIFAR_TINY]))
     text = (out / "table1.md").read_text()
     assert "# Table 1 (cifar10)" in text and "## convnet (20 test images" in text
     assert "| Par. Train |" in text and "| Ours |" in text
