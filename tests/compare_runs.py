@@ -20,8 +20,8 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import tolerances  # noqa: E402
+import tolerances  # tests/ is on sys.path: this file runs as a script from it
+from revnet_app.train.utils import write_text_atomic
 
 POLICIES = {"roundoff": (tolerances.FLOAT32_ROUNDOFF, 1e-6), "kernels": (tolerances.FLOAT32_KERNELS, None)}
 ROW_KEYS = ("n", "acc", "fooling_rate", "mean_iterations", "rho2", "fgs_acc@0.2", "fgs_acc@0.5", "fgs_acc@1.0")
@@ -84,9 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     print(text)
     if args.output:
         args.output.parent.mkdir(parents=True, exist_ok=True)
-        tmp = args.output.with_suffix(args.output.suffix + ".tmp")
-        tmp.write_text(text)
-        tmp.replace(args.output)
+        write_text_atomic(args.output, text)
     return 0 if ok else 1
 
 
