@@ -273,8 +273,8 @@ def test_pretrained_offline_names_reference_path_and_a_raw_state_dict_needs_its_
     assert result["finetuned"]["n"] == 12
 
 
-def test_resume_after_sigkill_mid_epoch_ends_equal_to_an_uninterrupted_run(imagenet_root, tmp_path):
-    argv = ["resnet18", "--data-dir", str(imagenet_root), "--crop-size", "32", "--cache-dir", str(tmp_path / "c"),
+def test_resume_after_sigkill_mid_epoch_ends_equal_to_an_uninterrupted_run(imagenet_root, cache, tmp_path):
+    argv = ["resnet18", "--data-dir", str(imagenet_root), "--crop-size", "32", "--cache-dir", str(cache),
             "--checkpoint-every", "1", *IMAGENET_TINY, "--epochs", "2", "--lr-drop-epochs", "1"]
     script = [sys.executable, str(ROOT / "train" / "finetune.py")]
     whole = subprocess.run([*script, *argv, "--out", str(tmp_path / "whole")], capture_output=True, text=True,
