@@ -113,8 +113,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                         "2 autograd-loop, 3 autograd-batched, 4 torch-func, 5 autograd-shortcut); revnet-graph is "
                         "skipped for the random models (the same network as revnet there)")
     p.add_argument("--compile", action="store_true",
-                   help="also time variant 1c, revnet with torch.compile(dynamic=True) of the network's trace and "
-                        "reverse (benchmarks/variants.py); its compile time (the priming and warm-up steps) and "
+                   help="also time variant 1c, revnet with torch.compile (automatic dynamic shapes) of the network's "
+                        "trace and reverse (benchmarks/variants.py); its compile time (the priming and warm-up steps) and "
                         "any recompiles during the timed steps are reported apart from the step time; it is not "
                         "in the float64 check (compiling float64 as well would double the wait), its float32 loss "
                         "is compared with variant 1's in the interleaved rounds")

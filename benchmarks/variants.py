@@ -277,20 +277,26 @@ class AutogradShortcutVariant(Variant):
 
 class RevnetCompiledVariant(RevnetVariant):
     """Variant 1 with the network's ``trace`` and ``reverse_differences`` (or ``reverse``) wrapped in
-    ``torch.compile(dynamic=True)`` on its own copy; the DeepFool loop around them stays eager (its early
-    stopping changes the batch size, which the dynamic shapes absorb: no recompile per size after the first
-    two compiles, the 1-sample priming step's and the first full batch's). Not in the default set: compiling
-    takes about a minute per network and dtype on the 2-core CPU (reported apart from the step time)."""
+    ``torch.compile`` on its own copy, with automatic dynamic shapes (``dynamic=None``): each function compiles
+    for the first shapes it sees and once more, with the dimensions that changed made symbolic, when the DeepFool
+    loop's early stopping shrinks the batch; the loop around them stays eager. Not ``dynamic=True``: that makes
+    every size symbolic, the tape's spatial sizes included, and inductor (torch 2.14) then fails on LeNet's
+    reverse (``cannot determine truth value of Relational`` while ordering a view's strides, e.g. ``50*s70 <
+    50``, where ``s70`` is a pooling's input width taken from the tape). Not in the default set: compiling takes
+    about a minute per network and dtype on the 2-core CPU (reported apart from the step time)."""
 
     key, number, title = "revnet-compiled", "1c", "revnet, torch.compile'd trace and reverse"
-    summary = ("variant 1 with net.trace and net.reverse_differences wrapped in torch.compile(dynamic=True) "
-               "(inductor); the DeepFool loop stays eager")
+    summary = ("variant 1 with net.trace and net.reverse_differences wrapped in torch.compile (inductor, automatic "
+               "dynamic shapes); the DeepFool loop stays eager")
 
     def prepare(self, net: nn.Module) -> nn.Module:
         twin = to_revnet(net)
-        twin.trace = torch.compile(twin.trace, dynamic=True)  # instance attributes of this benchmark copy only
+        # one code object (Sequential.trace, .reverse_differences) serves every network, batch size and grad mode
+        # in this process: above dynamo's default of 8 graphs per code object, the later ones would run eagerly
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+        twin.trace = torch.compile(twin.trace, dynamic=None)  # instance attributes of this benchmark copy only
         name = "reverse_differences" if callable(getattr(twin, "reverse_differences", None)) else "reverse"
-        setattr(twin, name, torch.compile(getattr(twin, name), dynamic=True))
+        setattr(twin, name, torch.compile(getattr(twin, name), dynamic=None))
         return twin
 
 

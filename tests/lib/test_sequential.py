@@ -368,3 +368,23 @@ def test_the_printed_reverse_names_what_the_reverse_maps():
     assert "TransposedLinear(in_features=10, out_features=128)" in text
     assert "ConvTranspose2d(8, 1, kernel_size=(3, 3), stride=(1, 1), padding=(1, 1))" in text
     assert "bias" not in text
+
+
+def test_torch_compile_of_the_reverse_with_automatic_dynamic_shapes_equals_eager():
+    """``torch.compile`` (inductor, automatic dynamic shapes, as variant 1c of ``benchmarks/step.py`` uses it) of a
+    network's ``reverse_differences`` through a transposed convolution, a max unpooling, a flatten and a ReLU
+    mask: it compiles for the first batch, once more with a symbolic batch when the batch shrinks (as DeepFool's
+    early stopping shrinks it), and every result equals the eager reverse. ``dynamic=True`` is not what this
+    checks: it makes the tape's spatial sizes symbolic too, which inductor (torch 2.14) fails to order on LeNet.
+    Time budget: two inductor compiles, about 20 s on the 2-core CPU with a cold cache."""
+    torch.manual_seed(0)
+    net = revnet.Sequential(nn.Conv2d(1, 3, 3), nn.MaxPool2d(2), nn.Flatten(), nn.ReLU(), nn.Linear(3 * 6 * 6, 5))
+    reverse = torch.compile(net.reverse_differences)
+    x = torch.randn(12, 1, 14, 14)
+    toward, away = torch.randint(0, 5, (12, 4)), torch.randint(0, 5, (12,))
+    for n in (12, 7, 5):
+        y, tape = net.trace(x[:n])
+        with torch.no_grad():  # the inference graph only: a joint forward-backward graph doubles the compile
+            g = reverse(toward[:n], away[:n], tape)
+        torch.testing.assert_close(g, net.reverse_differences(toward[:n], away[:n], tape))
+        assert g.shape == (n, 4, 1, 14, 14)
