@@ -1,7 +1,7 @@
 """``benchmarks/gpu.sh --quick``: the GPU script's commands on the CPU with tiny budgets, so it cannot rot.
 
-Time budget: ≤ 120 s here (one LeNet reference epoch, two variants, one interleaved round; two DeepFool engines
-and foolbox on 8 images of LeNet and the random ConvNet, with their profile; three 1-epoch
+Time budget: ≤ 120 s here (one LeNet reference epoch, two variants, one interleaved round; two DeepFool engines,
+revnet with 3 classes per reverse and foolbox on 8 images of LeNet and the random ConvNet, with their profile; three 1-epoch
 LeNet fine-tunes on 200 images: one process and torchrun with gloo, the "CPU run" being the first, and their
 comparison).
 """
@@ -34,7 +34,8 @@ def test_the_gpu_script_runs_quick_on_the_cpu_and_writes_every_result(tmp_path):
         assert step, tag
         deepfool = _report(out / f"deepfool-b4-{tag}").read_text()
         assert deepfool.startswith("#") and "| lenet | foolbox |" in deepfool
-    assert "| convnet-cifar | foolbox |" in _report(out / "deepfool-b4-fp32").read_text()
+    fp32 = _report(out / "deepfool-b4-fp32").read_text()
+    assert "| convnet-cifar | foolbox |" in fp32 and "| lenet | revnet/chunk3 |" in fp32
     assert "Name" in next((out / "deepfool-b4-fp32").glob("*-profile.md")).read_text()
     for report, policy in (("finetune-torchrun-vs-device.md", "roundoff"), ("finetune-device-vs-cpu.md", "kernels")):
         text = (out / report).read_text()
