@@ -32,6 +32,7 @@ QUICK=0
 RESULTS=${RESULTS:-runs/benchmarks/gpu}
 CACHE=${CACHE:-/tmp/revnet-gpu-refs}
 export PYTHONUNBUFFERED=1
+export GIT_PYTHON_REFRESH=quiet  # foolbox imports GitPython, which otherwise fails to import without a git binary
 PY=${PYTHON:-python3}
 # revnet and revnet_app (train/, models/, benchmarks/) as the checkout's editable install; offline, no dependencies
 "$PY" -c "import revnet_app" 2>/dev/null || "$PY" -m pip install -q --no-deps --no-build-isolation -e . >/dev/null
@@ -87,12 +88,15 @@ fi
 COMMON=(--device "$DEVICE" --cache-dir "$CACHE")
 
 run "$PY" -c "import torch, revnet, revnet_app; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'cpu')"
-# the peers: a GPU machine without the registries gets them from wheels carried into runs/wheels/
-# (here: pip download --no-deps foolbox eagerpy -d runs/wheels; then run(carry=["runs/wheels"]))
+# the peers: a GPU machine without the registries gets them from pure-Python wheels carried into runs/wheels/,
+# installed beside its packages (--target: its environment may be read-only). Its image has scipy, requests and
+# typing-extensions; foolbox also needs eagerpy and GitPython (gitdb, smmap). Here, once:
+#   pip download --no-deps foolbox eagerpy GitPython gitdb smmap -d runs/wheels; then run(carry=["runs/wheels"])
 if ! "$PY" -c "import foolbox" 2>/dev/null && compgen -G "${WHEELS:-runs/wheels}/*.whl" >/dev/null; then
-  run "$PY" -m pip install -q --no-index --no-deps "${WHEELS:-runs/wheels}"/*.whl
+  run "$PY" -m pip install -q --no-index --no-deps --no-compile --target /tmp/revnet-peers "${WHEELS:-runs/wheels}"/*.whl
+  export PYTHONPATH=/tmp/revnet-peers${PYTHONPATH:+:$PYTHONPATH}
 fi
-run "$PY" -c "import importlib.util as u; print('foolbox:', 'installed' if u.find_spec('foolbox') else 'MISSING (its rows say so)')"
+run "$PY" -c "from revnet_app.benchmarks.peers import missing; print('foolbox:', missing('foolbox') or 'imports')"
 if [[ $QUICK == 0 ]]; then
   "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'error: gpu.sh needs CUDA; on the CPU run gpu.sh --quick')"
   run "$PY" -m pytest -q -p no:cacheprovider tests/lib/test_deepfool.py tests/lib/test_losses.py -k cuda

@@ -39,9 +39,16 @@ INSTALL = {
 
 
 def missing(name: str) -> Optional[str]:
-    """``None`` if peer ``name`` can be imported, else a one-line reason with the install command."""
+    """``None`` if peer ``name`` imports, else a one-line reason: not installed (with the install command), or
+    installed but failing to import (a dependency of its own missing, e.g. foolbox carried as a wheel without
+    GitPython), with the import's error."""
     if importlib.util.find_spec(name) is None:
         return f"not installed ({INSTALL[name]})"
+    try:
+        importlib.import_module(name)
+    except Exception as exc:  # noqa: BLE001 - any import-time failure makes the peer's row a reason, not a crash
+        first = (str(exc).strip().splitlines() or [""])[0]
+        return f"installed but does not import ({type(exc).__name__}: {first})"
     return None
 
 

@@ -300,6 +300,21 @@ def test_deepfool_script_runs_end_to_end(tmp_path, checkpoints):
     assert "### Against the targets" in md and "revnet vs foolbox" in md
 
 
+def test_a_peer_that_is_installed_but_does_not_import_is_a_reason_not_a_crash(tmp_path, monkeypatch):
+    """A peer carried as a wheel without a dependency of its own (foolbox without GitPython on the GPU machine):
+    ``missing`` names the import error in one line, so its rows say so and the other engines still run."""
+    from revnet_app.benchmarks import peers
+
+    package = tmp_path / "carriedpeer"
+    package.mkdir()
+    (package / "__init__.py").write_text("import a_dependency_nobody_installed\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    reason = peers.missing("carriedpeer")
+    assert reason == ("installed but does not import (ModuleNotFoundError: No module named "
+                      "'a_dependency_nobody_installed')")
+    assert peers.missing("torch") is None
+
+
 def test_deepfool_script_reports_a_missing_peer(tmp_path, checkpoints, monkeypatch):
     real = deepfool_script.missing
     monkeypatch.setattr(deepfool_script, "missing", lambda name: "not installed (test)" if name == "foolbox"
