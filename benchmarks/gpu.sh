@@ -34,8 +34,14 @@ CACHE=${CACHE:-/tmp/revnet-gpu-refs}
 export PYTHONUNBUFFERED=1
 export GIT_PYTHON_REFRESH=quiet  # foolbox imports GitPython, which otherwise fails to import without a git binary
 PY=${PYTHON:-python3}
-# revnet and revnet_app (train/, models/, benchmarks/) as the checkout's editable install; offline, no dependencies
-"$PY" -c "import revnet_app" 2>/dev/null || "$PY" -m pip install -q --no-deps --no-build-isolation -e . >/dev/null
+# revnet and revnet_app (train/, models/, benchmarks/) as the checkout's editable install; offline, no dependencies;
+# where the environment cannot take it, a copy under /tmp on PYTHONPATH (the same code)
+if ! "$PY" -c "import revnet_app" 2>/dev/null; then
+  "$PY" -m pip install -q --no-deps --no-build-isolation -e . >/dev/null 2>&1 || {
+    "$PY" -m pip install -q --no-deps --no-build-isolation --no-compile --target /tmp/revnet-site . >/dev/null
+    export PYTHONPATH=/tmp/revnet-site${PYTHONPATH:+:$PYTHONPATH}
+  }
+fi
 mkdir -p "$RESULTS"
 LOG="$RESULTS/gpu.log"
 : > "$LOG"
