@@ -98,8 +98,9 @@ run "$PY" -c "import torch, revnet, revnet_app; print('torch', torch.__version__
 # installed beside its packages (--target: its environment may be read-only). Its image has scipy, requests and
 # typing-extensions; foolbox also needs eagerpy and GitPython (gitdb, smmap). Here, once:
 #   pip download --no-deps foolbox eagerpy GitPython gitdb smmap -d runs/wheels; then run(carry=["runs/wheels"])
-if ! "$PY" -c "import foolbox" 2>/dev/null && compgen -G "${WHEELS:-runs/wheels}/*.whl" >/dev/null; then
-  run "$PY" -m pip install -q --no-index --no-deps --no-compile --target /tmp/revnet-peers "${WHEELS:-runs/wheels}"/*.whl
+WHEELS=${WHEELS:-runs/wheels}
+if ! "$PY" -c "import foolbox" 2>/dev/null && compgen -G "$WHEELS/*.whl" >/dev/null; then
+  run "$PY" -m pip install -q --no-index --no-deps --no-compile --target /tmp/revnet-peers "$WHEELS"/*.whl
   export PYTHONPATH=/tmp/revnet-peers${PYTHONPATH:+:$PYTHONPATH}
 fi
 run "$PY" -c "from revnet_app.benchmarks.peers import missing; print('foolbox:', missing('foolbox') or 'imports')"
